@@ -1,0 +1,79 @@
+# owtgpt: every target wraps a `python -m pipeline|model|trainer` command (see README.md).
+# Variables: SOURCE, OUT, WORKERS (shards); DATA, PRESET, NGPU, RESUME, RUN (train);
+# CKPT, PROMPT (sample).
+
+PY      ?= .venv/bin/python
+VENV    ?= .venv
+SOURCE  ?= Skylion007/openwebtext
+OUT     ?= shards
+WORKERS ?= $(shell nproc)
+DATA    ?= shards
+PRESET  ?= gpt2
+NGPU    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')
+RUN     ?= runs/$(PRESET)
+RESUME  ?=
+CKPT    ?= $(RUN)
+PROMPT  ?= The meaning of life is
+TRAIN_ARGS ?=
+DEMO_SOURCE ?= .
+
+export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
+
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-train train sample demo clean-demo
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup:  ## create .venv with CPU torch 2.13.0 and owtgpt[dev] (editable)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+
+shards:  ## tokenize SOURCE (default: OpenWebText from the hub) into OUT (default: shards/)
+	$(PY) -m pipeline build $(SOURCE) --out $(OUT) --workers $(WORKERS)
+
+stats:  ## statistics of the shards in OUT
+	$(PY) -m pipeline stats $(OUT)
+
+verify:  ## full checksum and content validation of the shards in OUT
+	$(PY) -m pipeline verify $(OUT)
+
+test:  ## the default test suite (2 CPU cores, a few minutes; no slow or GPU tests)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow:  ## only the slow-marked tests
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+test-all:  ## everything, GPU tests included where a GPU is present
+	$(PY) -m pytest -q
+
+lint:  ## ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check . || true
+
+bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against in-process baselines)
+	$(PY) bench/tokenize.py
+	$(PY) bench/stats.py
+	$(PY) bench/sampler.py
+	$(PY) bench/generate.py
+
+bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
+	$(PY) bench/train_gpu.py
+
+train:  ## train PRESET on DATA with torchrun over NGPU GPUs (RESUME=1 to continue)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU) -m trainer \
+		--data $(DATA) --preset $(PRESET) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+
+sample:  ## generate from the newest checkpoint in RUN (or CKPT=path)
+	$(PY) -m model sample --checkpoint $(CKPT) --prompt "$(PROMPT)"
+
+demo:  ## offline end to end on CPU: shards from DEMO_SOURCE, stats, train tiny, sample
+	$(PY) -m pipeline build $(DEMO_SOURCE) --out demo/shards --workers $(WORKERS) \
+		--text-glob '*.md,*.py' --val-fraction 0.1 --seed 0 --overwrite
+	$(PY) -m pipeline stats demo/shards --top 10
+	$(PY) -m trainer --data demo/shards --preset demo --out demo/run --overwrite
+	$(PY) -m model sample --checkpoint demo/run --prompt "def " --max-new-tokens 80 --seed 0
+
+clean-demo:
+	rm -rf demo

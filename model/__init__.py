@@ -1,0 +1,1 @@
+"""owtgpt model package."""

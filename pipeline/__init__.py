@@ -1,0 +1,1 @@
+"""owtgpt pipeline package."""

@@ -1,0 +1,444 @@
+"""The owtgpt shard format: constants, header, writer, reader and manifest, in one place.
+
+Every other module (build, stats, verify, sampler, trainer) goes through this one; nothing else
+knows byte offsets. The layout is specified in ``pipeline/FORMAT.md``; in short, one shard file is
+
+    [ header: HEADER_SIZE bytes ][ payload: num_tokens x uint16 ][ pad to 8 ][ index: (num_docs+1) x uint64 ]
+
+* The payload starts at a page-aligned offset, so ``np.memmap`` maps it with no copy.
+* The document index holds ``num_docs + 1`` offsets: document ``i`` is
+  ``tokens[index[i]:index[i+1]]`` with ``index[0] == 0`` and ``index[-1] == num_tokens``, so any
+  document is found without a scan.
+* The header carries sha256 checksums of the payload and the index, and a CRC of itself.
+  :func:`open_shard` checks the magic, version, dtype, header CRC and the exact file size (cheap);
+  :meth:`Shard.verify_checksums` hashes the payload (costly, used by ``verify``).
+
+Trade-offs: sha256 rather than a faster CRC because the checksums also name the data in the
+manifest and dataset fingerprint (collisions must not happen); one file per shard with the index
+inline, so a shard can never be separated from its index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fsutil import atomic_write_text, fsync_dir, temp_path_for
+
+MAGIC = b"OWTSHARD"
+FORMAT_VERSION = 1
+HEADER_SIZE = 4096  # payload offset; page aligned for mmap
+TOKEN_DTYPE = np.dtype("<u2")
+INDEX_DTYPE = np.dtype("<u8")
+DTYPE_CODES = {1: TOKEN_DTYPE}  # header dtype code -> numpy dtype
+TOKEN_DTYPE_CODE = 1
+FINGERPRINT_BYTES = 64
+SPLITS = ("train", "val")
+MANIFEST_NAME = "manifest.json"
+SHARD_SUFFIX = ".bin"
+
+# magic, version, dtype code, vocab, header size, num_tokens, num_docs, index offset,
+# payload sha256, index sha256, tokenizer fingerprint (NUL padded ascii)
+_HEADER_STRUCT = struct.Struct(f"<8sIIII QQQ 32s32s{FINGERPRINT_BYTES}s")
+_CRC_STRUCT = struct.Struct("<I")
+
+
+class ShardFormatError(ValueError):
+    """A shard or manifest is malformed; the message names the file and what to do."""
+
+
+def shard_name(split: str, index: int) -> str:
+    """Canonical file name of shard ``index`` of ``split``: ``train-00000.bin``."""
+    return f"{split}-{index:05d}{SHARD_SUFFIX}"
+
+
+def index_offset_for(num_tokens: int) -> int:
+    """Byte offset of the document index: after the payload, rounded up to 8."""
+    end = HEADER_SIZE + num_tokens * TOKEN_DTYPE.itemsize
+    return (end + 7) // 8 * 8
+
+
+def expected_file_size(num_tokens: int, num_docs: int) -> int:
+    return index_offset_for(num_tokens) + (num_docs + 1) * INDEX_DTYPE.itemsize
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """The fixed-size header at the start of every shard file."""
+
+    vocab_size: int
+    num_tokens: int
+    num_docs: int
+    payload_sha256: str
+    index_sha256: str
+    tokenizer_fingerprint: str
+    version: int = FORMAT_VERSION
+    dtype_code: int = TOKEN_DTYPE_CODE
+
+    @property
+    def index_offset(self) -> int:
+        return index_offset_for(self.num_tokens)
+
+    @property
+    def file_size(self) -> int:
+        return expected_file_size(self.num_tokens, self.num_docs)
+
+    def pack(self) -> bytes:
+        fp = self.tokenizer_fingerprint.encode("ascii")
+        if len(fp) > FINGERPRINT_BYTES:
+            raise ValueError(f"tokenizer fingerprint longer than {FINGERPRINT_BYTES} bytes: {fp!r}")
+        body = _HEADER_STRUCT.pack(
+            MAGIC, self.version, self.dtype_code, self.vocab_size, HEADER_SIZE,
+            self.num_tokens, self.num_docs, self.index_offset,
+            bytes.fromhex(self.payload_sha256), bytes.fromhex(self.index_sha256), fp,
+        )
+        body += _CRC_STRUCT.pack(zlib.crc32(body))
+        return body + b"\0" * (HEADER_SIZE - len(body))
+
+    @classmethod
+    def unpack(cls, buf: bytes, path: Path | str = "<buffer>") -> ShardHeader:
+        """Parse and check a header; every failure names ``path`` and the offending value."""
+        need = _HEADER_STRUCT.size + _CRC_STRUCT.size
+        if len(buf) < need:
+            raise ShardFormatError(
+                f"{path}: file is {len(buf)} bytes, shorter than the {need}-byte shard header; "
+                "it is truncated or not an owtgpt shard. Rebuild it with `python -m pipeline build`."
+            )
+        fields = _HEADER_STRUCT.unpack_from(buf)
+        magic, version, dtype_code, vocab, hsize, ntok, ndocs, idx_off, psha, isha, fp = fields
+        if magic != MAGIC:
+            raise ShardFormatError(
+                f"{path}: bad magic {magic!r} (expected {MAGIC!r}); not an owtgpt shard or its "
+                "header is corrupt. Rebuild it with `python -m pipeline build`."
+            )
+        (crc,) = _CRC_STRUCT.unpack_from(buf, _HEADER_STRUCT.size)
+        if crc != zlib.crc32(buf[: _HEADER_STRUCT.size]):
+            raise ShardFormatError(f"{path}: header checksum mismatch; the header is corrupt.")
+        if version != FORMAT_VERSION:
+            raise ShardFormatError(
+                f"{path}: format version {version}, this owtgpt reads version {FORMAT_VERSION}. "
+                "Rebuild the shards with this version."
+            )
+        if dtype_code not in DTYPE_CODES:
+            raise ShardFormatError(f"{path}: unknown token dtype code {dtype_code}")
+        if hsize != HEADER_SIZE or idx_off != index_offset_for(ntok):
+            raise ShardFormatError(
+                f"{path}: header size {hsize} / index offset {idx_off} disagree with "
+                f"num_tokens={ntok}; the header is corrupt."
+            )
+        return cls(
+            vocab_size=vocab, num_tokens=ntok, num_docs=ndocs,
+            payload_sha256=psha.hex(), index_sha256=isha.hex(),
+            tokenizer_fingerprint=fp.rstrip(b"\0").decode("ascii"),
+            version=version, dtype_code=dtype_code,
+        )
+
+
+def read_header(path: str | os.PathLike[str]) -> ShardHeader:
+    path = Path(path)
+    with open(path, "rb") as f:
+        buf = f.read(HEADER_SIZE)
+    return ShardHeader.unpack(buf, path)
+
+
+class Shard:
+    """A shard opened read-only as memmaps. Opening checks the header and the file size.
+
+    ``tokens``: (num_tokens,) uint16 memmap. ``doc_offsets``: (num_docs + 1,) uint64 memmap.
+    Nothing is read into RAM beyond the header; pages fault in as they are touched.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.header = read_header(self.path)
+        h = self.header
+        size = self.path.stat().st_size
+        if size != h.file_size:
+            raise ShardFormatError(
+                f"{self.path}: file is {size} bytes but its header (num_tokens={h.num_tokens}, "
+                f"num_docs={h.num_docs}) requires {h.file_size}; the file is truncated or its "
+                "header is wrong. Rebuild it with `python -m pipeline build` (it resumes)."
+            )
+        self.tokens = (
+            np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_SIZE, shape=(h.num_tokens,))
+            if h.num_tokens else np.empty(0, dtype=TOKEN_DTYPE)
+        )
+        self.doc_offsets = np.memmap(
+            self.path, dtype=INDEX_DTYPE, mode="r", offset=h.index_offset, shape=(h.num_docs + 1,)
+        )
+
+    def __len__(self) -> int:
+        return self.header.num_tokens
+
+    @property
+    def num_docs(self) -> int:
+        return self.header.num_docs
+
+    def doc(self, i: int) -> np.ndarray:
+        """Tokens of document ``i`` (markers included), as a memmap view."""
+        if not 0 <= i < self.num_docs:
+            raise IndexError(f"{self.path}: document {i} out of range [0, {self.num_docs})")
+        return self.tokens[int(self.doc_offsets[i]) : int(self.doc_offsets[i + 1])]
+
+    def verify_checksums(self, chunk_tokens: int = 1 << 24) -> list[str]:
+        """Hash the payload and index against the header; returns problems (empty when fine)."""
+        problems = []
+        h = hashlib.sha256()
+        for s in range(0, len(self.tokens), chunk_tokens):
+            h.update(np.ascontiguousarray(self.tokens[s : s + chunk_tokens]).tobytes())
+        if h.hexdigest() != self.header.payload_sha256:
+            problems.append(f"{self.path}: payload checksum mismatch (token bytes are corrupt)")
+        if hashlib.sha256(self.doc_offsets.tobytes()).hexdigest() != self.header.index_sha256:
+            problems.append(f"{self.path}: document index checksum mismatch")
+        return problems
+
+
+def open_shard(path: str | os.PathLike[str]) -> Shard:
+    return Shard(path)
+
+
+class ShardWriter:
+    """Streams documents into a new shard; it appears under its final name only on :meth:`finish`.
+
+    Tokens go straight to a temp file in the target directory (bounded memory: only the
+    document lengths are kept, 8 bytes per doc). Ids are range-checked before the uint16 cast,
+    so an id >= ``vocab_size`` is an error, never a silent wrap.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, vocab_size: int, tokenizer_fingerprint: str):
+        self.path = Path(path)
+        self.vocab_size = vocab_size
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        self._tmp = temp_path_for(self.path)
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._f.write(b"\0" * HEADER_SIZE)  # placeholder, rewritten by finish()
+        self._sha = hashlib.sha256()
+        self._lengths: list[np.ndarray] = []
+        self.num_tokens = 0
+        self.num_docs = 0
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents given as one flat id array and their lengths (``sum == len(tokens)``)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != len(tokens):
+            raise ValueError(f"lengths sum to {int(lengths.sum())} but {len(tokens)} tokens were given")
+        if len(tokens):
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.vocab_size:
+                bad = hi if hi >= self.vocab_size else lo
+                raise ValueError(
+                    f"{self.path}: token id {bad} is outside the vocabulary [0, {self.vocab_size}); "
+                    "refusing to write it (it would be stored wrapped or invalid)"
+                )
+        data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
+        self._f.write(data)
+        self._sha.update(data)
+        self._lengths.append(lengths)
+        self.num_tokens += len(tokens)
+        self.num_docs += len(lengths)
+
+    def add_document(self, tokens: np.ndarray) -> None:
+        self.add_documents(np.asarray(tokens), np.array([len(tokens)]))
+
+    def finish(self) -> ShardHeader:
+        """Write index and header, fsync, rename into place. Returns the header written."""
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        index = np.zeros(self.num_docs + 1, dtype=INDEX_DTYPE)
+        np.cumsum(lengths, out=index[1:])
+        pad = index_offset_for(self.num_tokens) - (HEADER_SIZE + self.num_tokens * TOKEN_DTYPE.itemsize)
+        self._f.write(b"\0" * pad)
+        index_bytes = index.tobytes()
+        self._f.write(index_bytes)
+        header = ShardHeader(
+            vocab_size=self.vocab_size, num_tokens=self.num_tokens, num_docs=self.num_docs,
+            payload_sha256=self._sha.hexdigest(),
+            index_sha256=hashlib.sha256(index_bytes).hexdigest(),
+            tokenizer_fingerprint=self.tokenizer_fingerprint,
+        )
+        self._f.seek(0)
+        self._f.write(header.pack())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+        return header
+
+    def abort(self) -> None:
+        """Drop the partial shard; the final name is never touched."""
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._f.closed:
+            self.finish()
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the manifest records it."""
+
+    file: str
+    split: str
+    num_tokens: int
+    num_docs: int
+    payload_sha256: str
+    source_bytes: int = 0  # UTF-8 bytes of the source text in this shard (for bytes/token)
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: what a finished build produced, and from what.
+
+    ``settings`` holds the build settings that determine the bytes (source, val_fraction, seed,
+    shard_tokens); ``counts`` the build's document accounting (dropped empties, invalid UTF-8).
+    ``dataset_fingerprint`` names the exact token content; the trainer stores it in checkpoints.
+    """
+
+    tokenizer_fingerprint: str
+    vocab_size: int
+    special_tokens: dict[str, int]
+    source: str
+    settings: dict
+    shards: list[ShardEntry]
+    counts: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    dataset_fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.shards = [s if isinstance(s, ShardEntry) else ShardEntry(**s) for s in self.shards]
+        if not self.dataset_fingerprint:
+            self.dataset_fingerprint = compute_dataset_fingerprint(
+                self.tokenizer_fingerprint, self.vocab_size, self.shards
+            )
+
+    def split(self, name: str) -> list[ShardEntry]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return [s for s in self.shards if s.split == name]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Manifest:
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no manifest; {directory} is not a finished shard folder. "
+                "Build one with `python -m pipeline build SOURCE --out DIR` (or `make shards`)."
+            )
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise ShardFormatError(
+                    f"{path}: format version {raw.get('format_version')}, expected {FORMAT_VERSION}"
+                )
+            stored = raw.pop("dataset_fingerprint", "")
+            m = cls(**raw)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise ShardFormatError(f"{path}: malformed manifest ({e}); rebuild the shards") from e
+        if stored and stored != m.dataset_fingerprint:
+            raise ShardFormatError(
+                f"{path}: dataset_fingerprint {stored} does not match the shard list "
+                f"({m.dataset_fingerprint}); the manifest was edited or is corrupt"
+            )
+        return m
+
+
+def compute_dataset_fingerprint(tokenizer_fp: str, vocab_size: int, shards: Iterable[ShardEntry]) -> str:
+    """sha256 over the tokenizer and every shard's (file, split, counts, payload checksum)."""
+    h = hashlib.sha256(f"v{FORMAT_VERSION};{tokenizer_fp};{vocab_size};".encode())
+    for s in sorted(shards, key=lambda s: (s.split, s.file)):
+        h.update(f"{s.file}:{s.split}:{s.num_tokens}:{s.num_docs}:{s.payload_sha256};".encode())
+    return h.hexdigest()[:32]
+
+
+class ShardDataset:
+    """A finished shard folder: the manifest plus lazily opened :class:`Shard` memmaps.
+
+    Opening a split checks every shard's header against its manifest entry (counts, checksum
+    name, tokenizer, vocab), which is cheap; full hashing is ``verify``'s job.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(directory)
+        self.manifest = Manifest.load(self.directory)
+        self._open: dict[str, list[Shard]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return self.manifest.tokenizer_fingerprint
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return self.manifest.dataset_fingerprint
+
+    def shards(self, split: str) -> list[Shard]:
+        if split not in self._open:
+            opened = []
+            for entry in self.manifest.split(split):
+                path = self.directory / entry.file
+                if not path.is_file():
+                    raise ShardFormatError(
+                        f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. "
+                        "Rerun the build to recreate it."
+                    )
+                shard = Shard(path)
+                check_entry(shard, entry, self.manifest)
+                opened.append(shard)
+            self._open[split] = opened
+        return self._open[split]
+
+    def num_tokens(self, split: str) -> int:
+        return sum(s.num_tokens for s in self.manifest.split(split))
+
+    def num_docs(self, split: str) -> int:
+        return sum(s.num_docs for s in self.manifest.split(split))
+
+
+def check_entry(shard: Shard, entry: ShardEntry, manifest: Manifest) -> None:
+    """Raise if a shard's header disagrees with its manifest entry."""
+    h = shard.header
+    for what, got, want in (
+        ("num_tokens", h.num_tokens, entry.num_tokens),
+        ("num_docs", h.num_docs, entry.num_docs),
+        ("payload_sha256", h.payload_sha256, entry.payload_sha256),
+        ("vocab_size", h.vocab_size, manifest.vocab_size),
+        ("tokenizer_fingerprint", h.tokenizer_fingerprint, manifest.tokenizer_fingerprint),
+    ):
+        if got != want:
+            raise ShardFormatError(
+                f"{shard.path}: header {what}={got} but the manifest says {want}; the shard "
+                "does not belong to this manifest. Rebuild with `python -m pipeline build`."
+            )
+
+
+def open_split(directory: str | os.PathLike[str], split: str) -> list[Shard]:
+    """Shortcut: the opened shards of one split of a finished folder."""
+    return ShardDataset(directory).shards(split)

@@ -1,0 +1,1 @@
+"""owtgpt trainer package."""
