@@ -1,0 +1,243 @@
+"""GPT-2, exactly as OpenAI built it, as one lean ``nn.Module``.
+
+Contract
+--------
+* Architecture: learned token (``wte``) and position (``wpe``) embeddings; ``n_layer`` pre-LayerNorm
+  blocks (eps 1e-5, with biases) of causal self-attention and a 4x-wide MLP with tanh-GELU; a final
+  ``ln_f``; the LM head tied to ``wte``. Parameter names are GPT-2's (``transformer.h.N.attn.c_attn``,
+  ...), so mapping to and from OpenAI/Hugging Face checkpoints is by name (see :mod:`model.hf`; HF
+  stores these Linear weights transposed, as ``Conv1D``).
+* Attention goes through ``F.scaled_dot_product_attention(is_causal=True)``: on CUDA that is the
+  fused flash / memory-efficient kernel, and the training path has no hand-written mask and no
+  Python-level branching on data, so ``torch.compile`` captures it as one graph.
+* ``forward(idx, targets)`` returns logits over all ``padded_vocab_size`` columns and, given targets,
+  the mean cross-entropy in fp32. Targets are real ids (< ``vocab_size``), so the padded columns only
+  ever receive gradient pushing their logits down; that is harmless (they are masked out at sampling
+  time anyway) and keeps the loss a plain ``F.cross_entropy`` over a matmul-friendly width.
+  Target ``-1`` is ignored (nanoGPT's convention), for callers that mask positions.
+* Initialisation is GPT-2's: every weight normal(0, 0.02), the two residual output projections
+  (``attn.c_proj`` and ``mlp.c_proj``) normal(0, 0.02/sqrt(2*n_layer)) so the residual stream's
+  variance does not grow with depth, biases zero, LayerNorm (1, 0).
+* Generation (KV cache, sampling) lives in :mod:`model.generate`; :meth:`GPT.generate` wraps it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import GPTConfig
+from model.generate import KVCache, generate_stream
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # q, k, v for all heads in one matmul: (C) -> (3C)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is None:
+            # training / uncached path: the fused causal kernel, no explicit mask
+            dropout_p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            y = cache.attend(layer, q, k, v)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)  # (C) -> (4C)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)  # (4C) -> (C)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2 language model; ``lm_head.weight`` *is* ``transformer.wte.weight``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT(config) needs a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        V = config.padded_vocab_size
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(V, config.n_embd),  # (V_padded, C)
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # (block_size, C)
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
+        # weight tying (GPT-2): one (V_padded, C) matrix is both the input embedding and the output
+        # projection. Assigning the Parameter makes state_dict list it under both names.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init / counting
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation (see the module docstring)."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count, the tied ``wte``/``lm_head`` counted once (as nanoGPT and HF count).
+
+        ``non_embedding=True`` subtracts the position embeddings only: the token embedding is also
+        the output projection, so its weights do real matmul work every token (nanoGPT's rule).
+        Padded rows are included (they are part of the LM-head matmul).
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token, llm.c's estimate ``6N + 6*L*C*T``.
+
+        ``N`` is every parameter (tied embedding once, padded rows included: they are in the LM-head
+        matmul): 2 FLOPs per weight per token forward, 4 backward. ``6*L*C*T`` is the attention
+        score and value matmuls (12*L*C*T if dense, halved because causal attention only needs the
+        lower triangle, which the flash kernel exploits). ``T`` defaults to ``block_size``.
+        """
+        cfg = self.config
+        T = cfg.block_size if seq_len is None else int(seq_len)
+        return 6 * self.num_params(non_embedding=False) + 6 * cfg.n_layer * cfg.n_embd * T
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_length(self, length: int) -> None:
+        if length > self.config.block_size:
+            raise ValueError(
+                f"sequence length {length} exceeds the model's block_size {self.config.block_size} "
+                "(the number of learned positions); crop the input to the last block_size tokens "
+                "or train with a larger --block-size"
+            )
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states after ``ln_f``: idx (B, T) -> (B, T, C).
+
+        With a ``cache``, ``idx`` are the tokens at positions ``cache.pos .. cache.pos+T-1``; their
+        keys/values are appended to the cache (see :class:`model.generate.KVCache`).
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        T = idx.size(1)
+        start_pos = 0 if cache is None else cache.pos
+        self._check_length(start_pos + T)
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) int64 -> (logits (B, T, padded_vocab_size), mean CE loss in fp32 or None)."""
+        x = self.hidden_states(idx)
+        logits = self.lm_head(x)  # (B, T, V_padded)
+        loss = None
+        if targets is not None:
+            # fp32 softmax even under bf16 autocast: log-sum-exp over 50k columns loses digits in bf16
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_at_eot: bool = True,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append up to ``max_new_tokens`` sampled tokens to ``idx`` (B, T); returns (B, T + n).
+
+        ``temperature=0`` is greedy. Ids >= ``vocab_size`` (the padded rows) are never produced.
+        With ``stop_at_eot`` a row that emits ``<|endoftext|>`` is finished: its later positions
+        are filled with ``<|padding|>`` and generation ends once every row is finished. See
+        :func:`model.generate.generate_stream` for the KV cache and the context-window policy.
+        """
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot,
+                                        use_cache, generator))
+        if not new:
+            return idx
+        return torch.cat([idx, torch.stack(new, dim=1)], dim=1)
+
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_at_eot: bool = True,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Like :meth:`generate` but yields each new token column (B,) as soon as it is sampled."""
+        return generate_stream(
+            self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_at_eot=stop_at_eot, use_cache=use_cache, generator=generator,
+        )

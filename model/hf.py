@@ -1,0 +1,240 @@
+"""Hugging Face GPT-2 interop: import a local ``gpt2`` checkpoint folder, export one ``transformers`` loads.
+
+Contract
+--------
+* **Import** (:func:`import_hf`) reads a folder in the hub's ``gpt2`` layout: ``config.json`` plus
+  ``model.safetensors`` (or a sharded ``model.safetensors.index.json``) or ``pytorch_model.bin``
+  (loaded with ``weights_only=True``). Keys with or without the ``transformer.`` prefix are accepted
+  (OpenAI's upload has none); the ``attn.bias``/``attn.masked_bias`` mask buffers are dropped. HF
+  stores the four projection matrices as ``Conv1D`` weights of shape (in, out); they are transposed
+  to ``nn.Linear``'s (out, in). Configs this architecture cannot represent exactly (another
+  activation, ``n_inner != 4*n_embd``, per-layer attention scaling, untied head) are refused.
+* **The three extra token rows.** OpenAI's model has 50257 rows; ours has 50260. An imported
+  50257-row model gains:
+  - ``<|startoftext|>`` (50257) := the ``<|endoftext|>`` row. GPT-2 was trained with EOT as the
+    document *separator*, so "the document starts here" is exactly the context EOT gave it; the
+    imported model then reads our ``[SOT] + text`` training format as it read its own. Because the
+    head is tied, SOT also gets EOT's output logit: an un-finetuned import splits its end-of-text
+    probability between the two ids (sampling then starts a new document instead of stopping).
+  - ``<|padding|>``, ``<|unknown|>`` := the mean of the 50257 trained rows. Trained GPT-2
+    embeddings share a large common component, so a random normal(0, 0.02) row would be off their
+    distribution; the mean row is an "average token" as input and, tied, gives an output logit
+    equal to the average logit, i.e. no spurious probability mass.
+  Rows of any other vocabulary size are copied as they are. Padded rows (up to a multiple of 64)
+  are zero: they are never sampled and get no gradient except the push-down from the softmax.
+* **Export** (:func:`export_hf`) writes ``config.json`` (``GPT2Config`` fields,
+  ``architectures: ["GPT2LMHeadModel"]``) and ``model.safetensors`` with Conv1D-transposed weights.
+  ``vocab_size`` is the *real* 50260: the three owtgpt specials keep their trained rows, so our
+  tokenizer's ids all work in ``transformers``, and the padded rows are dropped, so HF's sampler
+  cannot produce ids that no tokenizer knows. ``bos_token_id`` = SOT (50257; the training format
+  starts every document with it), ``eos_token_id`` = EOT (50256), ``pad_token_id`` = PAD (50258).
+  safetensors refuses tensors that share memory, so only ``transformer.wte.weight`` is written and
+  ``transformers`` re-ties ``lm_head`` to it (``tie_word_embeddings: true``). A model trained with
+  ``bias=False`` is exported with zero biases, which is the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import unwrap_model
+from model.config import GPTConfig
+from model.gpt import GPT
+from pipeline.fsutil import atomic_write_bytes, atomic_write_text
+from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, UNK_ID, VOCAB_SIZE
+
+OPENAI_VOCAB_SIZE = EOT_ID + 1  # 50257
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old HF checkpoints
+_LAYER_KEYS = (
+    "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+    "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+    "mlp.c_proj.weight", "mlp.c_proj.bias",
+)  # fmt: skip
+
+
+class HFFormatError(ValueError):
+    """A Hugging Face folder or config this importer cannot map exactly; the message names the file."""
+
+
+def _hf_keys(n_layer: int) -> list[str]:
+    keys = ["transformer.wte.weight", "transformer.wpe.weight"]
+    keys += [f"transformer.h.{i}.{k}" for i in range(n_layer) for k in _LAYER_KEYS]
+    return [*keys, "transformer.ln_f.weight", "transformer.ln_f.bias"]
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPTConfig, int]:
+    """(our config, the checkpoint's own vocab size) from a GPT-2 ``config.json`` dict."""
+    model_type = hf.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise HFFormatError(f"{source}: model_type is {model_type!r}; only GPT-2 ('gpt2') checkpoints import")
+    try:
+        n_layer, n_head, n_embd = int(hf["n_layer"]), int(hf["n_head"]), int(hf["n_embd"])
+        n_positions, vocab = int(hf["n_positions"]), int(hf["vocab_size"])
+    except KeyError as e:
+        raise HFFormatError(f"{source}: missing GPT-2 config field {e}") from e
+    checks = {
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (hf.get("n_inner"), (None, 4 * n_embd)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+        "add_cross_attention": (hf.get("add_cross_attention", False), (False,)),
+        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), (True,)),
+    }
+    for name, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise HFFormatError(
+                f"{source}: {name}={value!r} is not GPT-2's architecture (allowed: {allowed}); "
+                "this model cannot be represented exactly"
+            )
+    ours = VOCAB_SIZE if vocab == OPENAI_VOCAB_SIZE else vocab
+    try:
+        cfg = GPTConfig(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=n_positions, vocab_size=ours,
+            layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)), bias=True, dropout=0.0,
+        )  # fmt: skip
+    except ValueError as e:
+        raise HFFormatError(f"{source}: {e}") from e
+    return cfg, vocab
+
+
+def _read_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single, index, bin_file = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
+    if single.is_file():
+        return load_file(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in shards:
+            state.update(load_file(folder / name))
+        return state
+    if bin_file.is_file():
+        try:
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise HFFormatError(f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}") from e
+    raise HFFormatError(
+        f"{folder}: no weights found; expected model.safetensors, model.safetensors.index.json "
+        "or pytorch_model.bin next to config.json"
+    )
+
+
+def import_hf(folder: str | os.PathLike[str]) -> GPT:
+    """A ``GPT`` (eval mode) holding the weights of a local HF GPT-2 folder (see the module docstring)."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise HFFormatError(f"{folder}: no config.json; expected a Hugging Face GPT-2 checkpoint folder")
+    cfg, hf_vocab = config_from_hf(json.loads(config_file.read_text()), str(config_file))
+    raw = _read_state(folder)
+
+    state: dict[str, torch.Tensor] = {}
+    head = None
+    for key, value in raw.items():
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        if key == "lm_head.weight":
+            head = value
+            continue
+        name = key if key.startswith("transformer.") else "transformer." + key
+        state[name] = value.t() if name.endswith(CONV1D_SUFFIXES) else value
+    expected = _hf_keys(cfg.n_layer)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise HFFormatError(f"{folder}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wte = state["transformer.wte.weight"]
+    if tuple(wte.shape) != (hf_vocab, cfg.n_embd):
+        raise HFFormatError(f"{folder}: wte has shape {tuple(wte.shape)}, config.json says ({hf_vocab}, {cfg.n_embd})")
+    if head is not None and not torch.equal(head, wte):
+        raise HFFormatError(f"{folder}: lm_head.weight differs from wte; GPT-2 ties them, untied heads cannot import")
+
+    dtype = wte.dtype
+    rows = torch.zeros(cfg.padded_vocab_size, cfg.n_embd, dtype=dtype)  # padded rows stay zero
+    rows[:hf_vocab] = wte
+    if hf_vocab == OPENAI_VOCAB_SIZE:
+        rows[SOT_ID] = wte[EOT_ID]
+        mean = wte.float().mean(dim=0).to(dtype)
+        rows[PAD_ID] = mean
+        rows[UNK_ID] = mean
+    state["transformer.wte.weight"] = rows
+    state["lm_head.weight"] = rows
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise HFFormatError(f"{folder}: weights do not match config.json: {e}") from e
+    model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+    return model.eval()
+
+
+def hf_config_dict(cfg: GPTConfig) -> dict[str, Any]:
+    """The ``config.json`` of an exported model (``GPT2Config`` field names)."""
+    out: dict[str, Any] = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "tie_word_embeddings": True,
+    }
+    if cfg.vocab_size == VOCAB_SIZE:
+        out.update(bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=PAD_ID)
+    return out
+
+
+def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` for ``GPT2LMHeadModel.from_pretrained(out_dir)``."""
+    from safetensors.torch import save as safetensors_save
+
+    base = unwrap_model(model)
+    if not isinstance(base, GPT):
+        raise TypeError(f"export_hf needs a GPT, got {type(base).__name__}")
+    cfg = base.config
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    targets = [out / "config.json", out / "model.safetensors"]
+    if not overwrite and any(p.exists() for p in targets):
+        raise FileExistsError(f"{out} already holds an exported model; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+    sd = base.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for key in _hf_keys(cfg.n_layer):
+        if key == "transformer.wte.weight":
+            value = sd[key][: cfg.vocab_size]  # drop the padded rows
+        elif key in sd:
+            value = sd[key].t() if key.endswith(CONV1D_SUFFIXES) else sd[key]
+        elif key.endswith(".bias") and not cfg.bias:
+            weight = sd[key[: -len("bias")] + "weight"]
+            value = torch.zeros(weight.shape[0], dtype=weight.dtype)  # bias-free == zero bias
+        else:
+            raise KeyError(f"model state has no {key}")
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    # weights first, config last: a folder with config.json is a complete export
+    atomic_write_bytes(targets[1], safetensors_save(tensors, metadata={"format": "pt"}))
+    atomic_write_text(targets[0], json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+    return out
