@@ -1,0 +1,413 @@
+"""Random-offset training windows and fixed validation windows, straight from the shard memmaps.
+
+Contract
+--------
+:class:`TokenSampler` ``.get_batch(step)`` returns ``x, y``: ``(batch_size, seq_len)`` int64 tensors
+on ``device`` with ``y`` = ``x`` shifted by one token. Every row is a window of ``seq_len + 1``
+consecutive tokens of one train shard, at a uniformly random valid start over all shards (a shard
+is chosen in proportion to its valid starts; a window never crosses a shard end). With
+``doc_aligned=True`` every window starts at a ``<|startoftext|>`` taken uniformly from the
+persisted document index.
+
+**State is the step number.** The randomness for a step comes from a fresh
+``np.random.default_rng([stream, seed, step])`` (a SeedSequence over those integers), so the batch is
+a pure function of ``(seed, step, rank, world_size)``: a resumed run needs only the step, in any
+process, with no replay and no index files. For a step, the ranks take *disjoint consecutive
+blocks* of that step's single stream of draws: rank ``r`` takes draws ``r*B .. (r+1)*B - 1``, so the
+global batch of a step is the first ``world_size * B`` draws. Consequences: ranks never share a
+draw, and the global batch depends only on ``(seed, step, world_size * B)``, so a run resumed on a
+different number of GPUs with the same global batch sees exactly the data it would have seen.
+Within a rank's batch, rows are ordered by their position in the corpus (sorting groups rows by
+shard for the gather and makes page access sequential; row order inside a batch does not matter
+to the loss). Streams are reproducible for a given numpy version (numpy may change Generator
+streams between releases).
+
+**Speed.** Per batch: one ``rng.integers`` draw, one sort, one advanced-index gather per shard the
+batch touches (see :mod:`pipeline.sampler_index`), then the uint16 -> int64 widening:
+
+* CPU: numpy widens straight into two fresh int64 arrays (``x``, ``y``) that torch wraps without a
+  copy;
+* CUDA: the uint16 rows are gathered into a preallocated *pinned* buffer, copied host-to-device with
+  ``non_blocking=True`` on a side stream (2 bytes per token over PCIe instead of 8), and widened on
+  the device. A ring of ``prefetch + 2`` pinned buffers, each with a CUDA event recorded after its
+  copy, is reused; a buffer is rewritten only after its event completed, so a pending copy never
+  reads a half-overwritten buffer. The consumer's stream waits on the batch's event and the tensors
+  are ``record_stream``-ed, so the caching allocator never recycles them early.
+
+``batches(start)`` runs the producer in a daemon thread that keeps up to ``prefetch`` batches in a
+``queue.Queue``; numpy and the copies release the GIL, so the next batch is prepared while the
+training step runs. Exceptions in the thread are re-raised in the consumer; ``close()`` (or leaving
+the ``with`` block, or closing the generator) stops the thread.
+
+:class:`ValWindows` is a fixed set of ``num_windows`` windows evenly spaced over the valid starts of
+the val split: the same set in every run and for every world size; rank ``r`` takes windows
+``r, r + world_size, ...``. Windows are disjoint when the split has room (stride >= seq_len + 1).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.format import ShardDataset
+from pipeline.sampler_index import SamplerError, WindowIndex, checked_split, open_dataset
+
+__all__ = ["SamplerError", "TokenSampler", "ValWindows"]
+
+# First SeedSequence word of the training stream; keeps it apart from any other use of the same seed.
+_TRAIN_STREAM = 0x0767_7470  # "owtgpt" sampler, v1
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _widen_cpu(buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) uint16 -> contiguous int64 x, y; numpy's cast-copy is the fastest CPU widening."""
+    rows, window = buf.shape
+    x = np.empty((rows, window - 1), dtype=np.int64)
+    y = np.empty((rows, window - 1), dtype=np.int64)
+    np.copyto(x, buf[:, :-1])
+    np.copyto(y, buf[:, 1:])
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _widen_on(dev_u16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) uint16 on a device -> contiguous int64 x, y on that device."""
+    rows, window = dev_u16.shape
+    x = torch.empty((rows, window - 1), dtype=torch.int64, device=dev_u16.device)
+    y = torch.empty((rows, window - 1), dtype=torch.int64, device=dev_u16.device)
+    x.copy_(dev_u16[:, :-1])
+    y.copy_(dev_u16[:, 1:])
+    return x, y
+
+
+@dataclass
+class _Slot:
+    """One host staging buffer: numpy view for the gather, tensor for the copy, event of its last copy."""
+
+    host: np.ndarray
+    tensor: torch.Tensor
+    event: torch.cuda.Event | None = None
+
+
+@dataclass
+class _Batch:
+    step: int
+    x: torch.Tensor
+    y: torch.Tensor
+    ready: torch.cuda.Event | None  # CUDA: recorded on the copy stream after x and y were written
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_STOP = object()
+
+
+class _Prefetcher:
+    """A daemon thread producing consecutive steps into a bounded queue."""
+
+    def __init__(self, produce, start_step: int, depth: int, device: torch.device):
+        self._produce = produce
+        self._device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(start_step,), name="owtgpt-sampler-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, step: int) -> None:
+        try:
+            if self._device.type == "cuda":
+                torch.cuda.set_device(self._device)  # the current device is per thread
+            while not self._stop.is_set():
+                item = self._produce(step)
+                self._queue.put(item)  # blocks while `depth` batches wait; stop() drains to release it
+                step += 1
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            self._queue.put(_Failure(e))
+
+    def get(self) -> _Batch:
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            self.stop()
+            raise item.error
+        if item is _STOP:
+            raise RuntimeError("the sampler's prefetch thread was stopped (the sampler was closed)")
+        return item
+
+    def stop(self) -> None:
+        self._stop.set()
+        # Drain so a producer blocked in put() wakes up, sees the flag and exits; it puts at most
+        # one more item (room is guaranteed by the drain), so join() returns.
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(timeout=0.05)
+        self._drain()
+        self._queue.put_nowait(_STOP)  # a get() after stop() raises instead of waiting forever
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+
+class TokenSampler:
+    """Deterministic random windows of the ``split`` of a shard folder (see the module docstring).
+
+    ``num_tokens``: tokens in the split. ``tokens_per_step``: ``batch_size * seq_len`` (this rank).
+    """
+
+    def __init__(
+        self,
+        data: str | Path | ShardDataset,
+        *,
+        split: str = "train",
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        doc_aligned: bool = False,
+        device: str | torch.device = "cpu",
+        prefetch: int = 2,
+        expected_vocab_size: int | None = None,
+        expected_tokenizer_fingerprint: str | None = None,
+    ):
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seq_len = _check_int("seq_len", seq_len, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.world_size = _check_int("world_size", world_size, 1)
+        self.rank = _check_int("rank", rank, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank must be < world_size ({self.world_size}), got {rank}")
+        self.prefetch = _check_int("prefetch", prefetch, 0)
+        self.doc_aligned = bool(doc_aligned)
+        self.split = split
+        self.device = _resolve_device(device)
+        self.dataset = open_dataset(data)
+        shards = checked_split(
+            self.dataset, split,
+            expected_vocab_size=expected_vocab_size,
+            expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
+        )
+        self.index = WindowIndex(
+            shards, window=self.seq_len + 1, doc_aligned=self.doc_aligned,
+            where=self.dataset.directory, split=split,
+        )
+        self.num_tokens = int(self.index.lengths.sum())
+        self.tokens_per_step = self.batch_size * self.seq_len
+        self._lock = threading.Lock()  # get_batch and the prefetch thread share the staging ring
+        self._prefetchers: set[_Prefetcher] = set()
+        self._closed = False
+        self._cuda = self.device.type == "cuda"
+        shape = (self.batch_size, self.seq_len + 1)
+        nslots = self.prefetch + 2 if self._cuda else 1
+        self._ring: list[_Slot] = []
+        for _ in range(nslots):
+            t = torch.empty(shape, dtype=torch.uint16, pin_memory=self._cuda)
+            self._ring.append(_Slot(host=t.numpy(), tensor=t))
+        self._next_slot = 0
+        self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
+
+    # ------------------------------------------------------------------ the pure function of the step
+
+    def window_starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, token offset within that shard) of every row of ``step``'s batch, in row order.
+
+        Cheap (no token is read in random mode): use it to find which text a step trained on.
+        """
+        step = _check_int("step", step, 0)
+        b, r = self.batch_size, self.rank
+        rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
+        draws = rng.integers(0, self.index.total, size=(r + 1) * b, dtype=np.int64)[r * b :]
+        draws.sort()
+        return self.index.locate(draws)
+
+    def _produce(self, step: int) -> _Batch:
+        if self._closed:
+            raise RuntimeError("the TokenSampler is closed")
+        shard_ids, starts = self.window_starts(step)
+        with self._lock:
+            slot = self._ring[self._next_slot]
+            self._next_slot = (self._next_slot + 1) % len(self._ring)
+            if slot.event is not None:
+                slot.event.synchronize()  # its previous H2D copy must finish before we overwrite it
+            self.index.gather(shard_ids, starts, slot.host)
+            if not self._cuda:
+                if self.device.type == "cpu":
+                    x, y = _widen_cpu(slot.host)
+                else:  # other accelerators: move the uint16 bytes, widen there
+                    x, y = _widen_on(slot.tensor.to(self.device))
+                return _Batch(step, x, y, None)
+            assert self._copy_stream is not None
+            with torch.cuda.stream(self._copy_stream):
+                dev_u16 = slot.tensor.to(self.device, non_blocking=True)
+                x, y = _widen_on(dev_u16)
+                slot.event = torch.cuda.Event()
+                slot.event.record(self._copy_stream)
+            return _Batch(step, x, y, slot.event)
+
+    def _handoff(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the consumer's current stream wait for the batch and own its memory."""
+        if batch.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(batch.ready)
+            batch.x.record_stream(stream)
+            batch.y.record_stream(stream)
+        return batch.x, batch.y
+
+    def get_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x, y`` for ``step``: (batch_size, seq_len) int64 on ``device``; same step, same batch."""
+        return self._handoff(self._produce(step))
+
+    def batches(self, start_step: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield ``(step, x, y)`` for ``start_step, start_step + 1, ...`` (equal to ``get_batch(step)``).
+
+        With ``prefetch > 0`` a background thread prepares up to ``prefetch`` batches ahead.
+        """
+        step = _check_int("start_step", start_step, 0)
+        if self._closed:
+            raise RuntimeError("the TokenSampler is closed")
+        return self._iterate(step)
+
+    def _iterate(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        if self.prefetch == 0:
+            while True:
+                x, y = self.get_batch(step)
+                yield step, x, y
+                step += 1
+        pf = _Prefetcher(self._produce, step, self.prefetch, self.device)
+        self._prefetchers.add(pf)
+        try:
+            while True:
+                batch = pf.get()
+                x, y = self._handoff(batch)
+                yield batch.step, x, y
+        finally:
+            pf.stop()
+            self._prefetchers.discard(pf)
+
+    def close(self) -> None:
+        """Stop prefetch threads and release the staging buffers; idempotent."""
+        self._closed = True
+        for pf in list(self._prefetchers):
+            pf.stop()
+        self._prefetchers.clear()
+        with self._lock:
+            for slot in self._ring:
+                if slot.event is not None:
+                    slot.event.synchronize()
+            self._ring = []
+
+    def __enter__(self) -> TokenSampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "doc-aligned" if self.doc_aligned else "random"
+        return (
+            f"TokenSampler({self.dataset.directory}, split={self.split!r}, B={self.batch_size}, "
+            f"T={self.seq_len}, seed={self.seed}, rank={self.rank}/{self.world_size}, {mode}, "
+            f"{self.num_tokens:,} tokens, {self.index.total:,} starts, device={self.device})"
+        )
+
+
+class ValWindows:
+    """A fixed, deterministic set of ``num_windows`` windows over the val split (module docstring).
+
+    Iterating yields ``(x, y)`` int64 batches of at most ``batch_size`` rows of this rank's windows.
+    The number of batches can differ by one between ranks when ``num_windows`` is not a multiple of
+    ``world_size * batch_size``: reduce the summed loss and the window count once after the loop,
+    not per batch.
+    """
+
+    def __init__(
+        self,
+        data: str | Path | ShardDataset,
+        *,
+        seq_len: int,
+        num_windows: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        expected_vocab_size: int | None = None,
+        expected_tokenizer_fingerprint: str | None = None,
+        split: str = "val",
+        doc_aligned: bool = False,
+    ):
+        self.seq_len = _check_int("seq_len", seq_len, 1)
+        self.num_windows = _check_int("num_windows", num_windows, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.world_size = _check_int("world_size", world_size, 1)
+        self.rank = _check_int("rank", rank, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank must be < world_size ({self.world_size}), got {rank}")
+        self.device = _resolve_device(device)
+        self.dataset = open_dataset(data)
+        shards = checked_split(
+            self.dataset, split,
+            expected_vocab_size=expected_vocab_size,
+            expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
+        )
+        self.index = WindowIndex(
+            shards, window=self.seq_len + 1, doc_aligned=bool(doc_aligned),
+            where=self.dataset.directory, split=split,
+        )
+        total = self.index.total
+        if self.num_windows > total:
+            raise SamplerError(
+                f"{self.dataset.directory}: num_windows={self.num_windows} but the '{split}' split has only "
+                f"{total:,} distinct window starts for seq_len={self.seq_len} ({int(self.index.lengths.sum()):,} "
+                "tokens); ask for fewer eval windows or build a larger val split (--val-fraction)."
+            )
+        # Evenly spaced over the global start numbering: fixed by the data and num_windows alone.
+        # Python ints: num_windows * total can exceed int64 for huge splits.
+        g = np.array([k * total // self.num_windows for k in range(self.num_windows)], dtype=np.int64)
+        self.shard_ids, self.starts = self.index.locate(g)  # all windows, in window order
+        self._mine = np.arange(self.rank, self.num_windows, self.world_size)
+
+    @property
+    def num_local_windows(self) -> int:
+        return len(self._mine)
+
+    def __len__(self) -> int:
+        return -(-len(self._mine) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for lo in range(0, len(self._mine), self.batch_size):
+            rows = self._mine[lo : lo + self.batch_size]
+            buf = np.empty((len(rows), self.seq_len + 1), dtype=np.uint16)
+            # rows are increasing window numbers, hence sorted by shard, as gather() requires
+            self.index.gather(self.shard_ids[rows], self.starts[rows], buf)
+            if self.device.type == "cpu":
+                yield _widen_cpu(buf)
+            else:  # eval is not on the hot path: a plain synchronous copy of the uint16 bytes
+                yield _widen_on(torch.from_numpy(buf).to(self.device))

@@ -1,0 +1,339 @@
+"""TokenSampler / ValWindows on small generated shards.
+
+The shards hold *position-encoded* tokens: token ``i`` of the split-wide concatenation is ``i``
+(all shards together stay below the vocabulary), except at document boundaries where the build's
+``<|startoftext|>`` / ``<|endoftext|>`` markers are written. A window's non-marker values therefore
+say exactly which shard and offset it came from, and every check below compares against the token
+arrays the test generated itself, not against the sampler's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.format import Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name
+from pipeline.sampler import SamplerError, TokenSampler, ValWindows
+from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE
+
+REPO = Path(__file__).resolve().parents[2]
+FP = "test-tokenizer:0123456789abcdef"
+T = 32
+
+
+def write_dataset(root: Path, splits: dict[str, list[list[int]]], *, vocab_size: int = VOCAB_SIZE) -> dict:
+    """Write shards whose documents have the given lengths; returns {split: [(base, tokens, doc_starts)]}."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries, ref, base = [], {}, 0
+    for split, shards in splits.items():
+        ref[split] = []
+        for i, doc_lens in enumerate(shards):
+            n = int(sum(doc_lens))
+            tokens = (base + np.arange(n)).astype(np.uint16)
+            offs = np.concatenate(([0], np.cumsum(doc_lens))).astype(np.int64)
+            tokens[offs[:-1]] = SOT_ID
+            tokens[offs[1:] - 1] = EOT_ID
+            name = shard_name(split, i)
+            w = ShardWriter(root / name, vocab_size=vocab_size, tokenizer_fingerprint=FP)
+            w.add_documents(tokens, np.array(doc_lens))
+            h = w.finish()
+            entries.append(ShardEntry(name, split, n, len(doc_lens), h.payload_sha256))
+            ref[split].append((base, tokens, offs[:-1]))
+            base += n
+    assert base < EOT_ID, "position encoding must stay below the special ids"
+    Manifest(
+        tokenizer_fingerprint=FP, vocab_size=vocab_size, special_tokens=dict(SPECIAL_TOKENS),
+        source="generated", settings={}, shards=entries,
+    ).save(root)
+    return ref
+
+
+def doc_lengths(total: int, rng: np.random.Generator, lo: int = 3, hi: int = 120) -> list[int]:
+    lens = []
+    while sum(lens) < total:
+        lens.append(int(rng.integers(lo, hi)))
+    return lens
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    rng = np.random.default_rng(1234)
+    root = tmp_path_factory.mktemp("sampler") / "shards"
+    splits = {
+        # sizes differ 8x so proportionality is visible; the last shard is shorter than T + 1
+        "train": [doc_lengths(n, rng) for n in (4000, 12000, 1500)] + [[6, 5]],
+        "val": [doc_lengths(n, rng) for n in (2500, 1800)],
+    }
+    return root, write_dataset(root, splits)
+
+
+def locate_row(w: np.ndarray, ref: list) -> tuple[int, int]:
+    """(shard, start) of a window from its position-encoded values; asserts the window matches."""
+    plain = np.flatnonzero((w != SOT_ID) & (w != EOT_ID))
+    assert len(plain), "window holds only markers"
+    value0 = int(w[plain[0]]) - int(plain[0])  # = base + start
+    for j, (base, tokens, _) in enumerate(ref):
+        if base <= value0 < base + len(tokens):
+            start = value0 - base
+            assert 0 <= start <= len(tokens) - len(w), f"window at {start} crosses the end of shard {j}"
+            np.testing.assert_array_equal(w, tokens[start : start + len(w)])
+            return j, start
+    raise AssertionError(f"window {w[:8]}... matches no shard")
+
+
+def windows(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """(B, T+1) windows back from x and y, after checking y is x shifted by one."""
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    return torch.cat([x, y[:, -1:]], dim=1).numpy()
+
+
+def test_shapes_dtype_and_shift(data):
+    root, _ = data
+    with TokenSampler(root, batch_size=5, seq_len=T, prefetch=0) as s:
+        x, y = s.get_batch(0)
+        assert x.shape == y.shape == (5, T)
+        assert x.dtype == y.dtype == torch.int64
+        assert x.is_contiguous() and y.is_contiguous()
+        assert x.device.type == "cpu"
+        windows(x, y)
+        assert s.num_tokens == sum(len(t) for _, t, _ in data[1]["train"])
+
+
+@pytest.mark.parametrize("doc_aligned", [False, True])
+def test_windows_are_contiguous_slices_of_one_shard(data, doc_aligned):
+    root, ref = data
+    with TokenSampler(root, batch_size=16, seq_len=T, doc_aligned=doc_aligned, prefetch=0) as s:
+        for step in range(40):
+            x, y = s.get_batch(step)
+            for w in windows(x, y):
+                j, start = locate_row(w, ref["train"])
+                assert j != 3, "the shard shorter than T+1 must never be sampled"
+                if doc_aligned:
+                    assert w[0] == SOT_ID
+                    assert start in set(ref["train"][j][2].tolist())
+
+
+def test_doc_aligned_covers_every_eligible_document(data):
+    root, ref = data
+    eligible = {
+        (j, int(o)) for j, (_, tok, starts) in enumerate(ref["train"]) for o in starts if o + T + 1 <= len(tok)
+    }
+    seen = set()
+    with TokenSampler(root, batch_size=64, seq_len=T, doc_aligned=True, prefetch=0) as s:
+        for step in range(150):  # ~9600 draws over ~330 documents: each expected ~29 times
+            shard_ids, starts = s.window_starts(step)
+            seen |= set(zip(shard_ids.tolist(), starts.tolist(), strict=True))
+    assert seen == eligible
+
+
+def test_offsets_cover_shards_in_proportion_to_size(data):
+    """Chi-square over shards (fixed seed, wide tolerance) and over offset bins inside the largest."""
+    root, ref = data
+    counts = np.zeros(len(ref["train"]))
+    bins = np.zeros(10)
+    big = 1
+    n_big = len(ref["train"][big][1]) - T
+    with TokenSampler(root, batch_size=64, seq_len=T, seed=7, prefetch=0) as s:
+        for step in range(100):
+            x, y = s.get_batch(step)
+            for w in windows(x, y):
+                j, start = locate_row(w, ref["train"])
+                counts[j] += 1
+                if j == big:
+                    bins[start * 10 // n_big] += 1
+    valid = np.array([max(len(t) - T, 0) for _, t, _ in ref["train"]], dtype=float)
+    assert counts[3] == 0
+    expected = counts.sum() * valid[:3] / valid.sum()
+    chi2 = float(((counts[:3] - expected) ** 2 / expected).sum())
+    assert chi2 < 20.0, (counts, expected, chi2)  # 2 dof: p ~ 5e-5 at 20
+    exp_bin = bins.sum() / 10
+    chi2_bins = float(((bins - exp_bin) ** 2 / exp_bin).sum())
+    assert chi2_bins < 40.0, (bins, chi2_bins)  # 9 dof: p ~ 7e-6 at 40
+
+
+def batch_digest(root: Path, steps: list[int], **kw) -> list[str]:
+    out = []
+    with TokenSampler(root, prefetch=0, **kw) as s:
+        for step in steps:
+            x, y = s.get_batch(step)
+            out.append(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+    return out
+
+
+def test_same_inputs_same_batch_in_a_new_process(data):
+    root, _ = data
+    kw = dict(batch_size=8, seq_len=T, seed=3, rank=1, world_size=3)
+    steps = [0, 7, 123456]
+    here = batch_digest(root, steps, **kw)
+    assert here == batch_digest(root, steps, **kw)
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from tests.pipeline.test_sampler import batch_digest\n"
+        f"print(' '.join(batch_digest(Path(sys.argv[2]), {steps!r}, **{kw!r})))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(REPO), str(root)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )
+    assert res.stdout.split() == here
+
+
+def test_resume_equals_uninterrupted_run(data):
+    root, _ = data
+    kw = dict(batch_size=4, seq_len=T, seed=11)
+    with TokenSampler(root, prefetch=2, **kw) as s:
+        full = [(st, x.clone(), y.clone()) for (st, x, y), _ in zip(s.batches(0), range(20), strict=False)]
+    with TokenSampler(root, prefetch=0, **kw) as s:
+        first = [(st, x, y) for (st, x, y), _ in zip(s.batches(0), range(10), strict=False)]
+    with TokenSampler(root, prefetch=3, **kw) as s:  # a fresh sampler, as after a restart
+        rest = [(st, x, y) for (st, x, y), _ in zip(s.batches(10), range(10), strict=False)]
+        direct = [s.get_batch(st) for st in range(20)]
+    assert [st for st, _, _ in full] == list(range(20))
+    for (sa, xa, ya), (sb, xb, yb), (xd, yd) in zip(full, first + rest, direct, strict=True):
+        assert sa == sb
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert torch.equal(xa, xd) and torch.equal(ya, yd)
+
+
+def test_ranks_disjoint_and_global_batch_independent_of_split(data):
+    root, _ref = data
+
+    def rows(b, rank, world, step):
+        with TokenSampler(root, batch_size=b, seq_len=T, rank=rank, world_size=world, prefetch=0) as s:
+            return s.window_starts(step), s.get_batch(step)
+
+    for step in range(5):
+        (i0, s0), (x0, _) = rows(4, 0, 2, step)
+        (i1, s1), (x1, _) = rows(4, 1, 2, step)
+        assert not torch.equal(x0, x1)
+        (ia, sa), _ = rows(8, 0, 1, step)
+        union = sorted(zip(np.concatenate([i0, i1]).tolist(), np.concatenate([s0, s1]).tolist(), strict=True))
+        assert union == sorted(zip(ia.tolist(), sa.tolist(), strict=True))
+    # a different seed or step gives a different batch
+    with TokenSampler(root, batch_size=8, seq_len=T, seed=1, prefetch=0) as s1, \
+            TokenSampler(root, batch_size=8, seq_len=T, seed=2, prefetch=0) as s2:
+        assert not torch.equal(s1.get_batch(0)[0], s2.get_batch(0)[0])
+        assert not torch.equal(s1.get_batch(0)[0], s1.get_batch(1)[0])
+
+
+def test_prefetch_thread_errors_reach_the_consumer_and_close_stops_it(data, monkeypatch):
+    root, _ = data
+    s = TokenSampler(root, batch_size=2, seq_len=T, prefetch=2)
+    real = s.index.gather
+    calls = []
+
+    def flaky(shard_ids, starts, out):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError("disk went away")
+        return real(shard_ids, starts, out)
+
+    monkeypatch.setattr(s.index, "gather", flaky)
+    it = s.batches(0)
+    got = [next(it)[0] for _ in range(3)]
+    assert got == [0, 1, 2]
+    with pytest.raises(OSError, match="disk went away"):
+        next(it)
+    s.close()
+    assert not [t for t in threading.enumerate() if t.name == "owtgpt-sampler-prefetch" and t.is_alive()]
+
+    s = TokenSampler(root, batch_size=2, seq_len=T, prefetch=2)
+    it = s.batches(5)
+    assert next(it)[0] == 5
+    s.close()  # while the thread is blocked on a full queue
+    assert not [t for t in threading.enumerate() if t.name == "owtgpt-sampler-prefetch" and t.is_alive()]
+    with pytest.raises(RuntimeError, match="closed"):
+        next(it)
+    with pytest.raises(RuntimeError, match="closed"):
+        s.get_batch(0)
+
+
+def test_val_windows_fixed_and_identical_across_world_sizes(data):
+    root, ref = data
+    n = 37
+
+    def collect(world):
+        out = []
+        for rank in range(world):
+            vw = ValWindows(root, seq_len=T, num_windows=n, batch_size=5, rank=rank, world_size=world)
+            batches = list(vw)
+            assert len(batches) == len(vw) and all(x.shape[0] <= 5 for x, _ in batches)
+            out += [w for x, y in batches for w in windows(x, y)]
+        return out
+
+    base = collect(1)
+    assert len(base) == n
+    located = [locate_row(w, ref["val"]) for w in base]
+    assert len(set(located)) == n
+    # evenly spaced over a split that has room: no two windows overlap
+    starts = sorted((j, s) for j, s in located)
+    for (ja, sa), (jb, sb) in itertools.pairwise(starts):
+        assert ja != jb or sb - sa >= T + 1
+    key = lambda ws: sorted(w.tobytes() for w in ws)  # noqa: E731
+    for world in (2, 3, 8):
+        assert key(collect(world)) == key(base)
+    assert key(collect(1)) == key(base)  # identical in every run
+
+
+def test_val_windows_doc_aligned_and_too_many(data):
+    root, ref = data
+    vw = ValWindows(root, seq_len=T, num_windows=10, batch_size=4, doc_aligned=True)
+    for x, y in vw:
+        assert (x[:, 0] == SOT_ID).all()
+        for w in windows(x, y):
+            locate_row(w, ref["val"])
+    total_starts = sum(len(t) - T for _, t, _ in ref["val"])
+    with pytest.raises(SamplerError, match=f"num_windows={total_starts + 1}"):
+        ValWindows(root, seq_len=T, num_windows=total_starts + 1, batch_size=4)
+
+
+def test_start_up_checks(data, tmp_path):
+    root, _ = data
+    with pytest.raises(SamplerError, match=r"vocab_size=50260.*vocab_size=50304") as e:
+        TokenSampler(root, batch_size=2, seq_len=T, expected_vocab_size=50304)
+    assert str(root) in str(e.value)
+    with pytest.raises(SamplerError, match="other-tokenizer") as e:
+        TokenSampler(root, batch_size=2, seq_len=T, expected_tokenizer_fingerprint="other-tokenizer")
+    assert FP in str(e.value) and str(root) in str(e.value)
+    TokenSampler(root, batch_size=2, seq_len=T, expected_vocab_size=VOCAB_SIZE,
+                 expected_tokenizer_fingerprint=FP).close()
+    longest = 12000
+    with pytest.raises(SamplerError, match=r"'train' split is too small.*seq_len\+1=20001"):
+        TokenSampler(root, batch_size=2, seq_len=20000)
+    with pytest.raises(SamplerError, match="'val' split is too small"):
+        ValWindows(root, seq_len=longest, num_windows=1, batch_size=1)
+    for bad in (dict(batch_size=0), dict(seed=-1), dict(rank=2, world_size=2), dict(prefetch=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TokenSampler(root, **{"batch_size": 2, "seq_len": T, **bad})
+    with TokenSampler(root, batch_size=2, seq_len=T) as s, pytest.raises(ValueError, match="step"):
+        s.get_batch(-1)
+
+
+def test_empty_split_and_doc_aligned_without_room(tmp_path):
+    rng = np.random.default_rng(0)
+    no_val = tmp_path / "noval"
+    write_dataset(no_val, {"train": [doc_lengths(500, rng)]})
+    with pytest.raises(SamplerError, match=r"'val' split is empty.*--val-fraction"):
+        ValWindows(no_val, seq_len=8, num_windows=2, batch_size=2)
+    one_doc = tmp_path / "onedoc"  # two documents: only their two starts are doc-aligned windows
+    write_dataset(one_doc, {"train": [[30, 200]]})
+    with TokenSampler(one_doc, batch_size=2, seq_len=100, prefetch=0) as s:
+        assert s.index.total == 230 - 101 + 1
+    with pytest.raises(SamplerError, match="no document starts early enough"):
+        TokenSampler(one_doc, batch_size=2, seq_len=230, doc_aligned=True)
+    with pytest.raises(SamplerError, match=r"no shard holds.*train-00000.bin=230"):
+        TokenSampler(one_doc, batch_size=2, seq_len=230)
+    with TokenSampler(one_doc, batch_size=8, seq_len=100, doc_aligned=True, prefetch=0) as s:
+        _, starts = s.window_starts(0)
+        assert set(starts.tolist()) <= {0, 30}
+    ds = ShardDataset(one_doc)  # a ShardDataset is accepted as well as a path
+    with TokenSampler(ds, batch_size=1, seq_len=4, prefetch=0) as s:
+        assert s.dataset is ds
