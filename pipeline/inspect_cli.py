@@ -194,24 +194,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
                           "problems": [p.to_dict() for p in problems]}, indent=2))
         return 1 if n_err else 0
     out = Console()
-    t = Table(title=f"verify {args.dir}")
-    t.add_column("file")
-    t.add_column("severity")
-    t.add_column("problem", overflow="fold")
-    for p in problems:
-        t.add_row(Text(Path(p.file).name), Text(p.severity, style="red" if p.severity == "error" else "yellow"),
-                  Text(p.message))
-    if problems:
-        out.print(t)
-        # one plain line per problem with the full path, for grep and logs
-        for p in problems:
-            out.print(Text(f"{p.severity.upper()}: {p}"), soft_wrap=True)
+    for p in problems:  # one line per problem with the full path: greppable, never wrapped
+        out.print(Text(f"{p.severity.upper()}: {p}", style="red" if p.severity == "error" else "yellow"),
+                  soft_wrap=True)
+    out.print(_verify_table(Path(args.dir), problems))
     ds_summary = _verified_summary(Path(args.dir))
     if n_err:
         out.print(Text(f"FAILED: {n_err} error(s), {n_warn} warning(s) in {args.dir}", style="bold red"))
         return 1
     out.print(Text(f"OK: {ds_summary}" + (f", {n_warn} warning(s)" if n_warn else ""), style="bold green"))
     return 0
+
+
+def _verify_table(d: Path, problems: list) -> Table:
+    """Summary: one row per shard file (present or listed), with its figures and its verdict."""
+    from pipeline.format import SHARD_SUFFIX, read_header
+
+    by_file: dict[str, list] = {}
+    for p in problems:
+        by_file.setdefault(Path(p.file).name, []).append(p)
+    names = sorted({p.name for p in d.glob(f"*{SHARD_SUFFIX}")}
+                   | {n for n in by_file if n.endswith(SHARD_SUFFIX)})
+    t = Table(title=f"verify {d}")
+    for col in ("file", "docs", "tokens", "bytes", "verdict"):
+        t.add_column(col, justify="left" if col in ("file", "verdict") else "right", no_wrap=col == "file")
+    for name in names:
+        path = d / name
+        try:
+            h = read_header(path)
+            docs, toks = f"{h.num_docs:,}", f"{h.num_tokens:,}"
+        except (OSError, ShardFormatError):
+            docs = toks = "-"
+        size = f"{path.stat().st_size:,}" if path.is_file() else "missing"
+        found = by_file.get(name, [])
+        n_err = sum(p.severity == "error" for p in found)
+        verdict = (Text(f"{n_err} error(s)", style="red") if n_err else
+                   Text(f"{len(found)} warning(s)", style="yellow") if found else Text("ok", style="green"))
+        t.add_row(name, docs, toks, size, verdict)
+    return t
 
 
 def _verified_summary(d: Path) -> str:
