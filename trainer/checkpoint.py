@@ -1,0 +1,211 @@
+"""Full training checkpoints: atomic save, keep-last-K, resume with fallback, compatibility checks.
+
+Contract
+--------
+* A checkpoint is ``RUN/checkpoints/step-XXXXXXXX.pt`` (:func:`model.checkpoint.checkpoint_path`),
+  the model package's schema (``"model"``: the *uncompiled, unwrapped* state_dict, and
+  ``"model_config"``), so ``python -m model sample --checkpoint RUN`` works on a trainer run, plus
+  the training state: ``"optimizer"``, ``"scaler"``, ``"step"`` (optimizer steps completed),
+  ``"rng"``, ``"train_config"``, ``"dataset_fingerprint"``, ``"tokenizer_fingerprint"``,
+  ``"vocab_size"``, ``"counters"`` and ``"format"``.
+* Everything is a tensor or a plain container of str/int/float/bool/None, so loading is always
+  ``torch.load(weights_only=True)``: a checkpoint can never run code.
+* Writes go through :func:`pipeline.fsutil.atomic_open` (temp file in the same folder, fsync,
+  rename, fsync of the folder): a kill at any moment leaves the previous checkpoints intact and at
+  worst a hidden temp file, removed on the next start. After a successful write only the newest
+  ``keep_last`` are kept.
+* :func:`load_latest` tries checkpoints newest first; one that does not load (truncated, corrupt,
+  wrong schema) is reported through ``warn`` and skipped, so the run falls back to the previous.
+* :func:`check_compatible` refuses a resume across a different dataset, vocabulary or model shape
+  unless ``--force``.
+
+Testing aid: ``OWTGPT_TEST_KILL=during-ckpt:N`` makes the process SIGKILL itself halfway through
+writing the checkpoint of step ``N`` (a real kill, no cleanup), to prove the previous survives.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.checkpoint import checkpoint_path, list_checkpoints
+from pipeline.fsutil import atomic_open, remove_stale_temps
+
+FORMAT = "owtgpt-train-v1"
+REQUIRED_KEYS = ("model", "model_config", "optimizer", "step", "train_config", "format")
+KILL_ENV = "OWTGPT_TEST_KILL"
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed as asked; the message says why and what to pass."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (unreadable) or a forced resume crossed a mismatch."""
+
+
+def kill_point() -> tuple[str, int] | None:
+    """``(when, step)`` from ``OWTGPT_TEST_KILL=after-ckpt:N|during-ckpt:N``, else None."""
+    value = os.environ.get(KILL_ENV)
+    if not value:
+        return None
+    when, _, step = value.partition(":")
+    if when not in ("after-ckpt", "during-ckpt") or not step.isdigit():
+        raise ValueError(f"{KILL_ENV}={value!r}: expected after-ckpt:N or during-ckpt:N")
+    return when, int(step)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def capture_rng() -> dict[str, Any]:
+    """torch (CPU, every CUDA device), numpy and python RNG states as tensors / plain values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": [int(k) for k in keys], "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": [int(s) for s in state], "gauss_next": gauss_next},
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = rng.get("torch_cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = rng["numpy"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], step: int, payload: dict[str, Any], keep_last: int) -> Path:
+    """Atomically write ``payload`` as the checkpoint of ``step``, then prune to ``keep_last``."""
+    path = checkpoint_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kill = kill_point()
+    with atomic_open(path) as f:
+        if kill == ("during-ckpt", step):
+            buf = io.BytesIO()
+            torch.save(payload, buf)
+            data = buf.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save(payload, f)
+    prune(run_dir, keep_last, keep=path)
+    if kill == ("after-ckpt", step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+
+def prune(run_dir: str | os.PathLike[str], keep_last: int, keep: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (never ``keep``); returns what went."""
+    removed = []
+    for p in list_checkpoints(run_dir)[keep_last:]:
+        if keep is not None and p.resolve() == keep.resolve():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def clean_temps(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files a killed writer left in the checkpoint folder."""
+    return remove_stale_temps(checkpoint_path(run_dir, 0).parent)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, CheckpointWarning, stacklevel=3)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and schema-check one training checkpoint (``weights_only=True``)."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict):
+        raise ResumeError(f"{path}: not a training checkpoint (top level is {type(payload).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ResumeError(
+            f"{path}: missing {missing}; it is a model-only checkpoint, not a training checkpoint "
+            "(it can be sampled from, but not resumed)"
+        )
+    if payload["format"] != FORMAT:
+        raise ResumeError(f"{path}: checkpoint format {payload['format']!r}, this trainer reads {FORMAT!r}")
+    return payload
+
+
+def load_latest(
+    run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+    warn: Callable[[str], None] = _warn,
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest loadable checkpoint of ``run_dir`` and its path; None when there are none.
+
+    Unloadable ones are reported through ``warn`` and skipped; when every one fails the error
+    lists them all.
+    """
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        return None
+    failures = []
+    for i, path in enumerate(paths):
+        try:
+            return load_checkpoint(path, map_location), path
+        except Exception as e:  # truncated zip, bad pickle, wrong schema: all mean "skip this one"
+            failures.append(f"{path}: {type(e).__name__}: {e}")
+            nxt = f"falling back to {paths[i + 1].name}" if i + 1 < len(paths) else "no older checkpoint left"
+            warn(f"checkpoint {path} could not be loaded ({type(e).__name__}: {str(e)[:200]}); {nxt}")
+    raise ResumeError(
+        f"{run_dir}: none of its {len(paths)} checkpoints loads:\n  " + "\n  ".join(failures)
+        + "\nStart a fresh run with --overwrite, or restore a checkpoint from a backup."
+    )
+
+
+def check_compatible(
+    payload: dict[str, Any], path: Path, *, model_config: dict[str, Any], dataset_fingerprint: str,
+    vocab_size: int, force: bool, warn: Callable[[str], None] = _warn,
+) -> list[str]:
+    """Refuse (ResumeError) to resume across a different dataset, vocab or model shape unless ``force``."""
+    problems = []
+    if payload.get("dataset_fingerprint") != dataset_fingerprint:
+        problems.append(
+            f"dataset fingerprint {payload.get('dataset_fingerprint')} (checkpoint) != {dataset_fingerprint} "
+            "(--data): the shards changed"
+        )
+    if payload.get("vocab_size") != vocab_size:
+        problems.append(f"shard vocab size {payload.get('vocab_size')} (checkpoint) != {vocab_size} (--data)")
+    old = payload.get("model_config", {})
+    diff = {k: (old.get(k), v) for k, v in model_config.items() if old.get(k) != v}
+    if diff:
+        problems.append(
+            "model shape differs: " + ", ".join(f"{k} {a} (checkpoint) != {b} (now)" for k, (a, b) in diff.items())
+        )
+    if problems and not force:
+        raise ResumeError(
+            f"refusing to resume from {path}:\n  - " + "\n  - ".join(problems)
+            + "\nPass the settings the run was started with, start a new run in another --out, "
+            "or pass --force to resume anyway (a different model shape still cannot load the weights)."
+        )
+    for p in problems:
+        warn(f"--force: resuming from {path} although {p}")
+    return problems

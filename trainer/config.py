@@ -1,0 +1,360 @@
+"""``TrainConfig``: every trainer knob in one typed, validated dataclass, plus presets, TOML and CLI.
+
+Contract
+--------
+* One field per CLI flag (``micro_batch`` <-> ``--micro-batch``), each with help text in its
+  metadata; ``python -m trainer --help`` is generated from these fields, so the two never drift.
+* Precedence: dataclass defaults < ``--preset`` < ``--config FILE.toml`` < explicit CLI flags.
+  :func:`resolve_config` implements it; argparse defaults are suppressed so "given on the command
+  line" is known exactly.
+* ``__post_init__`` validates and every error names the flag to change (:class:`ConfigError`).
+  Checks that need the world size or the model (gradient accumulation divisibility, ``T`` vs the
+  model's context) live in :meth:`TrainConfig.grad_accum_steps` and :meth:`TrainConfig.model_config`
+  and run before any data or model is touched.
+
+Preset choices (documented here because they are judgement calls)
+------------------------------------------------------------------
+* ``gpt2``: the 124M model on 2^19 = 524,288 tokens per step, lr 6e-4 (GPT-3 paper, table 2.1,
+  "Small"), min lr 0.1 x max, **700 warmup steps and 19,073 steps = 10B tokens** (llm.c's GPT-2
+  reproduction schedule: about one epoch of OpenWebText's ~9B tokens, and it matches GPT-2 124M's
+  HellaSwag). nanoGPT's 600,000-step / 300B-token schedule is a ``--max-steps 600000
+  --warmup-steps 2000`` away. Micro batch 64 x 1024 fits an 80 GB GPU in bf16 with compile;
+  lower ``--micro-batch`` (gradient accumulation grows to keep the total) on smaller GPUs.
+* ``gpt2-medium`` / ``-large`` / ``-xl``: lr 3e-4 / 2.5e-4 / 2e-4 as the GPT-3 table for the
+  nearest sizes (350M, 760M, 1.3B), smaller micro batches, same token budget and schedule.
+* ``tiny``: a seconds-long CPU run for tests (tiny model, T=64, 4 x 64 tokens per step).
+* ``demo``: a 2-core CPU demo (``make demo``) that trains for about two minutes on ~100K tokens
+  of repository text and visibly lowers val loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A trainer setting is invalid; the message names the CLI flag (or TOML key) to change."""
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field: ``micro_batch`` -> ``--micro-batch``."""
+    return "--" + name.replace("_", "-")
+
+
+def _h(help: str) -> dict[str, str]:
+    return {"help": help}
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run. Defaults are the ``gpt2`` preset."""
+
+    # --- run folder and data
+    data: Path = field(default=Path("shards"), metadata=_h("shard folder written by `python -m pipeline build` (needs train and val splits)"))
+    out: Path = field(default=Path("runs/gpt2"), metadata=_h("run folder: config.json, checkpoints/, TensorBoard events, metrics.jsonl"))
+    preset: str = field(default="gpt2", metadata=_h("training preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, demo"))
+    resume: bool = field(default=False, metadata=_h("continue from the newest loadable checkpoint in --out (starts fresh when there is none)"))
+    overwrite: bool = field(default=False, metadata=_h("start a fresh run in a non-empty --out, deleting its checkpoints, events and logs"))
+    force: bool = field(default=False, metadata=_h("resume even when the checkpoint's dataset fingerprint, vocab or model shape differ"))
+    # --- model (a model/ preset plus optional overrides)
+    model: str = field(default="gpt2", metadata=_h("model preset for GPTConfig.from_preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny"))
+    n_layer: int | None = field(default=None, metadata=_h("override the model preset's number of transformer blocks"))
+    n_head: int | None = field(default=None, metadata=_h("override the model preset's attention heads"))
+    n_embd: int | None = field(default=None, metadata=_h("override the model preset's embedding width"))
+    block_size: int | None = field(default=None, metadata=_h("override the model preset's context length (positions)"))
+    dropout: float = field(default=0.0, metadata=_h("dropout probability (0 for pretraining)"))
+    # --- batch and data order
+    seq_len: int = field(default=1024, metadata=_h("tokens per training window T (<= the model's context)"))
+    micro_batch: int = field(default=64, metadata=_h("windows per forward pass on each rank (lower it when out of memory)"))
+    total_batch_tokens: int = field(default=
+        524_288, metadata=_h("tokens per optimizer step over all ranks; gradient accumulation = total / (micro_batch x T x world size)"))
+    max_steps: int = field(default=19_073, metadata=_h("optimizer steps of the whole run (19,073 x 2^19 tokens = 10B tokens)"))
+    doc_aligned: bool = field(default=False, metadata=_h("start every window at a document start instead of a random offset"))
+    prefetch: int = field(default=2, metadata=_h("batches the sampler prepares ahead in a background thread (0 = synchronous)"))
+    seed: int = field(default=1337, metadata=_h("seed of the model init, the data order and dropout (the data is a pure function of it and the step)"))
+    # --- optimizer and schedule
+    lr: float = field(default=6e-4, metadata=_h("peak learning rate, reached after warmup"))
+    min_lr_ratio: float = field(default=0.1, metadata=_h("cosine decay floor as a fraction of --lr"))
+    warmup_steps: int = field(default=700, metadata=_h("linear warmup steps"))
+    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay, applied to 2-D weights only (not biases or LayerNorm)"))
+    beta1: float = field(default=0.9, metadata=_h("AdamW beta1"))
+    beta2: float = field(default=0.95, metadata=_h("AdamW beta2"))
+    eps: float = field(default=1e-8, metadata=_h("AdamW epsilon"))
+    grad_clip: float = field(default=1.0, metadata=_h("clip the global gradient norm to this (0 disables); the pre-clip norm is logged"))
+    # --- device and speed
+    device: str = field(default="auto", metadata=_h("auto (CUDA when available), cpu or cuda"))
+    precision: str = field(default="auto", metadata=_h("auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with GradScaler; CUDA only) or fp32"))
+    compile: bool | None = field(default=None, metadata=_h("torch.compile the model (default: on for CUDA, off for CPU)"))
+    # --- evaluation and logging
+    eval_every: int = field(default=250, metadata=_h("evaluate on the fixed val windows every N steps and at the end (0 disables)"))
+    eval_windows: int = field(default=512, metadata=_h("number of fixed val windows of --seq-len tokens"))
+    log_every: int = field(default=10, metadata=_h("print a log line every N steps when the rich display is off"))
+    sample_every: int = field(default=1000, metadata=_h("log a generated text sample to TensorBoard every N steps (0 disables)"))
+    sample_prompt: str = field(default="", metadata=_h("prompt of the text samples (empty: start from <|startoftext|>)"))
+    sample_tokens: int = field(default=64, metadata=_h("tokens generated per text sample"))
+    peak_tflops: float | None = field(default=None, metadata=_h("peak TFLOP/s per device for MFU (default: looked up from the GPU name)"))
+    progress: bool | None = field(default=None, metadata=_h("rich live display (default: on when stdout is a terminal)"))
+    tensorboard: bool = field(default=True, metadata=_h("write TensorBoard scalars, text samples and profiles into --out"))
+    # --- checkpoints and faults
+    ckpt_every: int = field(default=1000, metadata=_h("write a checkpoint every N steps (also at the end and on SIGTERM/SIGINT)"))
+    keep_last: int = field(default=3, metadata=_h("keep the newest K checkpoints, delete older ones"))
+    max_bad_steps: int = field(default=5, metadata=_h("stop with an error after this many consecutive steps with a non-finite loss or grad norm"))
+    # --- profiling
+    profile: bool = field(default=False, metadata=_h("run torch.profiler over a few steps and write a TensorBoard trace to --out/profile"))
+    profile_wait: int = field(default=5, metadata=_h("steps to skip before profiling (compile and warm-up)"))
+    profile_active: int = field(default=3, metadata=_h("steps recorded by the profiler (after one warm-up step)"))
+    # --- testing aid
+    debug_nan_at_step: int | None = field(default=
+        None, metadata=_h("testing aid: make the loss of this step NaN, to exercise the non-finite-step path"))
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.out = Path(self.out)
+        pos = ("micro_batch", "seq_len", "total_batch_tokens", "max_steps", "keep_last", "max_bad_steps",
+               "eval_windows", "log_every", "profile_active")
+        for name in pos:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 1")
+        nonneg = ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "prefetch", "profile_wait",
+                  "sample_tokens", "weight_decay", "grad_clip", "dropout", "eps")
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 0")
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag(name)} {v} must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr {self.lr} must be > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"--min-lr-ratio {self.min_lr_ratio} must be in [0, 1]")
+        if not self.dropout < 1.0:
+            raise ConfigError(f"--dropout {self.dropout} must be < 1")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ConfigError(f"--peak-tflops {self.peak_tflops} must be > 0")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+        if self.block_size is not None and self.seq_len > self.block_size:
+            raise ConfigError(
+                f"--seq-len {self.seq_len} exceeds the model's context --block-size {self.block_size}; "
+                "lower --seq-len or raise --block-size"
+            )
+        self.grad_accum_steps(1)  # divisibility by micro_batch x T, before the world size is known
+
+    # ------------------------------------------------------------------ derived values
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step; raises naming the flags when the total does not divide."""
+        per_step = self.micro_batch * self.seq_len * world_size
+        if self.total_batch_tokens % per_step:
+            raise ConfigError(
+                f"--total-batch-tokens {self.total_batch_tokens} is not divisible by --micro-batch "
+                f"{self.micro_batch} × --seq-len {self.seq_len} × world size {world_size} = {per_step}; "
+                f"pick a total that is a multiple of {per_step} or change --micro-batch/--seq-len"
+            )
+        return self.total_batch_tokens // per_step
+
+    def model_config(self, vocab_size: int | None = None):  # -> model.config.GPTConfig
+        """The ``GPTConfig`` of this run: the ``--model`` preset plus the overrides."""
+        from model.config import PRESETS as MODEL_PRESETS
+        from model.config import GPTConfig
+
+        if self.model not in MODEL_PRESETS:
+            raise ConfigError(f"--model {self.model!r} is not a model preset; choose one of {', '.join(MODEL_PRESETS)}")
+        over = {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(self, k) is not None}
+        over["dropout"] = self.dropout
+        if vocab_size is not None:
+            over["vocab_size"] = vocab_size
+        try:
+            cfg = GPTConfig.from_preset(self.model, **over)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model settings (--model {self.model} with {over}) are invalid: {e}") from e
+        if self.seq_len > cfg.block_size:
+            raise ConfigError(
+                f"--seq-len {self.seq_len} exceeds the model's context of {cfg.block_size} tokens "
+                f"(--model {self.model}); lower --seq-len or raise --block-size"
+            )
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-able values (paths as strings); what checkpoints and config.json store."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- presets
+
+_GPT2_TOKENS = {"total_batch_tokens": 524_288, "max_steps": 19_073, "warmup_steps": 700, "seq_len": 1024}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": {"model": "gpt2", "lr": 6e-4, "micro_batch": 64, **_GPT2_TOKENS},
+    "gpt2-medium": {"model": "gpt2-medium", "lr": 3e-4, "micro_batch": 32, **_GPT2_TOKENS},
+    "gpt2-large": {"model": "gpt2-large", "lr": 2.5e-4, "micro_batch": 16, **_GPT2_TOKENS},
+    "gpt2-xl": {"model": "gpt2-xl", "lr": 2e-4, "micro_batch": 8, **_GPT2_TOKENS},
+    "tiny": {
+        "model": "tiny", "block_size": 64, "seq_len": 64, "micro_batch": 4, "total_batch_tokens": 256,
+        "max_steps": 30, "warmup_steps": 3, "lr": 3e-3, "eval_every": 10, "eval_windows": 8,
+        "sample_every": 0, "ckpt_every": 10, "log_every": 1, "prefetch": 0, "profile_wait": 1,
+        "profile_active": 2,
+    },
+    "demo": {
+        "model": "tiny", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128, "seq_len": 128,
+        "micro_batch": 8, "total_batch_tokens": 2048, "max_steps": 150, "warmup_steps": 10, "lr": 3e-3,
+        "min_lr_ratio": 0.1, "eval_every": 25, "eval_windows": 32, "sample_every": 50, "sample_tokens": 48,
+        "sample_prompt": "def ", "ckpt_every": 50, "log_every": 10,
+    },
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """(the non-None type, whether None is allowed) of a field annotation."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """Check/convert ``value`` for field ``name``; ``where`` names its origin in errors."""
+    typ, optional = _base_type(_HINTS[name])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {name} cannot be empty")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typ is Path and isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise ConfigError(f"{where}: {name} = {value!r} is not a {typ.__name__}")
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(FIELDS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{where}: unknown setting {key!r}{hint} (see `python -m trainer --help`)")
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Settings from a TOML file: top-level ``key = value`` with field names (``-`` or ``_``)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--config {path}: file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from e
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise _unknown(key, f"--config {path}")
+        out[name] = coerce(name, value, f"--config {path}")
+    return out
+
+
+def _presets_epilog() -> str:
+    lines = ["presets (each sets these fields; later sources override them):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name:<12} " + " ".join(f"{flag(k)}={v}" for k, v in values.items()))
+    lines.append("")
+    lines.append("testing aid: OWTGPT_TEST_KILL=after-ckpt:N|during-ckpt:N makes the process SIGKILL itself.")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m trainer`` parser, one flag per field; defaults suppressed (see module doc)."""
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description=(
+            "Pretrain GPT-2 on owtgpt shards: AMP, torch.compile, fused AdamW, DDP through torchrun, "
+            "exact resume, TensorBoard and the profiler. Settings resolve as preset < --config TOML < flags. "
+            "Multi-GPU: `torchrun --standalone --nproc_per_node=8 -m trainer ...`."
+        ),
+        argument_default=argparse.SUPPRESS,
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of settings (keys are the flag names)")
+    for f in dataclasses.fields(TrainConfig):
+        typ, _ = _base_type(_HINTS[f.name])
+        default = f.default if f.default is not None else "auto" if typ is bool else "none"
+        help_text = f.metadata["help"]
+        if "default" not in help_text:
+            help_text += f" (default: {default!r})" if typ is str else f" (default: {default})"
+        if typ is bool:
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.name == "preset":
+            p.add_argument(flag(f.name), choices=list(PRESETS), help=help_text)
+        elif f.name == "precision":
+            p.add_argument(flag(f.name), choices=PRECISIONS, help=help_text)
+        elif f.name == "device":
+            p.add_argument(flag(f.name), choices=DEVICES, help=help_text)
+        else:
+            metavar = {int: "N", float: "X", str: "TEXT", Path: "DIR"}[typ]
+            p.add_argument(flag(f.name), type=typ, metavar=metavar, help=help_text)
+    return p
+
+
+def resolve_config(
+    cli: dict[str, Any] | None = None, toml_path: str | os.PathLike[str] | None = None
+) -> TrainConfig:
+    """Defaults < preset < TOML < CLI. ``cli`` holds only the flags actually given."""
+    cli = dict(cli or {})
+    toml = load_toml(toml_path) if toml_path else {}
+    preset = cli.get("preset", toml.get("preset", TrainConfig.preset))
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r} is not one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = {"preset": preset}
+    values.update(PRESETS[preset])
+    values.update(toml)
+    for name, value in cli.items():
+        if name not in FIELDS:
+            raise _unknown(name, "command line")
+        values[name] = coerce(name, value, flag(name))
+    if "out" not in cli and "out" not in toml:
+        values["out"] = Path("runs") / preset
+    return TrainConfig(**values)
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``argv`` (``sys.argv[1:]`` when None) into a resolved :class:`TrainConfig`."""
+    ns = vars(build_parser().parse_args(argv))
+    toml_path = ns.pop("config", None)
+    return resolve_config(ns, toml_path)

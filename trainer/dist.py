@@ -1,0 +1,109 @@
+"""Process-group setup for torchrun (DDP), and the device / precision choice of this process.
+
+Contract
+--------
+* Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), we join
+  the process group: NCCL on CUDA, gloo on CPU. Without those variables this is a single process
+  and nothing distributed is touched, so ``python -m trainer`` needs no launcher.
+* Multi-node is plain torchrun (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``); nothing here
+  is node-specific beyond ``LOCAL_RANK`` choosing the GPU.
+* :func:`resolve_device` and :func:`resolve_precision` turn ``--device``/``--precision`` into what
+  this process uses, with clear errors where a choice cannot work (fp16 or bf16 on CPU, CUDA
+  requested without a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+    n = torch.cuda.device_count()
+    if local_rank >= n:
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but only {n} CUDA device(s) are visible; "
+            f"launch with torchrun --nproc_per_node={n} (or fewer)"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` for this device (autocast dtype for the first two)."""
+    if device.type != "cuda":
+        if cfg.precision in ("bf16", "fp16"):
+            raise ConfigError(
+                f"--precision {cfg.precision} needs CUDA; CPU training runs in fp32 "
+                "(pass --precision fp32 or auto)"
+            )
+        return "fp32"
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --precision fp16"
+        )
+    return cfg.precision
+
+
+def setup(cfg: TrainConfig) -> DistEnv:
+    """Join the torchrun process group when launched by torchrun; pick this rank's device."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(cfg, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device, timeout=datetime.timedelta(minutes=30))
+        else:
+            dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_(t: torch.Tensor, env: DistEnv, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce across ranks (a no-op in a single process)."""
+    if env.distributed:
+        dist.all_reduce(t, op=op)
+    return t

@@ -1,0 +1,256 @@
+"""What a run shows and records: rich display, plain log lines, TensorBoard, metrics.jsonl, MFU, profiler.
+
+Contract
+--------
+* Only rank 0 observes; other ranks get a :class:`Observer` whose methods do nothing.
+* The terminal shows a rich live progress bar (step, loss, lr, tokens/s, MFU, ETA) when stdout is
+  a terminal (or ``--progress``); otherwise (logs, CI, tests) a plain line every ``--log-every``
+  steps, flushed, so ``tail -f`` and parent processes see progress as it happens.
+* TensorBoard scalars (``SummaryWriter`` into the run folder): ``train/loss``, ``train/ppl``,
+  ``val/loss``, ``val/ppl``, ``lr``, ``grad_norm`` (pre-clip), ``tokens_per_s``, ``mfu``,
+  ``step_time_ms``, ``gpu_peak_mem_gib``, ``bad_steps``; text ``sample``. On resume the writer
+  purges events after the resumed step, so TensorBoard shows one clean curve.
+* ``metrics.jsonl``: one JSON object per step (and per eval), appended and flushed: the
+  machine-readable record tests and scripts read. After a crash and resume a step can appear
+  twice; readers keep the last line per step.
+* MFU = ``flops_per_token(T) x tokens/s per device / peak``. The peak comes from ``--peak-tflops``
+  or :data:`PEAK_TFLOPS` (dense bf16 tensor-core figures from the vendors' data sheets, matched
+  against ``torch.cuda.get_device_name``); on CPU, or for an unknown GPU, MFU is not reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+# Dense bf16/fp16 tensor-core TFLOP/s (no sparsity). First match wins, so specific names go first.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM
+    ("H800", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("RTX 6000 Ada", 364.0),
+    ("RTX A6000", 155.0),
+    ("RTX 4090", 165.0),
+    ("RTX 3090", 71.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
+)
+
+TB_SCALARS = ("train/loss", "train/ppl", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
+              "step_time_ms", "gpu_peak_mem_gib", "bad_steps")
+
+
+def peak_tflops_for(device: torch.device, override: float | None = None) -> float | None:
+    """Peak TFLOP/s of one ``device`` for MFU: the override, the table entry, or None."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS:
+        if key in name:
+            return tflops
+    return None
+
+
+def mfu(flops_per_token: int, tokens_per_s_per_device: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation in [0, 1] (None without a peak)."""
+    if not peak_tflops:
+        return None
+    return flops_per_token * tokens_per_s_per_device / (peak_tflops * 1e12)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 80.0))  # exp(80) ~ 5e34: avoids overflow on a diverged loss
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _fmt(x: float | None, spec: str, none: str = "-") -> str:
+    return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+class Observer:
+    """Rank 0's display, TensorBoard writer and metrics file (a no-op on other ranks)."""
+
+    def __init__(self, out: Path, *, enabled: bool, total_steps: int, start_step: int, progress: bool | None,
+                 tensorboard: bool, log_every: int):
+        self.enabled = enabled
+        self.log_every = log_every
+        self.console = Console(file=sys.stdout)
+        self.err = Console(file=sys.stderr)
+        self.writer = None
+        self.metrics = None
+        self.progress = None
+        self._task = None
+        if not enabled:
+            return
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: events after the resumed step (written before a crash) are dropped
+            self.writer = SummaryWriter(log_dir=str(out), purge_step=start_step + 1 if start_step else None)
+        self.metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        live = self.console.is_terminal if progress is None else progress
+        if live:
+            self.progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s  "
+                           "MFU {task.fields[mfu]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=self.console, refresh_per_second=4,
+            )
+            self._task = self.progress.add_task("train", total=total_steps, completed=start_step,
+                                                loss="-", lr="-", tps="-", mfu="-")
+            self.progress.start()
+
+    # ------------------------------------------------------------------ messages
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg, highlight=False, soft_wrap=True)
+
+    def warn(self, msg: str) -> None:
+        """Warnings go to stderr on every rank that sees them (rank 0 only for shared events)."""
+        if self.enabled:
+            self.err.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(obj) + "\n")
+            self.metrics.flush()
+
+    def step(self, step: int, total: int, rec: dict[str, Any]) -> None:
+        """Log optimizer step ``step`` (1-based count of completed steps)."""
+        if not self.enabled:
+            return
+        self._record({"step": step, **rec})
+        if self.writer is not None:
+            w = self.writer
+            loss = rec["loss"]
+            if math.isfinite(loss):
+                w.add_scalar("train/loss", loss, step)
+                w.add_scalar("train/ppl", perplexity(loss), step)
+            for key, tag in (("lr", "lr"), ("grad_norm", "grad_norm"), ("tokens_per_s", "tokens_per_s"),
+                             ("mfu", "mfu"), ("step_time_ms", "step_time_ms"),
+                             ("gpu_peak_mem_gib", "gpu_peak_mem_gib"), ("bad_steps", "bad_steps")):
+                v = rec.get(key)
+                if v is not None and math.isfinite(v):
+                    w.add_scalar(tag, v, step)
+        tps, m = rec.get("tokens_per_s"), rec.get("mfu")
+        if self.progress is not None:
+            self.progress.update(self._task, completed=step, loss=_fmt(rec["loss"], ".4f"),
+                                 lr=_fmt(rec["lr"], ".2e"), tps=_fmt(tps, ",.0f"),
+                                 mfu=_fmt(None if m is None else 100 * m, ".1f", "n/a") + ("%" if m else ""))
+        elif step % self.log_every == 0 or step == total:
+            mfu_s = f" | mfu {100 * m:.1f}%" if m is not None else ""
+            flag = " | SKIPPED (non-finite)" if rec.get("skipped") else ""
+            self.console.print(
+                f"step {step}/{total} | loss {_fmt(rec['loss'], '.4f')} | lr {rec['lr']:.3e} | "
+                f"norm {_fmt(rec.get('grad_norm'), '.3f')} | {_fmt(tps, ',.0f')} tok/s{mfu_s} | "
+                f"{_fmt(rec.get('step_time_ms'), '.0f')} ms{flag}",
+                highlight=False, soft_wrap=True,
+            )
+
+    def eval(self, step: int, val_loss: float) -> None:
+        if not self.enabled:
+            return
+        self._record({"step": step, "val_loss": val_loss})
+        if self.writer is not None:
+            self.writer.add_scalar("val/loss", val_loss, step)
+            self.writer.add_scalar("val/ppl", perplexity(val_loss), step)
+        self.info(f"step {step} | val loss {val_loss:.4f} | val ppl {perplexity(val_loss):,.2f}")
+
+    def sample(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            # TensorBoard renders text as markdown: a code block keeps whitespace and markup literal
+            self.writer.add_text("sample", "```\n" + text.replace("```", "'''") + "\n```", step)
+        self.info(f"step {step} | sample: {text[:200]!r}")
+
+    def summary(self, rows: list[tuple[str, str]], title: str = "training summary") -> None:
+        if not self.enabled:
+            return
+        table = Table(title=title, show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value", justify="right")
+        for k, v in rows:
+            table.add_row(k, v)
+        self.console.print(table)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+
+def make_profiler(enabled: bool, out: Path, device: torch.device, wait: int, active: int):
+    """A ``torch.profiler.profile`` writing a TensorBoard trace to ``out/profile`` (or a null context).
+
+    Schedule: ``wait`` steps skipped (compile, allocator warm-up), one warm-up step, ``active``
+    recorded steps, once. The loop calls ``.step()`` after every optimizer step.
+    """
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(
+        activities=activities,
+        schedule=schedule(wait=wait, warmup=1, active=active, repeat=1),
+        on_trace_ready=tensorboard_trace_handler(str(out / "profile")),
+        record_shapes=True, profile_memory=True, with_stack=False,
+    )
+
+
+def read_metrics(path: str | os.PathLike[str]) -> tuple[dict[int, dict], dict[int, float]]:
+    """``(train records by step, val loss by step)`` from a metrics.jsonl (last line per step wins)."""
+    train: dict[int, dict] = {}
+    val: dict[int, float] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if "val_loss" in rec:
+                val[rec["step"]] = rec["val_loss"]
+            else:
+                train[rec["step"]] = rec
+    return train, val

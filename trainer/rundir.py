@@ -1,0 +1,109 @@
+"""The run folder: refuse to clobber, ``--overwrite`` cleanly, and record what produced the run.
+
+Contract
+--------
+* A folder that already holds a run (``config.json``, checkpoints, events, ``metrics.jsonl``) is
+  only touched with ``--resume`` (continue it) or ``--overwrite`` (start over). ``--overwrite``
+  deletes only the trainer's own artifacts, never anything else in the folder, so a mistaken
+  ``--out .`` cannot wipe a source tree.
+* :func:`write_run_info` writes ``config.json`` atomically at start: the resolved config, the
+  model config, git SHA (``"unknown"`` outside a checkout), library versions, device, world
+  size, precision and the dataset/tokenizer fingerprints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import CKPT_DIRNAME
+from pipeline.fsutil import atomic_write_text
+from trainer.config import ConfigError, TrainConfig
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+PROFILE_DIRNAME = "profile"
+_EVENTS_GLOB = "events.out.tfevents.*"
+
+
+def run_artifacts(out: Path) -> list[Path]:
+    """The trainer's own files and folders present in ``out``."""
+    if not out.is_dir():
+        return []
+    found = [out / n for n in (CONFIG_NAME, METRICS_NAME, CKPT_DIRNAME, PROFILE_DIRNAME) if (out / n).exists()]
+    return found + sorted(out.glob(_EVENTS_GLOB))
+
+
+def check_run_dir(cfg: TrainConfig) -> None:
+    """Raise unless ``--out`` is new/empty of runs, or ``--resume``/``--overwrite`` says what to do."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise ConfigError(f"--out {cfg.out} exists and is not a folder")
+    existing = run_artifacts(cfg.out)
+    if existing and not (cfg.resume or cfg.overwrite):
+        names = ", ".join(p.name for p in existing[:5])
+        raise ConfigError(
+            f"--out {cfg.out} already holds a run ({names}); pass --resume to continue it, "
+            "--overwrite to delete it and start over, or choose another --out"
+        )
+
+
+def prepare_run_dir(cfg: TrainConfig) -> list[Path]:
+    """Create ``--out``; with ``--overwrite`` delete the previous run's artifacts (returned)."""
+    check_run_dir(cfg)
+    removed = []
+    if cfg.overwrite:
+        for p in run_artifacts(cfg.out):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    (cfg.out / CKPT_DIRNAME).mkdir(parents=True, exist_ok=True)
+    return removed
+
+
+def git_info(repo: Path | None = None) -> dict[str, Any]:
+    """``{"sha": ..., "dirty": ...}`` of the checkout holding this package (``"unknown"`` otherwise)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"sha": sha, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": "unknown", "dirty": None}
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import tiktoken
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "tiktoken": getattr(tiktoken, "__version__", "unknown")}
+    if torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+        out["cudnn"] = str(torch.backends.cudnn.version())
+    return out
+
+
+def write_run_info(cfg: TrainConfig, extra: dict[str, Any]) -> Path:
+    """Write ``config.json`` (atomically) and return its path."""
+    info = {
+        "config": cfg.to_dict(),
+        "git": git_info(),
+        "versions": versions(),
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        **extra,
+    }
+    path = cfg.out / CONFIG_NAME
+    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    return path

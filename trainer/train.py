@@ -1,0 +1,411 @@
+"""The training loop: AMP, torch.compile, fused AdamW, DDP, exact resume, non-finite steps, signals.
+
+Contract
+--------
+* :func:`train` runs one job described by a :class:`~trainer.config.TrainConfig` in this process
+  (one rank of a torchrun job, or a single process) and returns a :class:`TrainResult`.
+* **Order of work.** Everything that can fail cheaply runs before the first forward pass, on the
+  CPU: config validation, gradient-accumulation divisibility for this world size, ``T`` vs the
+  model's context, the run folder policy, shard vocab and tokenizer vs the model (the sampler's
+  :class:`~pipeline.sampler_index.SamplerError`), empty splits. Only then is the run folder
+  modified (``--overwrite``), so bad data never costs an old run.
+* **Data is a function of the step.** Micro-step ``m`` of optimizer step ``s`` reads sampler step
+  ``s * grad_accum + m`` for this rank; lr is ``lr_at(s)``; with dropout the torch RNG is reseeded
+  from ``(seed, rank, s)`` each step. So a resumed run sees exactly the data, lr and dropout masks
+  of an uninterrupted one (bit-identical on CPU fp32), with nothing to replay.
+* **Steps.** Loss is scaled by ``1/grad_accum``; DDP all-reduces gradients only on the last
+  micro-step (``no_sync``); the global norm is clipped to ``--grad-clip`` and the pre-clip value
+  logged. A non-finite loss or grad norm skips the update (grads zeroed, counted, logged); after
+  ``--max-bad-steps`` in a row :class:`NonFiniteError` names the step. Under fp16 an overflowing
+  *gradient* is the GradScaler's business (it skips and lowers the scale); only a non-finite
+  *loss* counts as bad there.
+* **Stopping.** SIGTERM/SIGINT set a flag; the current step completes, a checkpoint is written,
+  :func:`train` returns normally (exit 0). Ranks agree on the flag through the same all-reduce
+  that averages the loss, so no rank waits forever in a collective. A second SIGINT aborts at once.
+* Step numbers in logs, checkpoints and ``--debug-nan-at-step`` count *completed* optimizer steps
+  (``step-00000010.pt`` holds the state after 10 updates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.checkpoint import clean_state_dict
+from model.gpt import GPT
+from pipeline.format import ShardDataset
+from pipeline.sampler import TokenSampler, ValWindows
+from pipeline.tokenizer import SOT_ID, decode, get_tokenizer, tokenizer_fingerprint
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig
+from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
+from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
+from trainer.optim import lr_at, make_optimizer, set_lr
+from trainer.rundir import check_run_dir, prepare_run_dir, write_run_info
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or signal-stopped) run did, as seen by this rank."""
+
+    run_dir: Path
+    start_step: int
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)  # completed step -> mean train loss
+    val_losses: dict[int, float] = field(default_factory=dict)
+    bad_steps: int = 0
+    stopped_by_signal: bool = False
+    checkpoint: Path | None = None
+    tokens_per_s: float | None = None  # mean over this process's steps after warm-up
+    mfu: float | None = None
+    peak_mem_gib: float | None = None
+
+
+def build_model(cfg: TrainConfig, model_config, device: torch.device) -> GPT:
+    """The freshly initialised model of a run: a pure function of ``--seed`` (same on every rank)."""
+    torch.manual_seed(cfg.seed)
+    return GPT(model_config).to(device)
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT -> ``requested``; restores the previous handlers on exit."""
+
+    def __init__(self, obs: Observer):
+        self.requested = False
+        self.obs = obs
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now, without a checkpoint
+        self.requested = True
+        self.obs.warn(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+                      "(Ctrl-C again aborts without saving)")
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _evaluate(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> float:
+    """Mean loss over the fixed val windows, reduced over ranks (each window weighted equally)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)  # [sum of window losses, windows]
+    with torch.no_grad():
+        for x, y in val:
+            with autocast():
+                _, loss = model(x, y)
+            total[0] += loss.double() * x.size(0)
+            total[1] += x.size(0)
+    all_reduce_(total, env)
+    model.train(was_training)
+    return float(total[0] / total[1])
+
+
+def _sample(model: GPT, cfg: TrainConfig, device: torch.device, autocast) -> str:
+    """A text sample from the raw model with the KV cache; a private generator keeps the training RNG untouched."""
+    enc = get_tokenizer()
+    ids = [SOT_ID, *enc.encode_ordinary(cfg.sample_prompt)]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    was_training = model.training
+    model.eval()
+    with autocast():
+        out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
+    model.train(was_training)
+    return decode(out[0, 1:].tolist(), enc)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) the training job of ``cfg`` in this process; see the module docstring."""
+    env = setup(cfg)
+    try:
+        return _train(cfg, env)
+    finally:
+        teardown(env)
+
+
+def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
+    device = env.device
+    # ---- cheap checks first, nothing written yet
+    precision = resolve_precision(cfg, device)
+    grad_accum = cfg.grad_accum_steps(env.world_size)
+    model_config = cfg.model_config()
+    check_run_dir(cfg)
+    dataset = ShardDataset(cfg.data)
+    tok_fp = tokenizer_fingerprint()
+    sampler_kw = dict(expected_vocab_size=model_config.vocab_size, expected_tokenizer_fingerprint=tok_fp,
+                      rank=env.rank, world_size=env.world_size, device=device)
+    sampler = TokenSampler(dataset, split="train", batch_size=cfg.micro_batch, seq_len=cfg.seq_len,
+                           seed=cfg.seed, doc_aligned=cfg.doc_aligned, prefetch=cfg.prefetch, **sampler_kw)
+    val = None
+    if cfg.eval_every > 0:
+        val = ValWindows(dataset, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
+                         batch_size=cfg.micro_batch, **sampler_kw)
+    try:
+        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val)
+    finally:
+        sampler.close()
+
+
+def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -> TrainResult:
+    device = env.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    model = build_model(cfg, model_config, device)
+    optimizer = make_optimizer(model, cfg, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    # ---- the run folder (rank 0 changes it; the others wait so they read a settled folder)
+    if env.is_main:
+        prepare_run_dir(cfg)
+        ckpt.clean_temps(cfg.out)
+    if env.distributed:
+        torch.distributed.barrier()
+    warn_msgs: list[str] = []
+
+    start_step, bad_total, resumed_from = 0, 0, None
+    if cfg.resume:
+        loaded = ckpt.load_latest(cfg.out, map_location="cpu", warn=warn_msgs.append)
+        if loaded is None:
+            warn_msgs.append(f"--resume: no checkpoint in {cfg.out}; starting a fresh run")
+        else:
+            payload, path = loaded
+            ckpt.check_compatible(payload, path, model_config=model_config.to_dict(),
+                                  dataset_fingerprint=dataset.dataset_fingerprint,
+                                  vocab_size=dataset.vocab_size, force=cfg.force, warn=warn_msgs.append)
+            model.load_state_dict(clean_state_dict(payload["model"]))
+            optimizer.load_state_dict(payload["optimizer"])
+            if payload.get("scaler"):
+                scaler.load_state_dict(payload["scaler"])
+            ckpt.restore_rng(payload["rng"])
+            start_step = int(payload["step"])
+            bad_total = int(payload.get("counters", {}).get("bad_steps", 0))
+            resumed_from = path
+            _warn_config_drift(payload["train_config"], cfg, warn_msgs)
+            del payload
+
+    raw_model = model
+    fwd_model: nn.Module = torch.compile(model) if use_compile else model
+    if env.distributed:
+        fwd_model = nn.parallel.DistributedDataParallel(
+            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
+    peak = peak_tflops_for(device, cfg.peak_tflops)
+    if env.is_main:
+        write_run_info(cfg, {
+            "model_config": model_config.to_dict(), "num_params": raw_model.num_params(non_embedding=False),
+            "device": device_name(device), "world_size": env.world_size, "precision": precision,
+            "compile": use_compile, "grad_accum_steps": grad_accum, "flops_per_token": flops_per_token,
+            "peak_tflops": peak, "dataset_fingerprint": dataset.dataset_fingerprint,
+            "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
+            "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
+        })
+    obs = Observer(cfg.out, enabled=env.is_main, total_steps=cfg.max_steps, start_step=start_step,
+                   progress=cfg.progress, tensorboard=cfg.tensorboard, log_every=cfg.log_every)
+    for msg in warn_msgs:
+        obs.warn(msg)
+    obs.info(
+        f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else 'fresh run'}"
+        f" | {raw_model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
+        f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | grad accum {grad_accum} | "
+        f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
+    )
+
+    result = TrainResult(run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total)
+
+    def save(step: int) -> None:
+        if not env.is_main:
+            return
+        payload = {
+            "format": ckpt.FORMAT, "model": raw_model.state_dict(), "model_config": model_config.to_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": step, "rng": ckpt.capture_rng(), "train_config": cfg.to_dict(),
+            "dataset_fingerprint": dataset.dataset_fingerprint, "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
+            "vocab_size": dataset.vocab_size, "counters": {"bad_steps": result.bad_steps},
+            "world_size": env.world_size,
+        }
+        result.checkpoint = ckpt.save_checkpoint(cfg.out, step, payload, cfg.keep_last)
+
+    try:
+        with _StopFlag(obs) as stop, make_profiler(cfg.profile, cfg.out, device, cfg.profile_wait,
+                                                   cfg.profile_active) as prof:
+            if val is not None and start_step == 0:
+                v = _evaluate(raw_model, val, autocast, env)
+                result.val_losses[0] = v
+                obs.eval(0, v)
+            _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast,
+                  stop, prof, obs, result, save, flops_per_token, peak, start_step)
+    finally:
+        obs.close()
+    return result
+
+
+def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast, stop, prof,
+          obs, result, save, flops_per_token, peak, start_step) -> None:
+    device = env.device
+    batches = sampler.batches(start_step * grad_accum)
+    consecutive_bad = 0
+    timings: list[tuple[float, float | None]] = []  # (tokens/s, mfu) per step of this process
+    nan = float("nan")
+    step = start_step
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            set_lr(optimizer, lr_at(step, cfg))
+            if cfg.dropout > 0:
+                torch.manual_seed(_step_seed(cfg.seed, env.rank, step))
+            inject_nan = cfg.debug_nan_at_step == step + 1
+            loss_acc = torch.zeros((), device=device)
+            for micro in range(grad_accum):
+                _, x, y = next(batches)
+                last = micro == grad_accum - 1
+                sync = fwd_model.no_sync() if env.distributed and not last else contextlib.nullcontext()
+                with sync:
+                    with autocast():
+                        _, loss = fwd_model(x, y)
+                    loss = loss / grad_accum
+                    if inject_nan:
+                        loss = loss * nan
+                    scaler.scale(loss).backward()
+                loss_acc += loss.detach()
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+            # one collective per step: the mean loss over ranks and whether any rank was signalled
+            shared = torch.stack([loss_acc.float(), torch.tensor(float(stop.requested), device=device)])
+            all_reduce_(shared, env)
+            loss_f = float(shared[0]) / env.world_size
+            stop_now = bool(shared[1] > 0)
+            norm_f = float(norm)
+            ok = math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler.is_enabled())
+            if ok:
+                scaler.step(optimizer)  # a plain optimizer.step() when the scaler is disabled
+                scaler.update()
+                consecutive_bad = 0
+            else:
+                result.bad_steps += 1
+                consecutive_bad += 1
+                if scaler.is_enabled():
+                    scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            tps = cfg.total_batch_tokens / dt
+            m = mfu(flops_per_token, tps / env.world_size, peak)
+            timings.append((tps, m))
+            peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            result.losses[step] = loss_f
+            result.final_step = step
+            obs.step(step, cfg.max_steps, {
+                "loss": loss_f, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm_f, "tokens_per_s": tps,
+                "mfu": m, "step_time_ms": 1000 * dt, "gpu_peak_mem_gib": peak_mem, "bad_steps": result.bad_steps,
+                "skipped": not ok,
+            })
+            if not ok:
+                obs.warn(f"step {step}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
+                         f"(loss {loss_f}, grad norm {norm_f}); update skipped "
+                         f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})")
+                if consecutive_bad >= cfg.max_bad_steps:
+                    raise NonFiniteError(
+                        f"step {step}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
+                        f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
+                        f"{step - consecutive_bad}. Resume from the last checkpoint with a lower --lr, or "
+                        "check the data (`python -m pipeline verify`)."
+                    )
+            if prof is not None:
+                prof.step()
+            finished = step == cfg.max_steps
+            if val is not None and (step % cfg.eval_every == 0 or finished):
+                v = _evaluate(raw_model, val, autocast, env)
+                result.val_losses[step] = v
+                obs.eval(step, v)
+            if env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+                obs.sample(step, _sample(raw_model, cfg, device, autocast))
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now:
+                save(step)
+            if stop_now:
+                result.stopped_by_signal = True
+                obs.info(f"stopped by signal after step {step}; checkpoint {result.checkpoint}")
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            batches.close()
+    _summarize(cfg, env, result, timings, obs)
+
+
+def _summarize(cfg, env, result: TrainResult, timings, obs: Observer) -> None:
+    warm = min(3, len(timings) // 2)  # the first steps pay for compile and allocator warm-up
+    steady = timings[warm:] or timings
+    if steady:
+        result.tokens_per_s = float(np.mean([t for t, _ in steady]))
+        ms = [m for _, m in steady if m is not None]
+        result.mfu = float(np.mean(ms)) if ms else None
+    if env.device.type == "cuda":
+        result.peak_mem_gib = torch.cuda.max_memory_allocated(env.device) / 2**30
+    last_loss = result.losses.get(result.final_step)
+    vals = result.val_losses
+    val_row = "-"
+    if vals:
+        first, last = vals[min(vals)], vals[max(vals)]
+        val_row = f"{first:.4f} (step {min(vals)}) -> {last:.4f} (step {max(vals)}, ppl {perplexity(last):,.1f})"
+    rows = [
+        ("steps", f"{result.start_step} -> {result.final_step} of {cfg.max_steps}"),
+        ("tokens this process", f"{(result.final_step - result.start_step) * cfg.total_batch_tokens:,}"),
+        ("final train loss", f"{last_loss:.4f}" if last_loss is not None else "-"),
+        ("val loss", val_row),
+        ("tokens/s", f"{result.tokens_per_s:,.0f}" if result.tokens_per_s else "-"),
+        ("MFU", f"{100 * result.mfu:.1f}%" if result.mfu is not None else "n/a (no peak; --peak-tflops)"),
+        ("peak GPU memory", f"{result.peak_mem_gib:.2f} GiB" if result.peak_mem_gib is not None else "-"),
+        ("non-finite steps skipped", str(result.bad_steps)),
+        ("stopped by signal", "yes" if result.stopped_by_signal else "no"),
+        ("checkpoint", str(result.checkpoint) if result.checkpoint else "-"),
+    ]
+    obs.summary(rows)
+
+
+def _warn_config_drift(old: dict[str, Any], cfg: TrainConfig, warn: list[str]) -> None:
+    """Warn when a resume changes a setting that decides the data stream (the resume is then not exact)."""
+    keys = ("seed", "seq_len", "total_batch_tokens", "micro_batch", "doc_aligned", "lr", "warmup_steps",
+            "max_steps", "min_lr_ratio")
+    now = cfg.to_dict()
+    changed = [f"{k} {old.get(k)} -> {now[k]}" for k in keys if k in old and old[k] != now[k]]
+    if changed:
+        warn.append("resuming with changed settings (the continuation differs from the original run's): "
+                    + ", ".join(changed))
