@@ -27,7 +27,6 @@ cold data sequential within a shard).
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -142,12 +141,13 @@ class WindowIndex:
 
     @staticmethod
     def _groups(shard_ids: np.ndarray) -> list[tuple[int, int, int]]:
-        """(shard, lo, hi) runs of a shard-sorted id array."""
-        if len(shard_ids) == 0:
+        """(shard, lo, hi) runs of a shard-sorted id array (few numpy calls: this is per batch)."""
+        n = len(shard_ids)
+        if n == 0:
             return []
-        cut = np.flatnonzero(np.diff(shard_ids)) + 1
-        bounds = np.concatenate(([0], cut, [len(shard_ids)]))
-        return [(int(shard_ids[lo]), int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+        bounds = [0, *(np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1).tolist(), n]
+        ids = shard_ids[bounds[:-1]].tolist()
+        return [(ids[k], bounds[k], bounds[k + 1]) for k in range(len(ids))]
 
     def gather(self, shard_ids: np.ndarray, starts: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Copy windows into ``out`` (uint16, ``(len(starts), window)``); rows sorted by shard."""

@@ -1,0 +1,260 @@
+"""Benchmark: the owtgpt sampler against nanoGPT's get_batch loop, a numpy fancy-index gather and memcpy.
+
+CPU mode (default, part of ``make bench``): in one process, on warm page cache, at B=32, T=1024,
+over the same shards, interleaved rounds (machines are noisy; the median round is reported):
+
+* ``sampler``            ``TokenSampler.get_batch(step)``: draw, one gather per shard touched, widen
+                         to int64 ``x`` and ``y`` (synchronous: the full per-batch cost);
+* ``sampler+prefetch``   the consumer's view of ``TokenSampler.batches()`` with its prefetch thread;
+* ``sampler doc-aligned``the same with ``doc_aligned=True``;
+* ``loop (nanoGPT)``     baseline: re-open ``np.memmap`` each batch, ``torch.stack`` of per-row
+                         ``torch.from_numpy(data[i:i+T].astype(np.int64))`` for x and for y;
+* ``fancy-index gather`` ``mm[starts[:, None] + arange(T+1)]`` (uint16, gather only);
+* ``memcpy``             ``np.copyto`` of the same number of bytes from one contiguous block (ceiling).
+
+Tokens are counted as B*T model tokens per batch for every row, so the figures compare directly.
+The headline is ``sampler / loop`` (target >= 8x).
+
+Data: shards built with ``pipeline.build.build_shards`` from ``../shared/corpora/imdb-reviews.jsonl.zst``
+when both exist (``--source``), else ``--tokens`` random uint16 tokens in ``--shards`` shards written
+with :class:`pipeline.format.ShardWriter`; everything lives in a temp dir that is removed afterwards.
+
+CUDA mode (``--device cuda``): trains GPT-2 124M (``model.GPT``, bf16 autocast, fused AdamW) on the
+sampler's batches and reports the host time each step waits for its batch, with the prefetch thread
+on and off, as a share of step time (target < 1%). Each step ends with ``loss.item()`` (as a trainer
+logging every step does), so any time spent producing a batch is a real GPU stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.format import HEADER_SIZE, Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name  # noqa: E402
+from pipeline.sampler import TokenSampler  # noqa: E402
+from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE  # noqa: E402
+
+DEFAULT_SOURCE = REPO / ".." / "shared" / "corpora" / "imdb-reviews.jsonl.zst"
+console = Console()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def random_shards(out: Path, tokens: int, shards: int, seed: int = 0) -> None:
+    """``tokens`` random ids in ``shards`` shards of documents of 50..2000 tokens with SOT/EOT markers."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    entries = []
+    per = tokens // shards
+    for i in range(shards):
+        lens = rng.integers(50, 2000, size=per // 50 + 2)
+        lens = lens[: np.searchsorted(np.cumsum(lens), per) + 1]
+        lens[-1] -= int(lens.sum()) - per  # exact shard size
+        lens = lens[lens > 0]
+        toks = rng.integers(0, EOT_ID, size=per, dtype=np.uint16)
+        offs = np.concatenate(([0], np.cumsum(lens)))
+        toks[offs[:-1]] = SOT_ID
+        toks[offs[1:] - 1] = EOT_ID
+        w = ShardWriter(out / shard_name("train", i), vocab_size=VOCAB_SIZE, tokenizer_fingerprint="bench-random")
+        w.add_documents(toks, lens)
+        h = w.finish()
+        entries.append(ShardEntry(shard_name("train", i), "train", per, len(lens), h.payload_sha256))
+    Manifest(
+        tokenizer_fingerprint="bench-random", vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
+        source="random", settings={"tokens": tokens, "shards": shards, "seed": seed}, shards=entries,
+    ).save(out)
+
+
+def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
+    out = tmp / "shards"
+    source = Path(args.source) if args.source else None
+    if source is not None and source.exists():
+        try:
+            from pipeline.build import ShardConfig, build_shards
+        except ImportError:
+            console.print("[yellow]pipeline.build is not available; using random tokens[/]")
+        else:
+            cfg = ShardConfig(source=str(source), out=out, shard_tokens=args.shard_tokens, val_fraction=0.0005)
+            build_shards(cfg, progress=True)
+            return out, f"{source.name} via build_shards"
+    random_shards(out, args.tokens, args.shards)
+    return out, f"random uint16, {args.tokens:,} tokens"
+
+
+def warm(ds: ShardDataset) -> None:
+    """Fault every train page in, so all methods read from the page cache."""
+    for s in ds.shards("train"):
+        for lo in range(0, len(s), 1 << 24):
+            int(s.tokens[lo : lo + (1 << 24)].max())
+
+
+# ----------------------------------------------------------------------------- CPU methods
+
+
+def make_methods(
+    root: Path, b: int, t: int, n_batches: int
+) -> tuple[dict[str, Callable[[int], object]], list[TokenSampler]]:
+    ds = ShardDataset(root)
+    shards = ds.shards("train")
+    lengths = np.array([len(s) for s in shards])
+    paths = [s.path for s in shards]
+    rng = np.random.default_rng(0)
+    # pre-drawn starts for the gather baselines: (shard, sorted starts) per batch, shard by size
+    picks = rng.choice(len(shards), size=n_batches, p=lengths / lengths.sum())
+    starts = [np.sort(rng.integers(0, lengths[j] - t, size=b)) for j in picks]
+    arange = np.arange(t + 1)
+    buf = np.empty((b, t + 1), dtype=np.uint16)
+    block = np.ascontiguousarray(shards[0].tokens[: b * (t + 1)]).reshape(b, t + 1)
+    sync = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0)
+    docs = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0, doc_aligned=True)
+    pre = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=2)
+    pre_iter = pre.batches(0)
+    gen = torch.Generator().manual_seed(0)
+
+    def loop(i: int) -> None:  # nanoGPT's get_batch, on one shard chosen by size
+        j = int(picks[i % n_batches])
+        data = np.memmap(paths[j], dtype=np.uint16, mode="r", offset=HEADER_SIZE, shape=(int(lengths[j]),))
+        ix = torch.randint(len(data) - t, (b,), generator=gen)
+        x = torch.stack([torch.from_numpy(data[k : k + t].astype(np.int64)) for k in ix])
+        y = torch.stack([torch.from_numpy(data[k + 1 : k + 1 + t].astype(np.int64)) for k in ix])
+        del x, y
+
+    def fancy(i: int) -> None:
+        j = int(picks[i % n_batches])
+        buf[:] = shards[j].tokens[starts[i % n_batches][:, None] + arange]
+
+    return {
+        "sampler": sync.get_batch,
+        "sampler+prefetch": lambda i: next(pre_iter),
+        "sampler doc-aligned": lambda i: docs.get_batch(i),
+        "loop (nanoGPT)": loop,
+        "fancy-index gather": fancy,
+        "memcpy": lambda i: np.copyto(buf, block),
+    }, [sync, docs, pre]
+
+
+def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
+    b, t = args.batch_size, args.seq_len
+    methods, samplers = make_methods(root, b, t, args.batches)
+    rates: dict[str, list[float]] = {k: [] for k in methods}
+    for f in methods.values():  # warm-up: first-touch of buffers, thread start
+        for i in range(5):
+            f(i)
+    step = 10
+    for _ in range(args.rounds):
+        for name, f in methods.items():
+            t0 = time.perf_counter()
+            for _ in range(args.batches):
+                f(step)
+                step += 1
+            rates[name].append(args.batches / (time.perf_counter() - t0))
+    for s in samplers:
+        s.close()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    table = Table(title=f"sampler, B={b} T={t}, warm cache, {what}; median of {args.rounds} rounds")
+    for col in ("method", "batches/s", "Mtok/s", "vs loop"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for name, r in med.items():
+        table.add_row(name, f"{r:,.0f}", f"{r * b * t / 1e6:,.0f}", f"{r / med['loop (nanoGPT)']:.1f}x")
+    console.print(table)
+    ratio = med["sampler"] / med["loop (nanoGPT)"]
+    verdict = "[green]meets[/]" if ratio >= 8 else "[red]misses[/]"
+    console.print(f"sampler / loop = {ratio:.1f}x ({verdict} the >= 8x target)")
+    return {
+        "mode": "cpu", "batch_size": b, "seq_len": t, "data": what,
+        "batches_per_s": med, "mtok_per_s": {k: r * b * t / 1e6 for k, r in med.items()},
+        "sampler_over_loop": ratio,
+    }
+
+
+# ----------------------------------------------------------------------------- CUDA mode
+
+
+def bench_cuda(args: argparse.Namespace, root: Path, what: str) -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    from model.config import GPTConfig
+    from model.gpt import GPT
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dev = torch.device("cuda")
+    model = GPT(GPTConfig.from_preset("gpt2", block_size=args.seq_len)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step_fn = torch.compile(model) if args.compile else model
+    results = {}
+    for prefetch in (0, 2):
+        with TokenSampler(root, batch_size=args.batch_size, seq_len=args.seq_len, device=dev, prefetch=prefetch) as s:
+            it = s.batches(0)
+            waits, steps = [], []
+            for i in range(args.warmup + args.steps):
+                t0 = time.perf_counter()
+                _, x, y = next(it)
+                t1 = time.perf_counter()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    _, loss = step_fn(x, y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss.item()  # per-step sync, as when logging every step
+                t2 = time.perf_counter()
+                if i >= args.warmup:
+                    waits.append(t1 - t0)
+                    steps.append(t2 - t0)
+        wait_ms, step_ms = 1e3 * statistics.mean(waits), 1e3 * statistics.mean(steps)
+        results[f"prefetch={prefetch}"] = {"wait_ms": wait_ms, "step_ms": step_ms, "wait_pct": 100 * wait_ms / step_ms}
+    table = Table(title=f"data wait per step, GPT-2 124M, B={args.batch_size} T={args.seq_len}, "
+                        f"{torch.cuda.get_device_name()}, {what}")
+    for col in ("prefetch", "wait ms/step", "step ms", "wait % of step"):
+        table.add_column(col, justify="right")
+    for k, r in results.items():
+        table.add_row(k, f"{r['wait_ms']:.3f}", f"{r['step_ms']:.1f}", f"{r['wait_pct']:.2f}%")
+    console.print(table)
+    return {"mode": "cuda", "device": torch.cuda.get_device_name(), "batch_size": args.batch_size,
+            "seq_len": args.seq_len, "data": what, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: throughput against the baselines; cuda: data wait per GPT-2 124M step")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per batch (B)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (T)")
+    p.add_argument("--source", default=str(DEFAULT_SOURCE),
+                   help="corpus to build shards from with build_shards; '' or a missing path: random tokens")
+    p.add_argument("--shard-tokens", type=int, default=8_000_000,
+                   help="shard size for --source builds (small, so batches span several shards)")
+    p.add_argument("--tokens", type=int, default=50_000_000, help="random-data size in tokens")
+    p.add_argument("--shards", type=int, default=4, help="random-data shard count")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (CPU)")
+    p.add_argument("--batches", type=int, default=100, help="batches per method per round (CPU)")
+    p.add_argument("--steps", type=int, default=50, help="timed training steps per setting (CUDA)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed training steps per setting (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="owtgpt-bench-sampler-") as tmp:
+        root, what = prepare(args, Path(tmp))
+        warm(ShardDataset(root))
+        result = bench_cuda(args, root, what) if args.device == "cuda" else bench_cpu(args, root, what)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
