@@ -45,7 +45,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.format import SPLITS, ShardDataset, ShardFormatError, check_entry, open_shard
+from pipeline.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
 from pipeline.stats_view import piece_repr
+from pipeline.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
 
 SPLIT_CHOICES = (*SPLITS, "all")
 
@@ -340,8 +342,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     p.add_argument("--top", type=_nonneg, default=20, metavar="K",
                    help="how many of the most frequent ordinary tokens to list (default: 20)")
-    p.add_argument("--chunk-tokens", type=_positive, default=1 << 24, metavar="N",
-                   help="tokens read per chunk; bounds memory to about 10 bytes x N (default: 16Mi)")
+    p.add_argument("--chunk-tokens", type=_positive, default=STATS_CHUNK, metavar="N",
+                   help=f"tokens counted per chunk; memory is about 10 bytes x N (default: {STATS_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_stats)
 
@@ -363,8 +365,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
     p.add_argument("--json", action="store_true",
                    help='print {"ok", "errors", "warnings", "problems": [{file, severity, message}]}')
-    p.add_argument("--chunk-tokens", type=_positive, default=1 << 24, metavar="N",
-                   help="tokens hashed and checked per chunk (default: 16Mi)")
+    p.add_argument("--chunk-tokens", type=_positive, default=VERIFY_CHUNK, metavar="N",
+                   help=f"tokens hashed and checked per chunk (default: {VERIFY_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_verify)
 

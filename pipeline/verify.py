@@ -51,7 +51,7 @@ from pipeline.format import (
 from pipeline.fsutil import TMP_MARKER
 from pipeline.tokenizer import EOT_ID, SOT_ID
 
-DEFAULT_CHUNK_TOKENS = 1 << 24  # 32 MiB of uint16 per read
+DEFAULT_CHUNK_TOKENS = 1 << 18  # 512 KiB of uint16 per read: the temporaries stay in cache
 MAX_EXAMPLES = 5  # documents/positions named per kind of content problem
 MARKER_SLACK = 1 << 20  # extra special ids tolerated before a shard is declared garbage
 
