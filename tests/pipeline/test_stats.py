@@ -32,51 +32,12 @@ def write_jsonl(docs: list[str], path: Path) -> Path:
 
 def build_folder(docs: list[str], out: Path, *, shard_tokens: int, val_fraction: float = 0.0) -> Path:
     """Build shards from ``docs`` with the real ``python -m pipeline build`` code path."""
-    try:
-        import pipeline.build_progress  # noqa: F401  TEMPORARY
-
-        from pipeline.build import ShardConfig, build_shards
-    except ImportError:  # TEMPORARY until pipeline/build.py lands
-        return _writer_build(docs, out, shard_tokens=shard_tokens, val_fraction=val_fraction)
+    from pipeline.build import ShardConfig, build_shards
 
     src = write_jsonl(docs, out.parent / f"{out.name}-source.jsonl")
     cfg = ShardConfig(source=str(src), out=out, workers=1, shard_tokens=shard_tokens,
                       val_fraction=val_fraction, seed=0, overwrite=True)
     build_shards(cfg, progress=False)
-    return out
-
-
-def _writer_build(docs, out, *, shard_tokens, val_fraction):
-    import random
-
-    from pipeline.format import Manifest, ShardEntry, ShardWriter, shard_name
-    from pipeline.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, encode_document, tokenizer_fingerprint
-
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    kept = [d for d in docs if d]
-    split_of = ["val" if rng.random() < val_fraction else "train" for _ in kept]
-    entries = []
-    for split in ("train", "val"):
-        part = [d for d, s in zip(kept, split_of, strict=True) if s == split]
-        i, cur, w, sb = 0, 0, None, 0
-        for d in [*part, None]:
-            if w is not None and (d is None or cur >= shard_tokens):
-                h = w.finish()
-                entries.append(ShardEntry(shard_name(split, i), split, h.num_tokens, h.num_docs,
-                                          h.payload_sha256, sb))
-                i, cur, w, sb = i + 1, 0, None, 0
-            if d is None:
-                break
-            if w is None:
-                w = ShardWriter(out / shard_name(split, i), vocab_size=VOCAB_SIZE,
-                                tokenizer_fingerprint=tokenizer_fingerprint())
-            t = encode_document(d)
-            w.add_document(t)
-            cur += len(t)
-            sb += len(d.encode())
-    Manifest(tokenizer_fingerprint(), VOCAB_SIZE, dict(SPECIAL_TOKENS), "gen", {}, entries,
-             counts={"docs_read": len(docs), "docs_written": len(kept)}).save(out)
     return out
 
 
