@@ -259,10 +259,9 @@ class TokenSampler:
                 slot.event.synchronize()  # its previous H2D copy must finish before we overwrite it
             self.index.gather(shard_ids, starts, slot.host)
             if not self._cuda:
-                if self.device.type == "cpu":
-                    x, y = _widen_cpu(slot.host)
-                else:  # other accelerators: move the uint16 bytes, widen there
-                    x, y = _widen_on(slot.tensor.to(self.device))
+                x, y = _widen_cpu(slot.host)
+                if self.device.type != "cpu":  # other accelerators may lack uint16 kernels: plain copy
+                    x, y = x.to(self.device), y.to(self.device)
                 return _Batch(step, x, y, None)
             assert self._copy_stream is not None
             with torch.cuda.stream(self._copy_stream):
@@ -407,7 +406,8 @@ class ValWindows:
             buf = np.empty((len(rows), self.seq_len + 1), dtype=np.uint16)
             # rows are increasing window numbers, hence sorted by shard, as gather() requires
             self.index.gather(self.shard_ids[rows], self.starts[rows], buf)
-            if self.device.type == "cpu":
-                yield _widen_cpu(buf)
-            else:  # eval is not on the hot path: a plain synchronous copy of the uint16 bytes
+            if self.device.type == "cuda":  # eval is not on the hot path: a synchronous uint16 copy
                 yield _widen_on(torch.from_numpy(buf).to(self.device))
+            else:
+                x, y = _widen_cpu(buf)
+                yield x.to(self.device), y.to(self.device)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pipeline.format import Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name
-from pipeline.sampler import SamplerError, TokenSampler, ValWindows
+from pipeline.sampler import SamplerError, TokenSampler, ValWindows, _widen_cpu, _widen_on
 from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -337,3 +337,14 @@ def test_empty_split_and_doc_aligned_without_room(tmp_path):
     ds = ShardDataset(one_doc)  # a ShardDataset is accepted as well as a path
     with TokenSampler(ds, batch_size=1, seq_len=4, prefetch=0) as s:
         assert s.dataset is ds
+
+
+@pytest.mark.parametrize("widen", [_widen_cpu, lambda b: _widen_on(torch.from_numpy(b))])
+def test_widening_keeps_ids_above_int16(widen):
+    """Ids >= 32768 (half the GPT-2 vocabulary) must not come back sign-flipped or wrapped."""
+    buf = np.arange(65536, dtype=np.uint16)[::-1].reshape(64, 1024).copy()
+    x, y = widen(buf)
+    ref = buf.astype(np.int64)
+    assert x.dtype == y.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+    np.testing.assert_array_equal(x.numpy(), ref[:, :-1])
+    np.testing.assert_array_equal(y.numpy(), ref[:, 1:])

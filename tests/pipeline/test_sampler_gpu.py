@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sampler import TokenSampler, ValWindows
+from pipeline.sampler import TokenSampler, ValWindows, _widen_on
 from tests.pipeline.test_sampler import T, doc_lengths, write_dataset
 
 pytestmark = pytest.mark.gpu
@@ -57,3 +57,10 @@ def test_cuda_val_windows_equal_cpu(root):
     kw = dict(seq_len=T, num_windows=20, batch_size=6)
     for (xg, yg), (xc, yc) in zip(ValWindows(root, device="cuda", **kw), ValWindows(root, **kw), strict=True):
         assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
+def test_device_widening_keeps_ids_above_int16():
+    buf = np.arange(65536, dtype=np.uint16)[::-1].reshape(64, 1024).copy()
+    x, y = _widen_on(torch.from_numpy(buf).cuda())
+    ref = torch.from_numpy(buf.astype(np.int64))
+    assert x.is_cuda and torch.equal(x.cpu(), ref[:, :-1]) and torch.equal(y.cpu(), ref[:, 1:])
