@@ -348,3 +348,46 @@ def test_widening_keeps_ids_above_int16(widen):
     assert x.dtype == y.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
     np.testing.assert_array_equal(x.numpy(), ref[:, :-1])
     np.testing.assert_array_equal(y.numpy(), ref[:, 1:])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, ...]]]:
+    """Shards from generated text through the real build; reference encodings from plain tiktoken."""
+    import json
+
+    import tiktoken
+
+    from pipeline.build import ShardConfig, build_shards
+    from tests.textgen import make_docs
+
+    docs = make_docs(160, seed=3)
+    tmp = tmp_path_factory.mktemp("sampler_built")
+    src = tmp / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    build_shards(ShardConfig(source=str(src), out=tmp / "shards", workers=1, shard_tokens=6000,
+                             val_fraction=0.1, seed=0), progress=False)
+    enc = tiktoken.get_encoding("gpt2")
+    return tmp / "shards", [(SOT_ID, *enc.encode_ordinary(d), EOT_ID) for d in docs]
+
+
+@pytest.mark.parametrize("doc_aligned", [False, True])
+def test_windows_of_built_shards_are_runs_of_real_documents(built, doc_aligned):
+    """Split each window at <|startoftext|>: a suffix of a doc, whole docs, then a prefix of a doc."""
+    root, encoded = built
+    whole = set(encoded)
+    with TokenSampler(root, batch_size=8, seq_len=64, doc_aligned=doc_aligned, prefetch=0) as s:
+        assert len(s.index.shards) > 1
+        for step in range(10):
+            x, y = s.get_batch(step)
+            for w in windows(x, y):
+                cuts = [0, *np.flatnonzero(w == SOT_ID).tolist(), len(w)]
+                if doc_aligned:
+                    assert cuts[1] == 0
+                parts = [tuple(w[a:b].tolist()) for a, b in itertools.pairwise(cuts) if b > a]
+                first, *mid, last = parts if len(parts) > 1 else (parts[0], parts[0])
+                if len(parts) > 1:
+                    assert any(e[len(e) - len(first):] == first for e in encoded), "bad leading piece"
+                    assert all(m in whole for m in mid)
+                    assert any(e[: len(last)] == last for e in encoded), "bad trailing piece"
+                else:  # one window inside a single long document
+                    assert any(first == e[i : i + len(first)] for e in encoded for i in range(len(e)))
