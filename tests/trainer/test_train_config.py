@@ -1,0 +1,119 @@
+"""TrainConfig: validation names the flag, presets < TOML < CLI, the parser covers every field."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import GPTConfig
+from trainer.config import FIELDS, PRESETS, ConfigError, TrainConfig, build_parser, config_from_args, flag
+from trainer.dist import resolve_precision
+
+
+def test_defaults_are_gpt2_nanogpt_batch():
+    cfg = config_from_args(["--data", "d", "--out", "o"])
+    assert cfg.preset == "gpt2" and cfg.model == "gpt2"
+    assert cfg.total_batch_tokens == 2**19 and cfg.seq_len == 1024
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert cfg.min_lr_ratio == 0.1
+    assert cfg.grad_accum_steps(1) == 2**19 // (cfg.micro_batch * 1024)
+    assert cfg.model_config() == GPTConfig.from_preset("gpt2")
+
+
+def test_every_field_has_a_documented_flag():
+    parser = build_parser()
+    options = {o for a in parser._actions for o in a.option_strings}
+    for name, f in FIELDS.items():
+        assert flag(name) in options
+        assert f.metadata["help"]
+    help_text = parser.format_help()
+    for preset in PRESETS:
+        assert preset in help_text
+
+
+def test_indivisible_total_batch_names_the_flags():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(total_batch_tokens=524_288, micro_batch=12, seq_len=1024)
+    msg = str(e.value)
+    for part in ("--total-batch-tokens 524288", "--micro-batch 12", "--seq-len 1024", "world size 1"):
+        assert part in msg
+    cfg = TrainConfig(total_batch_tokens=3 * 4 * 64, micro_batch=4, seq_len=64)
+    assert cfg.grad_accum_steps(1) == 3
+    with pytest.raises(ConfigError, match="world size 2"):
+        cfg.grad_accum_steps(2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag_name"),
+    [
+        ({"micro_batch": 0}, "--micro-batch"),
+        ({"lr": 0.0}, "--lr"),
+        ({"min_lr_ratio": 1.5}, "--min-lr-ratio"),
+        ({"precision": "fp8"}, "--precision"),
+        ({"device": "tpu"}, "--device"),
+        ({"beta2": 1.0}, "--beta2"),
+        ({"warmup_steps": -1}, "--warmup-steps"),
+        ({"resume": True, "overwrite": True}, "--resume"),
+        ({"block_size": 64, "seq_len": 128, "total_batch_tokens": 128 * 64}, "--seq-len"),
+    ],
+)
+def test_invalid_values_name_their_flag(kwargs, flag_name):
+    with pytest.raises(ConfigError, match=flag_name):
+        TrainConfig(**kwargs)
+
+
+def test_seq_len_beyond_model_context_is_caught_before_any_model():
+    cfg = TrainConfig(model="tiny", seq_len=512, micro_batch=1, total_batch_tokens=512)
+    with pytest.raises(ConfigError, match="--seq-len 512 exceeds the model's context of 256"):
+        cfg.model_config()
+
+
+def test_precision_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision(TrainConfig(), cpu) == "fp32"
+    for p in ("fp16", "bf16"):
+        with pytest.raises(ConfigError, match=f"--precision {p} needs CUDA"):
+            resolve_precision(TrainConfig(precision=p), cpu)
+
+
+def test_precedence_preset_then_toml_then_cli(tmp_path: Path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "tiny"\nlr = 0.01\nmax-steps = 7\nseed = 5\nsample_prompt = "hi"\n')
+    cfg = config_from_args(["--config", str(toml), "--data", "d", "--seed", "9"])
+    tiny = PRESETS["tiny"]
+    assert cfg.preset == "tiny"
+    assert cfg.micro_batch == tiny["micro_batch"]  # from the preset
+    assert cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.sample_prompt == "hi"  # TOML over the preset
+    assert cfg.seed == 9  # CLI over TOML
+    assert cfg.out == Path("runs/tiny")
+    # the CLI preset wins over the TOML's, and the TOML still overrides that preset
+    cfg2 = config_from_args(["--config", str(toml), "--preset", "demo"])
+    assert cfg2.preset == "demo" and cfg2.micro_batch == PRESETS["demo"]["micro_batch"] and cfg2.lr == 0.01
+
+
+def test_toml_errors_name_file_and_key(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("micro_bach = 4\n")
+    with pytest.raises(ConfigError, match=r"bad.toml.*'micro_bach'.*did you mean 'micro_batch'"):
+        config_from_args(["--config", str(bad)])
+    bad.write_text('micro_batch = "four"\n')
+    with pytest.raises(ConfigError, match="micro_batch = 'four' is not a int"):
+        config_from_args(["--config", str(bad)])
+    bad.write_text("micro_batch = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config_from_args(["--config", str(bad)])
+    with pytest.raises(ConfigError, match="file not found"):
+        config_from_args(["--config", str(tmp_path / "missing.toml")])
+
+
+def test_cli_flags_parse_to_fields():
+    cfg = config_from_args(["--preset", "tiny", "--no-compile", "--peak-tflops", "312", "--doc-aligned",
+                            "--debug-nan-at-step", "3", "--precision", "fp32"])
+    assert cfg.compile is False and cfg.peak_tflops == 312.0 and cfg.doc_aligned is True
+    assert cfg.debug_nan_at_step == 3 and cfg.precision == "fp32"
+    # round trip through the plain dict stored in checkpoints
+    again = TrainConfig(**{**cfg.to_dict(), "data": cfg.to_dict()["data"]})
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)

@@ -1,0 +1,62 @@
+"""AdamW groups (decay on 2-D weights only, tied weight once) and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.config import GPTConfig
+from model.gpt import GPT
+from trainer.config import TrainConfig
+from trainer.optim import lr_at, make_optimizer, param_groups, param_names
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", n_layer=2, n_head=2, n_embd=32))
+
+
+def test_decay_only_on_matrices(model: GPT):
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = param_names(model)
+    named = dict(model.named_parameters())
+    assert len(names) == len(set(names)) == len(named)  # every parameter once (wte/lm_head tied)
+    for name in names[: len(decay["params"])]:
+        assert named[name].dim() == 2
+    for name in names[len(decay["params"]):]:
+        assert named[name].dim() == 1
+        assert name.endswith(".bias") or ".ln_" in name or name.startswith("transformer.ln_f")
+    assert "transformer.wte.weight" in names[: len(decay["params"])]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    total = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert total == sum(p.numel() for p in model.parameters())
+
+
+def test_optimizer_is_adamw_with_config(model: GPT):
+    cfg = TrainConfig(beta1=0.8, beta2=0.9, eps=1e-6)
+    opt = make_optimizer(model, cfg, "cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6
+    assert not opt.defaults.get("fused")  # fused is requested only on CUDA
+
+
+def test_schedule_warmup_cosine_floor():
+    cfg = TrainConfig(lr=6e-4, min_lr_ratio=0.1, warmup_steps=10, max_steps=110)
+    # linear warmup reaching the peak at the last warmup step
+    assert [lr_at(s, cfg) for s in range(3)] == pytest.approx([6e-5, 1.2e-4, 1.8e-4])
+    assert lr_at(9, cfg) == pytest.approx(6e-4)
+    assert lr_at(10, cfg) == pytest.approx(6e-4)  # cosine starts at the peak
+    assert lr_at(60, cfg) == pytest.approx((6e-4 + 6e-5) / 2)  # half way: mean of peak and floor
+    assert lr_at(35, cfg) == pytest.approx(6e-5 + 0.5 * (1 + math.cos(math.pi / 4)) * 5.4e-4)
+    assert lr_at(110, cfg) == pytest.approx(6e-5) and lr_at(10_000, cfg) == pytest.approx(6e-5)
+    lrs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone decay
+
+
+def test_no_warmup():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=100)
+    assert lr_at(0, cfg) == pytest.approx(1e-3)
