@@ -118,7 +118,7 @@ def main() -> int:
                    help="where the built shards are kept between runs")
     p.add_argument("--repeats", type=int, default=5, help="interleaved runs of each side (median reported)")
     args = p.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 110)
     d = ensure_shards(args, console)
     ds = ShardDataset(d)
     ntok = sum(ds.num_tokens(s) for s in SPLITS)

@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,18 +319,23 @@ def _nonneg(s: str) -> int:
     return v
 
 
+def _paras(*paragraphs: str) -> str:
+    """Help text as wrapped paragraphs (the raw formatter keeps the blank lines between them)."""
+    return "\n\n".join(textwrap.fill(p, width=90) for p in paragraphs)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stats``, ``verify`` and ``show`` to ``python -m pipeline``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "stats", formatter_class=fmt,
         help="statistics of a shard folder: docs, tokens, lengths, specials, vocab coverage, top tokens",
-        description=(
+        description=_paras(
             "Stream over the shards (bounded memory) and report, per split: shard count, documents, "
             "tokens, bytes on disk; tokens per document (mean, median, p90, p99, max, histogram; the "
             "<|startoftext|> and <|endoftext|> markers count); special-token counts and the check "
             "SOT == EOT == documents; unique ids and the top-K tokens decoded; source bytes per "
-            "text token; the tokenizer and dataset fingerprints; a per-shard table.\n\n"
+            "text token; the tokenizer and dataset fingerprints; a per-shard table.",
             "--json prints one object; its keys are documented in pipeline/stats.py and the README "
             "(splits.<name>.num_docs, num_tokens, num_shards, doc_len.{mean,median,p90,p99,min,max}, "
             "special_counts, unique_tokens, top_tokens, ...)."
@@ -350,14 +356,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "verify", formatter_class=fmt,
         help="full validation of a shard folder; exit 1 on any error, naming each file",
-        description=(
+        description=_paras(
             "Check everything and report every problem (not only the first), each naming its file: "
             "the manifest (format version, dataset fingerprint, document counts), each listed shard's "
             "presence, header (magic, version, CRC), file size against the header, header against "
             "the manifest, payload and index sha256, every id < vocab size, the document index "
             "(starts at 0, never decreases, ends at num_tokens), every document starting with "
             "<|startoftext|> and ending with <|endoftext|> with no special id inside. Unlisted shard "
-            "files and stale temp files are warnings.\n\nExit status: 0 when no error was found (warnings "
+            "files and stale temp files are warnings.",
+            "Exit status: 0 when no error was found (warnings "
             "allowed), 1 otherwise. A progress bar over the bytes goes to stderr."
         ),
         epilog="example: python -m pipeline verify shards && echo ok",
@@ -373,15 +380,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "show", formatter_class=fmt,
         help="decode one document, or a token window, back to text (--tokens: ids side by side)",
-        description=(
+        description=_paras(
             "Decode document I (--doc I) or the L tokens from token offset N (--offset N --length L) "
             "of one split. Documents and offsets count across all shards of the split in manifest "
             "order; the build keeps source order, so --doc I is the I-th stored (non-empty) source "
-            "document of the split.\n\n"
+            "document of the split.",
             "Text view: the document's text is written to stdout byte for byte; its <|startoftext|> "
             "and <|endoftext|> markers are stripped (--keep-markers shows them). A token window is "
             "shown as is, markers included, so document boundaries are visible. Where it came from "
-            "goes to stderr.\n--tokens: a table of offset, id and the decoded piece of every token "
+            "goes to stderr.",
+            "--tokens: a table of offset, id and the decoded piece of every token "
             "(markers included). --json: split, doc, offset, num_tokens, spans, ids, text (and "
             "pieces with --tokens)."
         ),

@@ -227,3 +227,17 @@ def test_header_is_checked_before_size(data):
     assert [Path(p.file).name for p in probs] == [name]
     with pytest.raises(Exception, match="bad magic"):
         read_header(data / name)
+
+
+def test_module_entry_point_exit_status(data):
+    """`python -m pipeline verify` as users run it: exit 1 and the shard named on stdout."""
+    import subprocess
+    import sys
+
+    name = train_files(data)[0]
+    with open(data / name, "r+b") as f:
+        f.write(b"NOTSHARD")
+    r = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(data)],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 1, r.stderr
+    assert f"{name}: bad magic" in r.stdout
