@@ -391,3 +391,46 @@ def test_windows_of_built_shards_are_runs_of_real_documents(built, doc_aligned):
                     assert any(e[: len(last)] == last for e in encoded), "bad trailing piece"
                 else:  # one window inside a single long document
                     assert any(first == e[i : i + len(first)] for e in encoded for i in range(len(e)))
+
+
+def find_tokens(haystack: bytes, needle: np.ndarray) -> int:
+    """Token index of the first occurrence of ``needle`` in uint16 ``haystack`` bytes, or -1."""
+    raw, at = needle.astype("<u2").tobytes(), 0
+    while (at := haystack.find(raw, at)) >= 0:
+        if at % 2 == 0:
+            return at // 2
+        at += 1
+    return -1
+
+
+@pytest.mark.parametrize("doc_aligned", [False, True])
+def test_owt_sample_windows_match_nanogpt_reference(owt_sample, tmp_path_factory, doc_aligned):
+    """Real OpenWebText docs: every per-document piece of a window (split at <|startoftext|>) occurs in
+    nanoGPT's own prepare.py output for the same docs; doc-aligned pieces start at a document start."""
+    from pipeline.build import ShardConfig, build_shards
+
+    out = tmp_path_factory.getbasetemp() / "sampler_owt"
+    if not (out / "manifest.json").exists():
+        build_shards(ShardConfig(source=str(owt_sample / "docs.jsonl.zst"), out=out, val_fraction=0.0,
+                                 shard_tokens=300_000, workers=2), progress=False)
+    ref = np.fromfile(owt_sample / "nanogpt-val-reference.bin", dtype=np.uint16)
+    hay = ref.tobytes()
+    with TokenSampler(out, batch_size=16, seq_len=256, doc_aligned=doc_aligned, seed=5, prefetch=2) as s:
+        assert len(s.index.shards) > 1
+        for (_, x, y), _ in zip(s.batches(0), range(4), strict=False):
+            for w in windows(x, y):
+                cuts = [*np.flatnonzero(w == SOT_ID).tolist(), len(w)]
+                if doc_aligned:
+                    assert cuts[0] == 0
+                pieces = [(a + 1, b) for a, b in itertools.pairwise(cuts)]
+                if cuts[0] > 0:
+                    pieces.insert(0, (0, cuts[0]))
+                for a, b in pieces:
+                    if b - a < 2:
+                        continue  # too short to place
+                    at = find_tokens(hay, w[a:b])
+                    assert at >= 0, f"piece {w[a:b][:10]}... is not in nanoGPT's token stream"
+                    if a > 0:  # right after a <|startoftext|>: a document start in nanoGPT's stream
+                        piece = w[a:b]
+                        at_start = np.array_equal(ref[: len(piece)], piece)
+                        assert at_start or find_tokens(hay, np.concatenate(([EOT_ID], piece))) >= 0
