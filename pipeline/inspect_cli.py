@@ -150,7 +150,9 @@ def _friendly(fn):
         try:
             return fn(args)
         except (FileNotFoundError, ShardFormatError, ValueError) as e:
-            Console(stderr=True).print(Text(f"{args.command}: error: {e}", style="red"), soft_wrap=True)
+            hint = (f"\n(run `python -m pipeline verify {args.dir}` for a report of every problem)"
+                    if isinstance(e, ShardFormatError) else "")
+            Console(stderr=True).print(Text(f"{args.command}: error: {e}{hint}", style="red"), soft_wrap=True)
             return 2
 
     return run
