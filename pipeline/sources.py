@@ -499,9 +499,10 @@ class HubSource(Source):
 
     def __init__(self, name: str, *, config: str | None = None, split: str = "train",
                  revision: str | None = None, streaming: bool = False, text_field: str = "text",
-                 data_files: str | list[str] | None = None):
+                 data_files: str | list[str] | None = None, cache_dir: str | None = None):
         self.name, self.config, self.split, self.revision = name, config, split, revision
         self.streaming, self.text_field, self.data_files = streaming, text_field, data_files
+        self.cache_dir = cache_dir  # None: datasets' default (HF_DATASETS_CACHE)
         self._ds = None
 
     def describe(self) -> str:
@@ -521,6 +522,8 @@ class HubSource(Source):
             kwargs = dict(split=self.split, streaming=self.streaming)
             if self.data_files is not None:
                 kwargs["data_files"] = self.data_files
+            if self.cache_dir is not None:
+                kwargs["cache_dir"] = self.cache_dir
             try:
                 self._ds = datasets.load_dataset(self.name, self.config, revision=self.revision, **kwargs)
             except RuntimeError as e:
