@@ -26,7 +26,6 @@ help:  ## list targets
 
 setup:  ## create .venv with CPU torch 2.13.0 and owtgpt[dev] (editable)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 
