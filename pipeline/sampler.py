@@ -12,11 +12,13 @@ persisted document index.
 **State is the step number.** The randomness for a step comes from a fresh
 ``np.random.default_rng([stream, seed, step])`` (a SeedSequence over those integers), so the batch is
 a pure function of ``(seed, step, rank, world_size)``: a resumed run needs only the step, in any
-process, with no replay and no index files. For a step, the ranks take *disjoint consecutive
-blocks* of that step's single stream of draws: rank ``r`` takes draws ``r*B .. (r+1)*B - 1``, so the
-global batch of a step is the first ``world_size * B`` draws. Consequences: ranks never share a
-draw, and the global batch depends only on ``(seed, step, world_size * B)``, so a run resumed on a
-different number of GPUs with the same global batch sees exactly the data it would have seen.
+process, with no replay and no index files. A step has one stream of ``world_size * B`` draws (the
+*global batch*), and rank ``r`` takes draws ``r, r + world_size, r + 2 * world_size, ...``.
+Consequences: ranks never share a draw; a rank's batch depends on ``world_size`` (rank 0 of 2 and
+rank 0 of 1 see different rows); and the global batch depends only on ``(seed, step,
+world_size * B)``, so a run resumed on a different number of GPUs with the same global batch sees
+exactly the data it would have seen (elastic resume). Drawing the whole global batch costs each
+rank ``world_size * B`` integers per step: well under a millisecond even for a thousand ranks.
 Within a rank's batch, rows are ordered by their position in the corpus (sorting groups rows by
 shard for the gather and makes page access sequential; row order inside a batch does not matter
 to the loss). Streams are reproducible for a given numpy version (numpy may change Generator
@@ -242,10 +244,10 @@ class TokenSampler:
         Cheap (no token is read in random mode): use it to find which text a step trained on.
         """
         step = _check_int("step", step, 0)
-        b, r = self.batch_size, self.rank
+        world = self.world_size
         rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
-        draws = rng.integers(0, self.index.total, size=(r + 1) * b, dtype=np.int64)[r * b :]
-        draws.sort()
+        draws = rng.integers(0, self.index.total, size=world * self.batch_size, dtype=np.int64)
+        draws = np.sort(draws[self.rank :: world])
         return self.index.locate(draws)
 
     def _produce(self, step: int) -> _Batch:

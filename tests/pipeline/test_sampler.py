@@ -214,6 +214,8 @@ def test_ranks_disjoint_and_global_batch_independent_of_split(data):
         (i0, s0), (x0, _) = rows(4, 0, 2, step)
         (i1, s1), (x1, _) = rows(4, 1, 2, step)
         assert not torch.equal(x0, x1)
+        assert not torch.equal(x0, rows(4, 0, 1, step)[1][0])  # world_size matters
+        assert not torch.equal(x0, rows(4, 0, 3, step)[1][0])
         (ia, sa), _ = rows(8, 0, 1, step)
         union = sorted(zip(np.concatenate([i0, i1]).tolist(), np.concatenate([s0, s1]).tolist(), strict=True))
         assert union == sorted(zip(ia.tolist(), sa.tolist(), strict=True))
