@@ -251,10 +251,10 @@ class TokenSampler:
         return self.index.locate(draws)
 
     def _produce(self, step: int) -> _Batch:
-        if self._closed:
-            raise RuntimeError("the TokenSampler is closed")
         shard_ids, starts = self.window_starts(step)
         with self._lock:
+            if self._closed:  # checked under the lock: close() empties the ring under it
+                raise RuntimeError("the TokenSampler is closed")
             slot = self._ring[self._next_slot]
             self._next_slot = (self._next_slot + 1) % len(self._ring)
             if slot.event is not None:
