@@ -436,3 +436,37 @@ def test_owt_sample_windows_match_nanogpt_reference(owt_sample, tmp_path_factory
                         piece = w[a:b]
                         at_start = np.array_equal(ref[: len(piece)], piece)
                         assert at_start or find_tokens(hay, np.concatenate(([EOT_ID], piece))) >= 0
+
+
+def test_never_copies_a_shard_into_memory(tmp_path):
+    """Cold data: a 16 MB shard is used through its memmap; numpy allocations stay far below its size.
+
+    tracemalloc sees numpy's heap buffers but not page-cache pages behind a memmap, so a full read
+    (``np.array(shard.tokens)``, an index array per token or per document) would show up here.
+    """
+    import tracemalloc
+
+    n, doc = 8_000_000, 4000
+    big = tmp_path / "big"
+    big.mkdir()
+    w = ShardWriter(big / shard_name("train", 0), vocab_size=VOCAB_SIZE, tokenizer_fingerprint=FP)
+    toks = np.zeros(n, dtype=np.uint16)
+    toks[::doc] = SOT_ID
+    w.add_documents(toks, np.full(n // doc, doc))
+    h = w.finish()
+    Manifest(tokenizer_fingerprint=FP, vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
+             source="generated", settings={}, shards=[ShardEntry(shard_name("train", 0), "train", n, n // doc,
+                                                                 h.payload_sha256)]).save(big)
+    del toks
+    tracemalloc.start()
+    try:
+        for doc_aligned in (False, True):
+            with TokenSampler(big, batch_size=8, seq_len=256, doc_aligned=doc_aligned, prefetch=0) as s:
+                for step in range(20):
+                    x, _ = s.get_batch(step)
+                    if doc_aligned:
+                        assert (x[:, 0] == SOT_ID).all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * n // 8, f"peak numpy allocation {peak:,} bytes for a {2 * n:,}-byte shard"
