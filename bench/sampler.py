@@ -9,7 +9,10 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 * ``sampler doc-aligned``the same with ``doc_aligned=True``;
 * ``loop (nanoGPT)``     baseline: re-open ``np.memmap`` each batch, ``torch.stack`` of per-row
                          ``torch.from_numpy(data[i:i+T].astype(np.int64))`` for x and for y;
-* ``fancy-index gather`` ``mm[starts[:, None] + arange(T+1)]`` (uint16, gather only);
+* ``gather: ...``        gather only (uint16 (B, T+1), no RNG, no widening), four ways, same starts:
+                         ``strided view`` (the sampler's: rows of ``sliding_window_view(mm, T+1)``),
+                         ``fancy index`` ``mm[starts[:, None] + arange(T+1)]``, ``np.take`` of the
+                         same index array, and a Python ``row-slice loop`` ``buf[i] = mm[s:s+T+1]``;
 * ``memcpy``             ``np.copyto`` of the same number of bytes from one contiguous block (ceiling).
 
 Tokens are counted as B*T model tokens per batch for every row, so the figures compare directly.
@@ -143,12 +146,31 @@ def make_methods(
         j = int(picks[i % n_batches])
         buf[:] = shards[j].tokens[starts[i % n_batches][:, None] + arange]
 
+    def take(i: int) -> None:
+        j = int(picks[i % n_batches])
+        np.take(shards[j].tokens, starts[i % n_batches][:, None] + arange, out=buf, mode="clip")
+
+    views = [np.lib.stride_tricks.sliding_window_view(s.tokens, t + 1) for s in shards]
+
+    def strided(i: int) -> None:  # the sampler's gather: rows of a zero-copy sliding-window view
+        j = int(picks[i % n_batches])
+        buf[:] = views[j][starts[i % n_batches]]
+
+    def row_loop(i: int) -> None:
+        j = int(picks[i % n_batches])
+        tok = shards[j].tokens
+        for r, k in enumerate(starts[i % n_batches].tolist()):
+            buf[r] = tok[k : k + t + 1]
+
     return {
         "sampler": sync.get_batch,
         "sampler+prefetch": lambda i: next(pre_iter),
         "sampler doc-aligned": lambda i: docs.get_batch(i),
         "loop (nanoGPT)": loop,
-        "fancy-index gather": fancy,
+        "gather: strided view": strided,
+        "gather: fancy index": fancy,
+        "gather: np.take": take,
+        "gather: row-slice loop": row_loop,
         "memcpy": lambda i: np.copyto(buf, block),
     }, [sync, docs, pre]
 
