@@ -47,7 +47,7 @@ from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.tokenizer import SOT_ID, decode, get_tokenizer, tokenizer_fingerprint
 from trainer import checkpoint as ckpt
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
 from trainer.optim import lr_at, make_optimizer, set_lr
@@ -158,6 +158,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     model_config = cfg.model_config()
     check_run_dir(cfg)
     dataset = ShardDataset(cfg.data)
+    if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
+        raise ConfigError(
+            f"--data {cfg.data}: the val split is empty, so --eval-every {cfg.eval_every} has nothing to "
+            "evaluate on; rebuild with --val-fraction > 0, or pass --eval-every 0 to train without evaluation"
+        )
     tok_fp = tokenizer_fingerprint()
     sampler_kw = dict(expected_vocab_size=model_config.vocab_size, expected_tokenizer_fingerprint=tok_fp,
                       rank=env.rank, world_size=env.world_size, device=device)

@@ -89,7 +89,7 @@ def test_compatibility_checks(tmp_path: Path):
     with pytest.raises(ckpt.ResumeError, match="shard vocab size 50260"):
         ckpt.check_compatible(payload, tmp_path, force=False, **{**kw, "vocab_size": 50257})
     other = {**payload["model_config"], "n_embd": 32}
-    with pytest.raises(ckpt.ResumeError, match="n_embd 16 .checkpoint. != 32"):
+    with pytest.raises(ckpt.ResumeError, match=r"n_embd 16 \(checkpoint\) != 32"):
         ckpt.check_compatible(payload, tmp_path, force=False, **{**kw, "model_config": other})
     seen = []
     problems = ckpt.check_compatible(payload, tmp_path, force=True, warn=seen.append,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -54,7 +55,7 @@ def test_schedule_warmup_cosine_floor():
     assert lr_at(35, cfg) == pytest.approx(6e-5 + 0.5 * (1 + math.cos(math.pi / 4)) * 5.4e-4)
     assert lr_at(110, cfg) == pytest.approx(6e-5) and lr_at(10_000, cfg) == pytest.approx(6e-5)
     lrs = [lr_at(s, cfg) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(lrs))  # monotone decay
 
 
 def test_no_warmup():

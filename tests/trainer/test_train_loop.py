@@ -1,0 +1,157 @@
+"""The training loop in-process: it learns, skips non-finite steps, refuses bad input before the first
+forward pass, protects run folders, and writes config.json, TensorBoard scalars/text and a profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import checkpoint_path
+from pipeline.sampler_index import SamplerError
+from tests.conftest import SHARED
+from tests.trainer.conftest import fast
+from tests.trainer.trainshards import make_shards
+from trainer.checkpoint import ResumeError
+from trainer.config import ConfigError, config_from_args
+from trainer.observe import read_metrics
+from trainer.train import NonFiniteError, train
+
+
+def run(data: Path, out: Path, *extra: str):
+    return train(config_from_args(fast(data, out, *extra)))
+
+
+def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint_path(run_dir, step), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def learn_shards(tmp_path_factory) -> tuple[Path, str]:
+    """Real OpenWebText documents when ../shared is present, generated text otherwise."""
+    out = tmp_path_factory.mktemp("learn") / "shards"
+    parquet = SHARED / "corpora" / "owt-sample" / "train-00000-of-00001.parquet"
+    if parquet.is_file():
+        import pyarrow.parquet as pq
+
+        texts = pq.read_table(parquet, columns=["text"]).column("text").to_pylist()[:160]
+        return make_shards(out, texts=texts, val_docs=16), "owt-sample"
+    return make_shards(out), "generated"
+
+
+def test_tiny_lowers_val_loss(learn_shards, tmp_path: Path):
+    data, _what = learn_shards
+    res = run(data, tmp_path / "run", "--max-steps", "16", "--eval-every", "8", "--lr", "1e-2")
+    vals = res.val_losses
+    assert sorted(vals) == [0, 8, 16]
+    assert vals[0] > 10.0  # ~ln(50260) at init
+    assert vals[16] < vals[0] - 1.0 and vals[8] < vals[0] - 1.0
+    train_losses, val_logged = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert val_logged == vals and sorted(train_losses) == list(range(1, 17))
+
+
+def test_nan_step_leaves_previous_weights(gen_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    res = run(gen_shards, out, "--max-steps", "5", "--ckpt-every", "1", "--debug-nan-at-step", "4")
+    assert res.bad_steps == 1
+    s3, s4, s5 = (_weights(out, k) for k in (3, 4, 5))
+    for k in s3["model"]:
+        assert torch.equal(s3["model"][k], s4["model"][k]), k
+    for i, st in s3["optimizer"]["state"].items():  # Adam moments untouched too
+        assert torch.equal(st["exp_avg"], s4["optimizer"]["state"][i]["exp_avg"])
+    assert not torch.equal(s4["model"]["lm_head.weight"], s5["model"]["lm_head.weight"])  # step 5 trains again
+    recs, _ = read_metrics(out / "metrics.jsonl")
+    assert recs[4]["skipped"] and not recs[5]["skipped"]
+    assert s5["counters"]["bad_steps"] == 1
+
+
+def test_consecutive_bad_steps_stop_with_the_step(gen_shards: Path, tmp_path: Path):
+    with pytest.raises(NonFiniteError, match=r"step 2: 1 consecutive steps.*--max-bad-steps 1"):
+        run(gen_shards, tmp_path / "run", "--max-steps", "4", "--debug-nan-at-step", "2", "--max-bad-steps", "1")
+
+
+def test_vocab_mismatch_is_a_clear_error(tmp_path: Path):
+    data = make_shards(tmp_path / "shards", n_docs=30, val_docs=5, vocab_size=50304)
+    with pytest.raises(SamplerError, match=r"vocab_size=50304.*expects vocab_size=50260"):
+        run(data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written before the checks passed
+
+
+def test_tokenizer_mismatch_is_a_clear_error(tmp_path: Path):
+    data = make_shards(tmp_path / "shards", n_docs=30, val_docs=5, fingerprint="other-bpe:0123")
+    with pytest.raises(SamplerError, match="other-bpe:0123"):
+        run(data, tmp_path / "run")
+
+
+def test_empty_val_split(tmp_path: Path):
+    data = make_shards(tmp_path / "shards", n_docs=30, val_docs=0)
+    with pytest.raises(ConfigError, match=r"val split is empty.*--eval-every 0"):
+        run(data, tmp_path / "run")
+    res = run(data, tmp_path / "run", "--eval-every", "0", "--max-steps", "1")
+    assert res.final_step == 1 and res.val_losses == {}
+
+
+def test_seq_len_beyond_context_before_any_work(gen_shards: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="--seq-len 64 exceeds the model's context"):
+        run(gen_shards, tmp_path / "run", "--block-size", "32", "--seq-len", "64", "--total-batch-tokens", "128")
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_policy(gen_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run(gen_shards, out, "--max-steps", "2", "--ckpt-every", "1")
+    with pytest.raises(ConfigError, match=r"already holds a run.*--resume.*--overwrite"):
+        run(gen_shards, out, "--max-steps", "2")
+    res = run(gen_shards, out, "--max-steps", "1", "--overwrite")
+    assert res.start_step == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001.pt"]
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite deletes only the trainer's files
+    # --resume of a finished run does nothing more; raising --max-steps continues it
+    res = run(gen_shards, out, "--max-steps", "2", "--resume")
+    assert (res.start_step, res.final_step) == (1, 2)
+
+
+def test_resume_without_checkpoint_starts_fresh(gen_shards: Path, tmp_path: Path):
+    res = run(gen_shards, tmp_path / "run", "--max-steps", "1", "--resume")
+    assert (res.start_step, res.final_step) == (0, 1)
+
+
+def test_resume_refuses_other_shards_unless_forced(gen_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    run(gen_shards, out, "--max-steps", "1")
+    other = make_shards(tmp_path / "other", n_docs=40, val_docs=5, seed=7)
+    with pytest.raises(ResumeError, match="dataset fingerprint"):
+        run(other, out, "--max-steps", "2", "--resume")
+    with pytest.raises(ResumeError, match=r"n_embd 32 \(checkpoint\) != 64"):
+        run(gen_shards, out, "--max-steps", "2", "--resume", "--n-embd", "64")
+    res = run(other, out, "--max-steps", "2", "--resume", "--force")
+    assert (res.start_step, res.final_step) == (1, 2)
+
+
+def test_config_json_tensorboard_and_profile(gen_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    run(gen_shards, out, "--max-steps", "4", "--eval-every", "2", "--tensorboard", "--sample-every", "2",
+        "--sample-tokens", "8", "--profile", "--profile-wait", "1", "--profile-active", "1", "--peak-tflops", "1")
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["max_steps"] == 4 and info["config"]["data"] == str(gen_shards)
+    assert info["git"]["sha"] and set(info["versions"]) >= {"python", "torch", "numpy", "tiktoken"}
+    assert info["device"].startswith("cpu") and info["world_size"] == 1 and info["precision"] == "fp32"
+    assert info["grad_accum_steps"] == 2 and info["dataset_fingerprint"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert tags >= {"train/loss", "train/ppl", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
+                    "step_time_ms"}
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("val/loss")] == [0, 2, 4]
+    assert 0 < acc.Scalars("mfu")[0].value < 1  # against --peak-tflops 1
+    assert "sample/text_summary" in acc.Tags()["tensors"]
+    traces = list((out / "profile").glob("*.pt.trace.json*"))
+    assert traces, "the profiler wrote no TensorBoard trace"
