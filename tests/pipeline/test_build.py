@@ -267,7 +267,7 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path) -> int:
 
 
 def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
-    docs = make_docs(1500, seed=21, max_words=600)
+    docs = make_docs(900, seed=21, max_words=500)
     src = write_jsonl(tmp_path / "big.jsonl.zst", docs)
     args = [str(src), "--shard-tokens", "4000", "--val-fraction", "0.02", "--workers", "2",
             "--chunk-bytes", "16384", "--quiet"]
