@@ -172,5 +172,5 @@ def load_model(
             return _load_file(candidate, map_location)
         except CheckpointError as e:
             failures.append(str(e))
-            warnings.warn(f"skipping unloadable checkpoint {candidate}: {e}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"skipping unloadable checkpoint: {e}", RuntimeWarning, stacklevel=2)
     raise CheckpointError(f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(failures))

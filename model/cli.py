@@ -1,0 +1,289 @@
+"""``python -m model``: sample from a checkpoint, import/export Hugging Face GPT-2, show the presets.
+
+Commands
+--------
+* ``sample --checkpoint PATH_OR_RUN_DIR --prompt TEXT`` streams the continuation to stdout as it is
+  produced (timing summary on stderr). The prompt is encoded as the training format starts a
+  document, ``[<|startoftext|>] + encode_ordinary(prompt)``. Output is decoded incrementally from
+  token *bytes* through an incremental UTF-8 decoder, so a character split across two BPE tokens is
+  printed whole once its last byte arrives, never as a replacement glyph.
+* ``import-hf DIR --out CKPT`` / ``export-hf CKPT --out DIR``: see :mod:`model.hf`.
+* ``info [--checkpoint PATH]``: the presets (or one checkpoint) with parameter counts and
+  training FLOPs per token (llm.c's 6N + 6LCT), computed on the meta device (no memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from model.checkpoint import checkpoint_path, load_model, save_model
+from model.config import PRESETS, GPTConfig
+from model.gpt import GPT
+from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _console(stderr: bool = False) -> Console:
+    # piped output (logs, tests) gets a fixed width wide enough that no table cell is cut
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def _err() -> Console:
+    return _console(stderr=True)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def _autocast(device: torch.device, dtype_name: str) -> contextlib.AbstractContextManager:
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype_name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
+
+
+# ---------------------------------------------------------------------------------------- sample
+
+
+class TokenStreamDecoder:
+    """Token ids -> text, one id at a time, never splitting a UTF-8 character.
+
+    BPE tokens are byte sequences, and a multi-byte character is often split across two tokens;
+    decoding each token on its own would print replacement glyphs. The bytes go through an
+    incremental UTF-8 decoder that holds back an incomplete character until its last byte arrives.
+    """
+
+    def __init__(self, enc):
+        self.enc = enc
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self.enc.decode_single_token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pipeline.tokenizer import get_tokenizer, tokenizer_fingerprint
+
+    device = _resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, map_location=device)
+    if model.config.vocab_size != VOCAB_SIZE:
+        raise SystemExit(
+            f"error: {ckpt['checkpoint_path']} has vocab_size {model.config.vocab_size}, but the owtgpt "
+            f"tokenizer has {VOCAB_SIZE} ids; this checkpoint was not trained on owtgpt shards"
+        )
+    enc = get_tokenizer()
+    fp = ckpt.get("tokenizer_fingerprint")
+    if fp is not None and fp != tokenizer_fingerprint():
+        raise SystemExit(
+            f"error: {ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
+            f"{tokenizer_fingerprint()}; its ids would decode to the wrong text"
+        )
+    model.eval()
+    prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = sys.stdout
+    stats = []
+    for i in range(args.num_samples):
+        if i:
+            out.write("\n" + "-" * 40 + "\n")
+        out.write(args.prompt)
+        out.flush()
+        decoder = TokenStreamDecoder(enc)
+        n, t0 = 0, time.perf_counter()
+        with _autocast(device, args.dtype):
+            stream = model.generate_stream(
+                idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                stop_at_eot=not args.no_stop_at_eot, use_cache=not args.no_cache, generator=generator,
+            )  # fmt: skip
+            for tok in stream:
+                n += 1
+                tid = int(tok[0])
+                if tid == EOT_ID and not args.no_stop_at_eot:
+                    break
+                out.write(decoder.push(tid))
+                out.flush()
+        out.write(decoder.flush() + "\n")
+        out.flush()
+        stats.append((n, time.perf_counter() - t0))
+    table = Table(title="sample")
+    for col in ("checkpoint", "device", "prompt tokens", "new tokens", "tokens/s"):
+        table.add_column(col)
+    for n, dt in stats:
+        table.add_row(ckpt["checkpoint_path"], str(device), str(len(prompt_ids)), str(n), f"{n / max(dt, 1e-9):.1f}")
+    _err().print(table)
+    return 0
+
+
+# ------------------------------------------------------------------------------- import / export
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from model.hf import import_hf
+
+    out = Path(args.out)
+    target = out if out.suffix == ".pt" else checkpoint_path(out, 0)
+    if target.exists() and not args.overwrite:
+        raise SystemExit(f"error: {target} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    model = import_hf(args.dir)
+    source_vocab = json.loads((Path(args.dir) / "config.json").read_text())["vocab_size"]
+    extra = {"source": {"kind": "huggingface", "path": str(Path(args.dir).resolve())}}
+    cfg = model.config
+    if cfg.vocab_size == VOCAB_SIZE:
+        with contextlib.suppress(Exception):  # the fingerprint needs the BPE files; optional here
+            from pipeline.tokenizer import tokenizer_fingerprint
+
+            extra["tokenizer_fingerprint"] = tokenizer_fingerprint()
+    save_model(target, model, extra)
+    table = Table(title="import-hf")
+    for col in ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds"):
+        table.add_column(col)
+    vocab = f"{source_vocab} -> {cfg.vocab_size}" if source_vocab != cfg.vocab_size else str(cfg.vocab_size)
+    table.add_row(
+        str(args.dir), str(target), str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
+        vocab, f"{model.num_params(non_embedding=False):,}", f"{time.perf_counter() - t0:.1f}",
+    )  # fmt: skip
+    _err().print(table)
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from model.hf import export_hf
+
+    t0 = time.perf_counter()
+    model, ckpt = load_model(args.checkpoint)
+    out = export_hf(model, args.out, overwrite=args.overwrite)
+    table = Table(title="export-hf")
+    for col in ("from", "to", "vocab_size", "seconds"):
+        table.add_column(col)
+    table.add_row(ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), f"{time.perf_counter() - t0:.1f}")
+    _err().print(table)
+    print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- info
+
+
+def _meta_model(cfg: GPTConfig) -> GPT:
+    with torch.device("meta"):
+        return GPT(cfg)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    table = Table(title="owtgpt model presets" if args.checkpoint is None else "checkpoint")
+    for col in ("name", "layers", "heads", "width", "ctx", "vocab", "padded", "params",
+                "non-emb", "GFLOP/tok"):  # fmt: skip
+        table.add_column(col, justify="right")
+    if args.checkpoint is not None:
+        model, ckpt = load_model(args.checkpoint, map_location="meta")
+        rows = [(ckpt["checkpoint_path"], model)]
+    else:
+        rows = [(name, _meta_model(GPTConfig.from_preset(name))) for name in PRESETS]
+    for name, model in rows:
+        c = model.config
+        table.add_row(
+            name, str(c.n_layer), str(c.n_head), str(c.n_embd), str(c.block_size),
+            str(c.vocab_size), str(c.padded_vocab_size), f"{model.num_params(non_embedding=False) / 1e6:,.1f}M",
+            f"{model.num_params() / 1e6:,.1f}M", f"{model.flops_per_token() / 1e9:.2f}",
+        )  # fmt: skip
+    _console().print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- parser
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model",
+        description="owtgpt's GPT-2: sample, import/export Hugging Face checkpoints, list presets. "
+        "Run `python -m model COMMAND --help` for each command's flags.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="stream a continuation of --prompt from a checkpoint",
+                       description="Generate text from a checkpoint (KV-cached), printing it as it is produced.")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
+    p.add_argument("--prompt", default="", help="text to continue; encoded as [<|startoftext|>] + BPE(prompt)")
+    p.add_argument("--max-new-tokens", type=_nonneg_int, default=200, help="tokens to generate at most (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=200, help="sample only from the k likeliest ids (default 200; 0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= p (default off)")
+    p.add_argument("--seed", type=int, default=None, help="RNG seed for reproducible samples (default: random)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw (default 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)")
+    p.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow; a check)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("import-hf", help="convert a local Hugging Face GPT-2 folder to an owtgpt checkpoint",
+                       description="Read config.json + model.safetensors|pytorch_model.bin (the hub's gpt2 layout) "
+                       "and write an owtgpt checkpoint. 50257-row models gain <|startoftext|> (:= EOT's row) and "
+                       "<|padding|>/<|unknown|> (:= mean row); see model/hf.py.")
+    p.add_argument("dir", help="folder holding config.json and the weights")
+    p.add_argument("--out", required=True, help="a .pt file, or a run dir (written as checkpoints/step-00000000.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.set_defaults(func=cmd_import_hf)
+
+    p = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face GPT-2 folder",
+                       description="Write config.json + model.safetensors loadable by "
+                       "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped).")
+    p.add_argument("checkpoint", help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("info", help="presets (or a checkpoint): sizes, parameter counts, FLOPs/token",
+                       description="Show each preset's shape, parameter counts (tied embedding once) and "
+                       "training FLOPs per token at full context (6N + 6LCT).")
+    p.add_argument("--checkpoint", default=None, help="describe this checkpoint instead of the presets")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if getattr(args, "top_k", None) == 0:
+        args.top_k = None
+    if getattr(args, "num_samples", 1) < 1:
+        raise SystemExit("error: --num-samples must be >= 1")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f"error: {e}") from e

@@ -1,0 +1,188 @@
+"""KV-cached generation: equal to uncached, cache attention equal to the full causal pass, samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig
+from model.generate import KVCache, context_start, next_token_probs, sample_next
+from pipeline.tokenizer import EOT_ID, PAD_ID, VOCAB_SIZE
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def short() -> GPT:
+    """A model with a 32-token context, so generation overflows the window quickly."""
+    torch.manual_seed(1)
+    return GPT(GPTConfig.from_preset("tiny", n_layer=2, block_size=32)).eval()
+
+
+def greedy(model: GPT, idx: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+    return model.generate(idx, n, temperature=0, stop_at_eot=False, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 17])
+def test_cached_greedy_equals_uncached(tiny, prompt_len):
+    torch.manual_seed(prompt_len)
+    idx = torch.randint(0, VOCAB_SIZE, (2, prompt_len))
+    cached = greedy(tiny, idx, 64, use_cache=True)
+    uncached = greedy(tiny, idx, 64, use_cache=False)
+    assert cached.shape == (2, prompt_len + 64)
+    assert torch.equal(cached[:, :prompt_len], idx)
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_equals_uncached_past_the_context_window(short):
+    torch.manual_seed(2)
+    idx = torch.randint(0, VOCAB_SIZE, (1, 40))  # prompt already longer than block_size 32
+    cached = greedy(short, idx, 70, use_cache=True)
+    assert torch.equal(cached, greedy(short, idx, 70, use_cache=False))
+    assert cached.shape == (1, 110)
+
+
+def test_context_start_policy():
+    assert [context_start(n, 8) for n in (1, 8, 9, 12, 13, 16, 17)] == [0, 0, 4, 4, 8, 8, 12]
+    for n in range(1, 100):
+        s = context_start(n, 8)
+        assert n - s <= 8 and s % 4 == 0 and (s == 0 or n - (s - 4) > 8)
+
+
+def test_kv_cache_attention_equals_full_causal_pass(tiny):
+    """Prefill, a multi-token chunk (explicit offset mask) and single-token steps through the cache
+    must give the same hidden states as one causal pass over the whole sequence."""
+    torch.manual_seed(3)
+    idx = torch.randint(0, VOCAB_SIZE, (2, 30))
+    with torch.no_grad():
+        full = tiny.hidden_states(idx)
+        cache = KVCache(tiny.config.n_layer, 30)
+        parts = [tiny.hidden_states(idx[:, :10], cache), tiny.hidden_states(idx[:, 10:25], cache)]
+        parts += [tiny.hidden_states(idx[:, t : t + 1], cache) for t in range(25, 30)]
+    assert cache.pos == 30
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="holds 30 positions"):
+        tiny.hidden_states(idx[:, :1], cache)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(tiny):
+    idx = torch.randint(0, VOCAB_SIZE, (2, 5), generator=torch.Generator().manual_seed(4))
+    want = greedy(tiny, idx, 20, use_cache=True)
+    g = torch.Generator().manual_seed(123)
+    got_k = tiny.generate(idx, 20, temperature=1.5, top_k=1, stop_at_eot=False, generator=g)
+    got_p = tiny.generate(idx, 20, temperature=1.5, top_p=1e-6, stop_at_eot=False, generator=g)
+    assert torch.equal(got_k, want) and torch.equal(got_p, want)
+
+
+def test_sampling_is_reproducible_with_a_generator(tiny):
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    runs = [tiny.generate(idx, 30, temperature=1.0, stop_at_eot=False,
+                          generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]  # fmt: skip
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def _rigged(model: GPT, rows: slice | int) -> GPT:
+    """A copy whose logits are dominated by ``rows``: ln_f outputs a constant b and wte[rows] = 100*b."""
+    torch.manual_seed(5)
+    rigged = GPT(model.config).eval()
+    rigged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        b = torch.randn(model.config.n_embd)
+        rigged.transformer.ln_f.weight.zero_()
+        rigged.transformer.ln_f.bias.copy_(b)
+        rigged.transformer.wte.weight[rows] = 100 * b
+    return rigged
+
+
+def test_padded_ids_are_never_produced(tiny):
+    rigged = _rigged(tiny, slice(VOCAB_SIZE, None))  # every padded row is the best logit by far
+    idx = torch.zeros(4, 1, dtype=torch.long)
+    for kwargs in (dict(temperature=0), dict(temperature=1.0), dict(temperature=5.0, top_k=50, top_p=0.5)):
+        out = rigged.generate(idx, 10, stop_at_eot=False, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert int(out.max()) < VOCAB_SIZE, kwargs
+
+
+def test_stop_at_eot(tiny):
+    rigged = _rigged(tiny, EOT_ID)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    out = rigged.generate(idx, 10, temperature=0)
+    assert out.tolist() == [[0, 0, 0, EOT_ID]] * 2
+    assert rigged.generate(idx, 10, temperature=0, stop_at_eot=False).shape == (2, 13)
+
+
+def test_finished_rows_are_padded():
+    """Row 0 ends at once, row 1 never: row 0 then yields <|padding|> until row 1 is done.
+
+    The blocks' outputs are zeroed, so h = ln_f(wte[last token]) and the logits are wte @ h:
+    token A (embedding u) predicts EOT (row 100u), token B (row 100v, v orthogonal to u) predicts B.
+    """
+    model = GPT(GPTConfig.from_preset("tiny", n_layer=1)).eval()
+    A, B = 11, 22
+    u, v = torch.zeros(model.config.n_embd), torch.zeros(model.config.n_embd)
+    u[0], u[1], v[2], v[3] = 1.0, -1.0, 1.0, -1.0  # zero-mean, orthogonal: LayerNorm keeps them
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wte.weight[A] = u
+        model.transformer.wte.weight[EOT_ID] = 100 * u
+        model.transformer.wte.weight[B] = 100 * v
+    out = model.generate(torch.tensor([[A], [B]]), 5, temperature=0)
+    assert out.tolist() == [[A, EOT_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID], [B] * 6]
+
+
+def test_next_token_probs_against_explicit_formulas():
+    torch.manual_seed(7)
+    V, V_padded = 10, 16
+    logits = torch.randn(3, V_padded)
+    probs = next_token_probs(logits, V, temperature=0.7)
+    assert torch.allclose(probs[:, :V], F.softmax(logits[:, :V] / 0.7, dim=-1))
+    assert float(probs[:, V:].sum()) == 0.0
+    # top-k: the k likeliest real ids keep their relative odds
+    probs = next_token_probs(logits, V, temperature=1.0, top_k=3)
+    for row, lg in zip(probs, logits[:, :V], strict=True):
+        keep = lg.topk(3).indices
+        assert set(row.nonzero().flatten().tolist()) == set(keep.tolist())
+        assert torch.allclose(row[keep], F.softmax(lg[keep], dim=-1))
+    # top-p: smallest prefix (by probability) whose mass reaches p
+    full = F.softmax(logits[:, :V], dim=-1)
+    probs = next_token_probs(logits, V, temperature=1.0, top_p=0.6)
+    for row, p in zip(probs, full, strict=True):
+        order = p.argsort(descending=True)
+        n = int((p[order].cumsum(0) < 0.6).sum()) + 1
+        assert set(row.nonzero().flatten().tolist()) == set(order[:n].tolist())
+        assert torch.allclose(row[order[:n]], p[order[:n]] / p[order[:n]].sum())
+    assert torch.equal(sample_next(logits, V, temperature=0), logits[:, :V].argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
+def test_bad_sampling_arguments(tiny, kwargs, match):
+    args = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        tiny.generate(torch.zeros(1, 1, dtype=torch.long), **args)
+
+
+def test_generate_restores_training_mode(tiny):
+    tiny.train()
+    try:
+        tiny.generate(torch.zeros(1, 1, dtype=torch.long), 2)
+        assert tiny.training
+    finally:
+        tiny.eval()
+    assert tiny.generate(torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
