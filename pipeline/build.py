@@ -207,22 +207,25 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     contain a special-token string; otherwise ``encode_ordinary``, which never emits special ids.
     """
     enc = tk.get_tokenizer()
-    ids = []
-    for t in texts:
-        if "<|" in t:
-            ids.append(np.asarray(enc.encode_ordinary(t), dtype=np.uint32))
-        else:
-            ids.append(enc.encode_to_numpy(t, disallowed_special=()))
+    ids = [
+        np.asarray(enc.encode_ordinary(t), dtype=np.uint32) if "<|" in t
+        else enc.encode_to_numpy(t, disallowed_special=())
+        for t in texts
+    ]
     lengths = np.fromiter((len(a) + 2 for a in ids), dtype=np.int64, count=len(ids))
+    if not ids:
+        return np.empty(0, dtype=np.uint16), lengths
+    flat = np.concatenate(ids)  # (sum(lengths) - 2 * n,) uint32
+    if len(flat) and int(flat.max()) > tk.MAX_STORABLE_ID:  # cannot happen with GPT-2; never wrap
+        raise ValueError(f"token id {int(flat.max())} does not fit the uint16 shard payload")
     ends = np.cumsum(lengths)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint16)
-    for a, e in zip(ids, ends.tolist(), strict=True):
-        if len(a) and int(a.max()) > tk.MAX_STORABLE_ID:  # cannot happen with GPT-2; never wrap
-            raise ValueError(f"token id {int(a.max())} does not fit uint16")
-        s = e - len(a) - 2
-        out[s] = tk.SOT_ID
-        out[s + 1 : e - 1] = a
-        out[e - 1] = tk.EOT_ID
+    out = np.empty(int(ends[-1]), dtype=np.uint16)
+    text = np.ones(len(out), dtype=bool)  # positions of text tokens; the rest are markers
+    text[ends - lengths] = False
+    text[ends - 1] = False
+    out[ends - lengths] = tk.SOT_ID
+    out[ends - 1] = tk.EOT_ID
+    out[text] = flat
     return out, lengths
 
 
@@ -234,7 +237,8 @@ def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
     is_val = plan.is_val(positions)
     need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
     texts = [dec.texts[i] for i in keep]
-    src_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    src_bytes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
+                            dtype=np.int64, count=len(texts))
     todo = [t for t, n in zip(texts, need.tolist(), strict=True) if n]
     tokens, todo_lengths = encode_texts(todo)
     lengths = np.zeros(len(texts), dtype=np.int64)

@@ -88,6 +88,8 @@ def _decode_bytes(b: bytes) -> tuple[str, bool]:
 
 def _clean_str(s: str) -> tuple[str, bool]:
     """Replace lone surrogates (possible from JSON ``\\ud800`` escapes or arrow) with U+FFFD."""
+    if s.isascii():  # O(1) in CPython: the common case needs no scan
+        return s, False
     try:
         s.encode("utf-8")
         return s, False
@@ -108,7 +110,7 @@ def decode_chunk(chunk: RawChunk) -> DecodedChunk:
             lines.pop()
         pairs = []
         for i, line in enumerate(lines):
-            if not line.strip():
+            if not line or line.isspace():  # isspace stops at the first non-space: no copy
                 pairs.append(("", False))
                 continue
             s, bad = _decode_bytes(line)
