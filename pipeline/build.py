@@ -52,7 +52,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from pipeline import tokenizer as tk
@@ -580,7 +580,7 @@ class _RateColumn(ProgressColumn):
     """``task.fields[field] / elapsed`` as a rate, e.g. ``2.1M tok/s``."""
 
     def __init__(self, field_name: str, unit: str, scale: float, prefix: str = ""):
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))
         self.field_name, self.unit, self.scale, self.prefix = field_name, unit, scale, prefix
 
     def render(self, task) -> Text:

@@ -204,6 +204,16 @@ def test_resume_keeps_finished_shards_and_matches_clean_build(reference_build: P
     assert {f: (out / f).stat().st_mtime_ns for f in kept_mtimes} == kept_mtimes  # not redone
 
 
+def test_unfinished_build_with_other_settings_is_refused(corpus, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    build(corpus[0], out, shard_tokens=3000)
+    (out / MANIFEST_NAME).unlink()  # as if killed
+    with pytest.raises(BuildError, match=r"unfinished build with different settings.*seed.*--overwrite"):
+        build(corpus[0], out, shard_tokens=3000, seed=1)
+    build(corpus[0], out, shard_tokens=3000, seed=1, overwrite=True)
+    assert ShardDataset(out).manifest.settings["seed"] == 1
+
+
 def test_damaged_shard_in_finished_build_is_rebuilt(reference_build: Path, corpus, tmp_path: Path) -> None:
     out = tmp_path / "s"
     build(corpus[0], out, shard_tokens=3000, val_fraction=0.1, seed=5)
