@@ -431,7 +431,8 @@ class SkylionSource(Source):
     def total_bytes(self) -> int:
         return self.tarball.stat().st_size if self.tarball else sum(p.stat().st_size for p in self.subsets)
 
-    def _members(self, tf: tarfile.TarFile, name: str, counter: _CountingReader | None) -> Iterator[bytes]:
+    @staticmethod
+    def _members(tf: tarfile.TarFile) -> Iterator[bytes]:
         for m in tf:
             if m.isfile() and m.name.endswith(".txt"):
                 f = tf.extractfile(m)
@@ -453,7 +454,7 @@ class SkylionSource(Source):
                             inner_f = outer.extractfile(m)
                             assert inner_f is not None
                             with tarfile.open(fileobj=inner_f, mode="r|xz") as inner:
-                                for doc in self._members(inner, where, None):
+                                for doc in self._members(inner):
                                     yield doc, counter.pos, where
                 except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
                     raise SourceError(
@@ -466,7 +467,7 @@ class SkylionSource(Source):
                 counter = _CountingReader(raw)
                 try:
                     with tarfile.open(fileobj=counter, mode="r|xz") as tf:
-                        for doc in self._members(tf, str(path), counter):
+                        for doc in self._members(tf):
                             yield doc, done + counter.pos, str(path)
                 except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
                     raise SourceError(
@@ -616,8 +617,7 @@ def open_source(
                 fmt = "jsonl"
             elif name.endswith((".tar.xz", "_data.xz")):
                 fmt = "skylion"
-            elif fnmatch.fnmatchcase(path.name, "*") and any(fnmatch.fnmatchcase(path.name, p)
-                                                             for p in _split_globs(text_glob)):
+            elif any(fnmatch.fnmatchcase(path.name, p) for p in _split_globs(text_glob)):
                 fmt = "text"
             else:
                 raise SourceError(
@@ -632,8 +632,7 @@ def open_source(
             if name.endswith(".tar.xz"):
                 return SkylionSource(path, [], path)
             return SkylionSource(path.parent, [path], None)
-        src = TextFolderSource(path.parent, [path.name], exclude)
-        return src
+        return TextFolderSource(path.parent, [path.name], exclude)
     # a folder
     subsets = sorted(path.glob(SKYLION_SUBSET_GLOB))
     tarball = path / SKYLION_TARBALL
