@@ -237,6 +237,15 @@ def test_truncated_source_fails_naming_file_and_writes_no_manifest(tmp_path: Pat
         assert not open_shard(p).verify_checksums()
 
 
+def test_build_refuses_a_vocabulary_beyond_uint16(corpus, tmp_path: Path, monkeypatch) -> None:
+    from pipeline import tokenizer
+
+    monkeypatch.setattr(tokenizer, "VOCAB_SIZE", 65_537)
+    with pytest.raises(ValueError, match=r"id 65536 exceeds 65535.*refusing"):
+        build(corpus[0], tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "e.jsonl", ["", "  "])
     with pytest.raises(BuildError, match="no non-empty documents"):
