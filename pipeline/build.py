@@ -590,4 +590,5 @@ class _RateColumn(ProgressColumn):
         if not el:
             return Text(f"-- {self.unit}")
         v = task.fields.get(self.field_name, 0) / el / self.scale
-        return Text(f"{v:,.1f}{self.prefix} {self.unit}", style="cyan")
+        digits = 0 if self.scale == 1 else 1  # docs/s as an integer, M tok/s and MB/s with a decimal
+        return Text(f"{v:,.{digits}f}{self.prefix} {self.unit}", style="cyan")
