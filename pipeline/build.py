@@ -234,8 +234,9 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
     """Decode and tokenize one chunk (runs in a worker process)."""
     dec = decode_chunk(chunk)
+    count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
     keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]
-    positions = np.arange(chunk.start, chunk.start + chunk.count, dtype=np.int64)[keep]
+    positions = np.arange(chunk.start, chunk.start + count, dtype=np.int64)[keep]
     is_val = plan.is_val(positions)
     need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
     texts = [dec.texts[i] for i in keep]
@@ -246,8 +247,8 @@ def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
     lengths = np.zeros(len(texts), dtype=np.int64)
     lengths[need] = todo_lengths
     return EncodedChunk(
-        chunk.start, chunk.count, chunk.input_bytes, positions, lengths, src_bytes, tokens,
-        empty=chunk.count - len(keep), invalid_utf8=sum(dec.invalid_utf8),
+        chunk.start, count, chunk.input_bytes, positions, lengths, src_bytes, tokens,
+        empty=count - len(keep), invalid_utf8=sum(dec.invalid_utf8),
     )
 
 

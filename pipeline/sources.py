@@ -44,6 +44,7 @@ SOURCE_FORMATS = ("auto", "hub", "parquet", "jsonl", "text", "skylion")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".ndjson", ".ndjson.zst", ".ndjson.gz")
 SKYLION_SUBSET_GLOB = "urlsf_subset*_data.xz"
 SKYLION_TARBALL = "openwebtext.tar.xz"
+SKYLION_POS_SHIFT = 24  # Skylion positions: subset_index << 24 | member_index
 DEFAULT_CHUNK_BYTES = 1 << 21  # 2 MiB of text per worker task: big enough to amortise IPC
 
 
@@ -56,7 +57,8 @@ class RawChunk:
     """A run of consecutive source records, not yet decoded.
 
     ``kind``: ``"jsonl"`` (``payload`` is bytes of whole lines), ``"blobs"`` (``list[bytes]``, one
-    per document) or ``"texts"`` (``list[str]``). ``start``: position of the first record;
+    per document), ``"texts"`` (``list[str]``) or ``"xz_tar"`` (the bytes of one compressed Skylion
+    subset file, decoded in the worker; ``count`` is -1 until then). ``start``: position of the first record;
     ``count``: number of records (positions ``start .. start+count-1``). ``input_bytes``: how far
     the source's (compressed) input has been read after this chunk, for progress and ETA.
     """
@@ -68,6 +70,7 @@ class RawChunk:
     input_bytes: int = 0
     where: str = ""  # file the chunk came from, for error messages
     text_field: str = "text"
+    first_line: int = 1  # jsonl: line number (in its file) of the chunk's first line
 
 
 @dataclass
@@ -98,11 +101,17 @@ def _clean_str(s: str) -> tuple[str, bool]:
 
 
 def decode_chunk(chunk: RawChunk) -> DecodedChunk:
-    """Decode a chunk to exactly ``chunk.count`` strings (blank jsonl lines become ``""``)."""
+    """Decode a chunk to its records' strings (blank jsonl lines become ``""``).
+
+    That is exactly ``chunk.count`` strings, except for ``xz_tar`` chunks (``count == -1``) whose
+    size is only known once decompressed; their positions are ``start + i``.
+    """
     if chunk.kind == "texts":
         pairs = [_clean_str(t if t is not None else "") for t in chunk.payload]
     elif chunk.kind == "blobs":
         pairs = [_decode_bytes(b) for b in chunk.payload]
+    elif chunk.kind == "xz_tar":
+        pairs = [_decode_bytes(b) for b in _xz_tar_members(chunk.payload, chunk.where)]
     elif chunk.kind == "jsonl":
         block: bytes = chunk.payload
         lines = block.split(b"\n")
@@ -118,12 +127,12 @@ def decode_chunk(chunk: RawChunk) -> DecodedChunk:
                 obj = json.loads(s)
             except json.JSONDecodeError as e:
                 raise SourceError(
-                    f"{chunk.where}: line {chunk.start + i + 1} is not valid JSON ({e}); each line of a "
+                    f"{chunk.where}: line {chunk.first_line + i} is not valid JSON ({e}); each line of a "
                     f".jsonl source must be one JSON object with a {chunk.text_field!r} field"
                 ) from e
             if not isinstance(obj, dict) or chunk.text_field not in obj:
                 raise SourceError(
-                    f"{chunk.where}: line {chunk.start + i + 1} has no {chunk.text_field!r} field; "
+                    f"{chunk.where}: line {chunk.first_line + i} has no {chunk.text_field!r} field; "
                     "pass --text-field NAME to pick the field that holds the document text"
                 )
             text = obj[chunk.text_field]
@@ -133,7 +142,7 @@ def decode_chunk(chunk: RawChunk) -> DecodedChunk:
             pairs.append((text, bad or bad2))
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown chunk kind {chunk.kind!r}")
-    if len(pairs) != chunk.count:
+    if chunk.count >= 0 and len(pairs) != chunk.count:
         raise SourceError(f"{chunk.where}: chunk decoded to {len(pairs)} records, expected {chunk.count}")
     return DecodedChunk([p[0] for p in pairs], [p[1] for p in pairs])
 
@@ -252,7 +261,7 @@ class JsonlSource(Source):
                         block = block[:cut]
                         n = block.count(b"\n")
                         yield RawChunk("jsonl", block, pos, n, done_bytes + counter.pos, str(path),
-                                       self.text_field)
+                                       self.text_field, pos - line_no + 1)
                         pos += n
                 except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
                     raise SourceError(
@@ -260,7 +269,8 @@ class JsonlSource(Source):
                         f"({type(e).__name__}: {e}); re-download or re-create the file"
                     ) from e
                 if carry:
-                    yield RawChunk("jsonl", carry, pos, 1, done_bytes + counter.pos, str(path), self.text_field)
+                    yield RawChunk("jsonl", carry, pos, 1, done_bytes + counter.pos, str(path), self.text_field,
+                                   pos - line_no + 1)
                     pos += 1
             done_bytes += path.stat().st_size
 
@@ -431,61 +441,56 @@ class SkylionSource(Source):
     def total_bytes(self) -> int:
         return self.tarball.stat().st_size if self.tarball else sum(p.stat().st_size for p in self.subsets)
 
-    @staticmethod
-    def _members(tf: tarfile.TarFile) -> Iterator[bytes]:
-        for m in tf:
-            if m.isfile() and m.name.endswith(".txt"):
-                f = tf.extractfile(m)
-                assert f is not None
-                yield f.read()
-
-    def _iter_docs(self) -> Iterator[tuple[bytes, int, str]]:
-        """(doc bytes, compressed input bytes consumed so far, file name)."""
-        if self.tarball:
-            with open(self.tarball, "rb") as raw:
-                counter = _CountingReader(raw)
-                where = str(self.tarball)
-                try:
-                    with tarfile.open(fileobj=counter, mode="r|xz") as outer:
-                        for m in outer:
-                            if not (m.isfile() and fnmatch.fnmatchcase(Path(m.name).name, SKYLION_SUBSET_GLOB)):
-                                continue
-                            where = f"{self.tarball}:{m.name}"
-                            inner_f = outer.extractfile(m)
-                            assert inner_f is not None
-                            with tarfile.open(fileobj=inner_f, mode="r|xz") as inner:
-                                for doc in self._members(inner):
-                                    yield doc, counter.pos, where
-                except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
-                    raise SourceError(
-                        f"{where}: corrupt or truncated archive ({type(e).__name__}: {e}); re-download it"
-                    ) from e
-            return
-        done = 0
-        for path in self.subsets:
-            with open(path, "rb") as raw:
-                counter = _CountingReader(raw)
-                try:
-                    with tarfile.open(fileobj=counter, mode="r|xz") as tf:
-                        for doc in self._members(tf):
-                            yield doc, done + counter.pos, str(path)
-                except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
-                    raise SourceError(
-                        f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); re-download it"
-                    ) from e
-            done += path.stat().st_size
-
     def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[RawChunk]:
-        pos, blobs, size, where, done = 0, [], 0, str(self.root), 0
-        for doc, done, where in self._iter_docs():
-            blobs.append(doc)
-            size += len(doc)
-            if size >= chunk_bytes:
-                yield RawChunk("blobs", blobs, pos, len(blobs), done, where)
-                pos += len(blobs)
-                blobs, size = [], 0
-        if blobs:
-            yield RawChunk("blobs", blobs, pos, len(blobs), done, where)
+        """One chunk per subset file, still xz-compressed: workers decompress in parallel.
+
+        xz decoding costs about as much CPU as BPE, so it must not sit in the main process. The
+        member count of a subset is only known after decoding, so positions are sparse:
+        ``subset_index * 2**24 + member_index`` (a subset holds a few hundred documents).
+        """
+        if not self.tarball:
+            done = 0
+            for i, path in enumerate(self.subsets):
+                data = path.read_bytes()
+                done += len(data)
+                yield RawChunk("xz_tar", data, i << SKYLION_POS_SHIFT, -1, done, str(path))
+            return
+        where = str(self.tarball)
+        with open(self.tarball, "rb") as raw:
+            counter = _CountingReader(raw)
+            try:
+                with tarfile.open(fileobj=counter, mode="r|xz") as outer:
+                    i = 0
+                    for m in outer:
+                        if not (m.isfile() and fnmatch.fnmatchcase(Path(m.name).name, SKYLION_SUBSET_GLOB)):
+                            continue
+                        where = f"{self.tarball}:{m.name}"
+                        f = outer.extractfile(m)
+                        assert f is not None
+                        data = f.read()
+                        yield RawChunk("xz_tar", data, i << SKYLION_POS_SHIFT, -1, counter.pos, where)
+                        i += 1
+            except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
+                raise SourceError(
+                    f"{where}: corrupt or truncated archive ({type(e).__name__}: {e}); re-download it"
+                ) from e
+
+
+def _xz_tar_members(data: bytes, where: str) -> list[bytes]:
+    """The ``.txt`` members of an xz-compressed tar, in archive order."""
+    out = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(".txt"):
+                    f = tf.extractfile(m)
+                    assert f is not None
+                    out.append(f.read())
+    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
+        raise SourceError(f"{where}: corrupt or truncated archive ({type(e).__name__}: {e}); re-download it") from e
+    if len(out) >= 1 << SKYLION_POS_SHIFT:
+        raise SourceError(f"{where}: {len(out)} documents in one subset file; at most {1 << SKYLION_POS_SHIFT}")
+    return out
 
 
 class HubSource(Source):
