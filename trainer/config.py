@@ -216,16 +216,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-large": {"model": "gpt2-large", "lr": 2.5e-4, "micro_batch": 16, **_GPT2_TOKENS},
     "gpt2-xl": {"model": "gpt2-xl", "lr": 2e-4, "micro_batch": 8, **_GPT2_TOKENS},
     "tiny": {
-        "model": "tiny", "block_size": 64, "seq_len": 64, "micro_batch": 4, "total_batch_tokens": 256,
+        "model": "tiny", "seq_len": 64, "micro_batch": 4, "total_batch_tokens": 256,
         "max_steps": 30, "warmup_steps": 3, "lr": 3e-3, "eval_every": 10, "eval_windows": 8,
         "sample_every": 0, "ckpt_every": 10, "log_every": 1, "prefetch": 0, "profile_wait": 1,
         "profile_active": 2,
     },
     "demo": {
-        "model": "tiny", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128, "seq_len": 128,
-        "micro_batch": 8, "total_batch_tokens": 2048, "max_steps": 150, "warmup_steps": 10, "lr": 3e-3,
-        "min_lr_ratio": 0.1, "eval_every": 25, "eval_windows": 32, "sample_every": 50, "sample_tokens": 48,
-        "sample_prompt": "def ", "ckpt_every": 50, "log_every": 10,
+        "model": "tiny", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "seq_len": 64,
+        "micro_batch": 16, "total_batch_tokens": 1024, "max_steps": 120, "warmup_steps": 10, "lr": 3e-3,
+        "eval_every": 20, "eval_windows": 64, "sample_every": 60, "sample_tokens": 48, "sample_prompt": "def ",
+        "ckpt_every": 40, "log_every": 10,
     },
 }
 
