@@ -1,0 +1,141 @@
+"""Benchmark: the owtgpt trainer on one GPU, GPT-2 124M at T=1024 (``make bench-train``).
+
+What it runs: :func:`trainer.train.train` itself (not a copy of its loop) with the ``gpt2``
+preset: 2^19 tokens per optimizer step by gradient accumulation, bf16 autocast, fused AdamW,
+gradient clipping, the sampler's prefetching pinned-memory batches and a loss read-back every step,
+on synthetic shards of random token ids written with :class:`pipeline.format.ShardWriter` to a temp
+dir (no corpus needed; random ids cost the same FLOPs as text).
+
+Reported, side by side in the same process (machines are noisy; compare only within one run):
+
+* ``trainer (compile)``  the default CUDA path, ``torch.compile`` on;
+* ``trainer (eager)``    baseline: the same trainer with ``--no-compile``;
+* ratio compile / eager, tokens/s, MFU (``6N + 6LCT`` per token against the device's dense bf16
+  peak from :data:`trainer.observe.PEAK_TFLOPS`, or ``--peak-tflops``) and peak memory.
+
+Tokens/s is the mean over the steps after the first three (compile and allocator warm-up).
+Target on one H100 SXM: >= 550K tokens/s (the FLOP limit there is about 990K). Without CUDA the
+script says so and exits 0, so ``make bench-train`` is safe anywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/train_gpu.py` puts bench/ first on sys.path, where bench/tokenize.py would shadow
+# the standard library's `tokenize` (imported by torch through linecache): drop it.
+_HERE = Path(__file__).resolve().parent
+REPO = _HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(REPO))
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def write_synthetic_shards(out: Path, train_tokens: int, val_tokens: int, seed: int = 0) -> Path:
+    """Random GPT-2 ids in documents of ~1000 tokens: one train and one val shard plus a manifest."""
+    from pipeline.format import Manifest, ShardEntry, ShardWriter, read_header, shard_name
+    from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint()
+    rng = np.random.default_rng(seed)
+    entries = []
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        path = out / shard_name(split, 0)
+        with ShardWriter(path, vocab_size=VOCAB_SIZE, tokenizer_fingerprint=fp) as w:
+            doc_len = 1000
+            n_docs = max(1, n // doc_len)
+            for lo in range(0, n_docs, 4096):  # 4096 documents (~4M tokens) per write
+                k = min(4096, n_docs - lo)
+                toks = rng.integers(0, EOT_ID, size=(k, doc_len), dtype=np.uint16)
+                toks[:, 0], toks[:, -1] = SOT_ID, EOT_ID
+                w.add_documents(toks.reshape(-1), np.full(k, doc_len))
+        h = read_header(path)
+        entries.append(ShardEntry(file=path.name, split=split, num_tokens=h.num_tokens, num_docs=h.num_docs,
+                                  payload_sha256=h.payload_sha256))
+    Manifest(tokenizer_fingerprint=fp, vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
+             source="bench/train_gpu.py synthetic", settings={"seed": seed}, shards=entries).save(out)
+    return out
+
+
+def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> dict:
+    from trainer.config import config_from_args
+    from trainer.train import train
+
+    argv = ["--data", str(data), "--out", str(out), "--preset", args.preset, "--max-steps", str(args.steps),
+            "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--precision", args.precision,
+            "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "0", "--no-tensorboard", "--no-progress",
+            "--log-every", "1", "--overwrite", "--compile" if compile_ else "--no-compile"]
+    if args.peak_tflops:
+        argv += ["--peak-tflops", str(args.peak_tflops)]
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    res = train(config_from_args(argv))
+    return {"tokens_per_s": res.tokens_per_s, "mfu": res.mfu, "peak_mem_gib": res.peak_mem_gib,
+            "step_ms": 1000 * (2**19 / res.tokens_per_s) if res.tokens_per_s else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="gpt2", help="trainer preset (default gpt2 = 124M)")
+    p.add_argument("--steps", type=int, default=13, help="optimizer steps per run; the first 3 are warm-up")
+    p.add_argument("--micro-batch", type=int, default=64, help="micro batch (64 fits 80 GB in bf16)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
+    p.add_argument("--no-baseline", action="store_true", help="skip the eager (--no-compile) baseline run")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("SKIP bench/train_gpu.py: no CUDA device (torch sees none). It measures the trainer on a GPU; "
+              "run it where one is present.")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainer.observe import peak_tflops_for
+
+    device = torch.device("cuda", 0)
+    name = torch.cuda.get_device_name(device)
+    with tempfile.TemporaryDirectory(prefix="owtgpt-bench-train-") as tmp:
+        tmp = Path(tmp)
+        # enough distinct data that batches are not cache-resident: 64M train tokens (128 MB)
+        data = write_synthetic_shards(tmp / "shards", 64 * 2**20, 2**20)
+        results = {"compile": run_one(data, tmp / "run-compile", args, True)}
+        if not args.no_baseline:
+            results["eager"] = run_one(data, tmp / "run-eager", args, False)
+
+    table = Table(title=f"trainer, {args.preset} T={args.seq_len} {args.precision}, 2^19 tokens/step, {name}")
+    for col in ("run", "tokens/s", "MFU", "step (ms)", "peak mem (GiB)"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for key, label in (("compile", "trainer (compile)"), ("eager", "trainer (eager, baseline)")):
+        r = results.get(key)
+        if r:
+            table.add_row(label, f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a",
+                          f"{r['step_ms']:.0f}", f"{r['peak_mem_gib']:.1f}")
+    console = Console()
+    console.print(table)
+    if "eager" in results:
+        ratio = results["compile"]["tokens_per_s"] / results["eager"]["tokens_per_s"]
+        console.print(f"compile / eager: {ratio:.2f}x")
+        results["ratio_compile_over_eager"] = ratio
+    tps = results["compile"]["tokens_per_s"]
+    console.print(f"target >= 550,000 tokens/s on one H100: {'MET' if tps >= 550_000 else 'not met'} "
+                  f"({tps:,.0f} on {name}; peak {peak_tflops_for(device, args.peak_tflops)} TFLOP/s)")
+    results.update(device=name, torch=torch.__version__, date=datetime.date.today().isoformat(),
+                   preset=args.preset, micro_batch=args.micro_batch, seq_len=args.seq_len, precision=args.precision)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
