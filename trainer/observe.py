@@ -93,6 +93,11 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _fmt(x: float | None, spec: str, none: str = "-") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -110,6 +115,8 @@ class Observer:
         self.metrics = None
         self.progress = None
         self._task = None
+        self._ema_ms: float | None = None
+        self._nsteps = 0
         if not enabled:
             return
         if tensorboard:
@@ -154,6 +161,10 @@ class Observer:
         if not self.enabled:
             return
         self._record({"step": step, **rec})
+        dt = rec.get("step_time_ms")
+        if dt is not None:  # EMA of the step time for the ETA; the first step (compile) is not weighed in
+            self._ema_ms = dt if self._ema_ms is None or self._nsteps < 2 else 0.9 * self._ema_ms + 0.1 * dt
+            self._nsteps += 1
         if self.writer is not None:
             w = self.writer
             loss = rec["loss"]
@@ -173,11 +184,12 @@ class Observer:
                                  mfu=_fmt(None if m is None else 100 * m, ".1f", "n/a") + ("%" if m else ""))
         elif step % self.log_every == 0 or step == total:
             mfu_s = f" | mfu {100 * m:.1f}%" if m is not None else ""
+            eta_s = f" | eta {_hms((total - step) * self._ema_ms / 1000)}" if self._ema_ms else ""
             flag = " | SKIPPED (non-finite)" if rec.get("skipped") else ""
             self.console.print(
                 f"step {step}/{total} | loss {_fmt(rec['loss'], '.4f')} | lr {rec['lr']:.3e} | "
                 f"norm {_fmt(rec.get('grad_norm'), '.3f')} | {_fmt(tps, ',.0f')} tok/s{mfu_s} | "
-                f"{_fmt(rec.get('step_time_ms'), '.0f')} ms{flag}",
+                f"{_fmt(rec.get('step_time_ms'), '.0f')} ms{eta_s}{flag}",
                 highlight=False, soft_wrap=True,
             )
 

@@ -222,6 +222,12 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -
             bad_total = int(payload.get("counters", {}).get("bad_steps", 0))
             resumed_from = path
             _warn_config_drift(payload["train_config"], cfg, warn_msgs)
+            if payload.get("world_size", env.world_size) != env.world_size:
+                warn_msgs.append(
+                    f"resuming a run checkpointed with world size {payload['world_size']} on {env.world_size} "
+                    "ranks: the optimizer state carries over, but the data order differs from the original run's "
+                    "(micro-step k of step s reads sampler step s x grad_accum + k per rank)"
+                )
             del payload
 
     raw_model = model
