@@ -98,7 +98,9 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, extra: dict[str, 
     """Write ``{"model", "model_config", **extra}`` to ``path`` atomically (parent dirs created)."""
     base = unwrap_model(model)
     if not isinstance(base, GPT):
-        raise TypeError(f"save_model needs a GPT (optionally compiled/DDP-wrapped), got {type(base).__name__}")
+        raise TypeError(
+            f"save_model needs a GPT (optionally compiled/DDP-wrapped), got {type(base).__name__}"
+        )
     extra = dict(extra or {})
     clash = {"model", "model_config"} & set(extra)
     if clash:
@@ -130,7 +132,9 @@ def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> GPT:
         raise CheckpointError(f"{source}: weights do not match its model_config: {e}") from e
     head, wte = model.lm_head.weight, model.transformer.wte.weight
     if head.data_ptr() != wte.data_ptr() and not torch.equal(head, wte):
-        raise CheckpointError(f"{source}: lm_head.weight differs from transformer.wte.weight (GPT-2 ties them)")
+        raise CheckpointError(
+            f"{source}: lm_head.weight differs from transformer.wte.weight (GPT-2 ties them)"
+        )
     model.lm_head.weight = wte  # assign=True made two Parameters; tie them again
     return model
 

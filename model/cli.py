@@ -83,7 +83,6 @@ class TokenStreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipeline.tokenizer import get_tokenizer, tokenizer_fingerprint
 
@@ -135,7 +134,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for col in ("checkpoint", "device", "prompt tokens", "new tokens", "tokens/s"):
         table.add_column(col)
     for n, dt in stats:
-        table.add_row(ckpt["checkpoint_path"], str(device), str(len(prompt_ids)), str(n), f"{n / max(dt, 1e-9):.1f}")
+        table.add_row(
+            ckpt["checkpoint_path"], str(device), str(len(prompt_ids)), str(n), f"{n / max(dt, 1e-9):.1f}"
+        )
     _err().print(table)
     return 0
 
@@ -182,7 +183,9 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     table = Table(title="export-hf")
     for col in ("from", "to", "vocab_size", "seconds"):
         table.add_column(col)
-    table.add_row(ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), f"{time.perf_counter() - t0:.1f}")
+    table.add_row(
+        ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), f"{time.perf_counter() - t0:.1f}"
+    )
     _err().print(table)
     print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
     return 0
@@ -235,43 +238,80 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("sample", help="stream a continuation of --prompt from a checkpoint",
-                       description="Generate text from a checkpoint (KV-cached), printing it as it is produced.")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
-    p.add_argument("--prompt", default="", help="text to continue; encoded as [<|startoftext|>] + BPE(prompt)")
-    p.add_argument("--max-new-tokens", type=_nonneg_int, default=200, help="tokens to generate at most (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="sample only from the k likeliest ids (default 200; 0 = off)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= p (default off)")
-    p.add_argument("--seed", type=int, default=None, help="RNG seed for reproducible samples (default: random)")
+    p = sub.add_parser(
+        "sample",
+        help="stream a continuation of --prompt from a checkpoint",
+        description="Generate text from a checkpoint (KV-cached), printing it as it is produced.",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)"
+    )
+    p.add_argument(
+        "--prompt", default="", help="text to continue; encoded as [<|startoftext|>] + BPE(prompt)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_nonneg_int, default=200, help="tokens to generate at most (default 200)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=200, help="sample only from the k likeliest ids (default 200; 0 = off)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="nucleus sampling: smallest set with mass >= p (default off)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="RNG seed for reproducible samples (default: random)"
+    )
     p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)",
+    )
     p.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow; a check)")
+    p.add_argument(
+        "--no-cache", action="store_true", help="recompute the whole context every token (slow; a check)"
+    )
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("import-hf", help="convert a local Hugging Face GPT-2 folder to an owtgpt checkpoint",
-                       description="Read config.json + model.safetensors|pytorch_model.bin (the hub's gpt2 layout) "
-                       "and write an owtgpt checkpoint. 50257-row models gain <|startoftext|> (:= EOT's row) and "
-                       "<|padding|>/<|unknown|> (:= mean row); see model/hf.py.")
+    p = sub.add_parser(
+        "import-hf",
+        help="convert a local Hugging Face GPT-2 folder to an owtgpt checkpoint",
+        description="Read config.json + model.safetensors|pytorch_model.bin (the hub's gpt2 layout) "
+        "and write an owtgpt checkpoint. 50257-row models gain <|startoftext|> (:= EOT's row) and "
+        "<|padding|>/<|unknown|> (:= mean row); see model/hf.py.",
+    )
     p.add_argument("dir", help="folder holding config.json and the weights")
-    p.add_argument("--out", required=True, help="a .pt file, or a run dir (written as checkpoints/step-00000000.pt)")
+    p.add_argument(
+        "--out", required=True, help="a .pt file, or a run dir (written as checkpoints/step-00000000.pt)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.set_defaults(func=cmd_import_hf)
 
-    p = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face GPT-2 folder",
-                       description="Write config.json + model.safetensors loadable by "
-                       "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped).")
+    p = sub.add_parser(
+        "export-hf",
+        help="write a checkpoint as a Hugging Face GPT-2 folder",
+        description="Write config.json + model.safetensors loadable by "
+        "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped).",
+    )
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.set_defaults(func=cmd_export_hf)
 
-    p = sub.add_parser("info", help="presets (or a checkpoint): sizes, parameter counts, FLOPs/token",
-                       description="Show each preset's shape, parameter counts (tied embedding once) and "
-                       "training FLOPs per token at full context (6N + 6LCT).")
+    p = sub.add_parser(
+        "info",
+        help="presets (or a checkpoint): sizes, parameter counts, FLOPs/token",
+        description="Show each preset's shape, parameter counts (tied embedding once) and "
+        "training FLOPs per token at full context (6N + 6LCT).",
+    )
     p.add_argument("--checkpoint", default=None, help="describe this checkpoint instead of the presets")
     p.set_defaults(func=cmd_info)
     return parser

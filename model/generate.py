@@ -104,7 +104,9 @@ def _check_sampling_args(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens (--max-new-tokens) must be an integer >= 0, got {max_new_tokens!r}")
     if not isinstance(temperature, (int, float)) or not (temperature >= 0.0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature (--temperature) must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        raise ValueError(
+            f"temperature (--temperature) must be a finite number >= 0 (0 = greedy), got {temperature!r}"
+        )
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k (--top-k) must be an integer >= 1 or unset, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
@@ -181,20 +183,42 @@ def generate_stream(
         raise ValueError(
             f"idx must be a (batch, time>=1) integer tensor of token ids, got {tuple(idx.shape)} {idx.dtype}"
         )
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= model.config.vocab_size:
+        raise ValueError(
+            f"prompt ids must be in [0, {model.config.vocab_size}) (the model's vocab_size), got [{lo}, {hi}]"
+        )
+    # validation above runs at call time; the steps below run as the caller iterates
+    return _stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot, use_cache, generator)
+
+
+def _stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    stop_at_eot: bool,
+    use_cache: bool,
+    generator: torch.Generator | None,
+) -> Iterator[torch.Tensor]:
     cfg = model.config
     B, T0 = idx.shape
+    # the whole sequence so far, preallocated: window re-prefills read from it
+    seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
+    seq[:, :T0] = idx
+    length = T0
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    cache = KVCache(cfg.n_layer, min(cfg.block_size, T0 + max_new_tokens)) if use_cache else None
+    cached_from = -1  # window start the cache currently holds; -1: empty
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            # the whole sequence so far, preallocated: window re-prefills read from it
-            seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
-            seq[:, :T0] = idx
-            length = T0
-            finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-            cache = KVCache(cfg.n_layer, min(cfg.block_size, T0 + max_new_tokens)) if use_cache else None
-            cached_from = -1  # window start the cache currently holds; -1: empty
-            for _ in range(max_new_tokens):
+        for _ in range(max_new_tokens):
+            # no_grad per step, not around the loop: a context held across `yield` would leak into
+            # (and could be undone by) the consumer's code between steps
+            with torch.no_grad():
                 start = context_start(length, cfg.block_size)
                 if cache is None:
                     h = model.hidden_states(seq[:, start:length])  # (B, W, C), whole window
@@ -210,9 +234,9 @@ def generate_stream(
                     nxt = torch.where(finished, torch.full_like(nxt, PAD_ID), nxt)
                     finished |= nxt == EOT_ID
                 seq[:, length] = nxt
-                length += 1
-                yield nxt
-                if stop_at_eot and bool(finished.all()):
-                    return
+            length += 1
+            yield nxt
+            if stop_at_eot and bool(finished.all()):
+                return
     finally:
         model.train(was_training)

@@ -219,8 +219,11 @@ class GPT(nn.Module):
         are filled with ``<|padding|>`` and generation ends once every row is finished. See
         :func:`model.generate.generate_stream` for the KV cache and the context-window policy.
         """
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot,
-                                        use_cache, generator))
+        new = list(
+            self.generate_stream(
+                idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot, use_cache, generator
+            )
+        )
         if not new:
             return idx
         return torch.cat([idx, torch.stack(new, dim=1)], dim=1)
@@ -238,6 +241,13 @@ class GPT(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Like :meth:`generate` but yields each new token column (B,) as soon as it is sampled."""
         return generate_stream(
-            self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            stop_at_eot=stop_at_eot, use_cache=use_cache, generator=generator,
+            self,
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_at_eot=stop_at_eot,
+            use_cache=use_cache,
+            generator=generator,
         )

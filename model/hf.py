@@ -106,7 +106,11 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
 def _read_state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    single, index, bin_file = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
+    single, index, bin_file = (
+        folder / "model.safetensors",
+        folder / "model.safetensors.index.json",
+        folder / "pytorch_model.bin",
+    )
     if single.is_file():
         return load_file(single)
     if index.is_file():
@@ -119,7 +123,9 @@ def _read_state(folder: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise HFFormatError(f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}") from e
+            raise HFFormatError(
+                f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}"
+            ) from e
     raise HFFormatError(
         f"{folder}: no weights found; expected model.safetensors, model.safetensors.index.json "
         "or pytorch_model.bin next to config.json"
@@ -148,12 +154,18 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
     expected = _hf_keys(cfg.n_layer)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise HFFormatError(f"{folder}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise HFFormatError(
+            f"{folder}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     wte = state["transformer.wte.weight"]
     if tuple(wte.shape) != (hf_vocab, cfg.n_embd):
-        raise HFFormatError(f"{folder}: wte has shape {tuple(wte.shape)}, config.json says ({hf_vocab}, {cfg.n_embd})")
+        raise HFFormatError(
+            f"{folder}: wte has shape {tuple(wte.shape)}, config.json says ({hf_vocab}, {cfg.n_embd})"
+        )
     if head is not None and not torch.equal(head, wte):
-        raise HFFormatError(f"{folder}: lm_head.weight differs from wte; GPT-2 ties them, untied heads cannot import")
+        raise HFFormatError(
+            f"{folder}: lm_head.weight differs from wte; GPT-2 ties them, untied heads cannot import"
+        )
 
     dtype = wte.dtype
     rows = torch.zeros(cfg.padded_vocab_size, cfg.n_embd, dtype=dtype)  # padded rows stay zero

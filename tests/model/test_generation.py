@@ -103,7 +103,9 @@ def test_padded_ids_are_never_produced(tiny):
     rigged = _rigged(tiny, slice(VOCAB_SIZE, None))  # every padded row is the best logit by far
     idx = torch.zeros(4, 1, dtype=torch.long)
     for kwargs in (dict(temperature=0), dict(temperature=1.0), dict(temperature=5.0, top_k=50, top_p=0.5)):
-        out = rigged.generate(idx, 10, stop_at_eot=False, generator=torch.Generator().manual_seed(0), **kwargs)
+        out = rigged.generate(
+            idx, 10, stop_at_eot=False, generator=torch.Generator().manual_seed(0), **kwargs
+        )
         assert int(out.max()) < VOCAB_SIZE, kwargs
 
 
@@ -186,3 +188,10 @@ def test_generate_restores_training_mode(tiny):
     finally:
         tiny.eval()
     assert tiny.generate(torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
+
+
+def test_bad_prompts_fail_at_call_time(tiny):
+    with pytest.raises(ValueError, match=r"\[0, 50260\)"):
+        tiny.generate_stream(torch.tensor([[5, VOCAB_SIZE]]), 3)  # no iteration needed
+    with pytest.raises(ValueError, match="batch, time"):
+        tiny.generate(torch.zeros(3, dtype=torch.long), 3)

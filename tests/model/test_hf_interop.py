@@ -83,12 +83,18 @@ def test_import_pytorch_model_bin_and_export_round_trip(tmp_path):
     export_hf(ours, tmp_path / "export")
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["vocab_size"] == VOCAB_SIZE
-    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (SOT_ID, EOT_ID, PAD_ID)
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (
+        SOT_ID,
+        EOT_ID,
+        PAD_ID,
+    )
     back, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export", output_loading_info=True)
     back.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
-    idx = torch.randint(0, VOCAB_SIZE, (2, 64), generator=torch.Generator().manual_seed(4))  # incl. the new ids
+    idx = torch.randint(
+        0, VOCAB_SIZE, (2, 64), generator=torch.Generator().manual_seed(4)
+    )  # incl. the new ids
     with torch.no_grad():
         got = back(idx).logits
         want, _ = ours(idx)

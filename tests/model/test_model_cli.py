@@ -83,7 +83,9 @@ def test_export_then_import_round_trip(run_dir, tmp_path, capsys):
     original, _ = load_model(run_dir)
     back, ckpt = load_model(tmp_path / "imported")
     assert ckpt["checkpoint_path"].endswith("step-00000000.pt")
-    assert ckpt["source"]["kind"] == "huggingface" and ckpt["tokenizer_fingerprint"].startswith("owtgpt-gpt2:")
+    assert ckpt["source"]["kind"] == "huggingface" and ckpt["tokenizer_fingerprint"].startswith(
+        "owtgpt-gpt2:"
+    )
     idx = torch.randint(0, 50260, (2, 16))
     with torch.no_grad():
         assert (back(idx)[0][..., :50260] - original(idx)[0][..., :50260]).abs().max().item() < 1e-5
@@ -102,5 +104,13 @@ def test_info_lists_presets_with_counts(capsys):
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "model", "sample", "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)  # fmt: skip
-    for flag in ("--checkpoint", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed"):
+    for flag in (
+        "--checkpoint",
+        "--prompt",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+    ):
         assert flag in result.stdout

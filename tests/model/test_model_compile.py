@@ -11,7 +11,9 @@ from pipeline.tokenizer import VOCAB_SIZE
 
 def batch(seed: int, T: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB_SIZE, (2, T), generator=g), torch.randint(0, VOCAB_SIZE, (2, T), generator=g)
+    return torch.randint(0, VOCAB_SIZE, (2, T), generator=g), torch.randint(
+        0, VOCAB_SIZE, (2, T), generator=g
+    )
 
 
 def test_training_path_has_no_graph_breaks():
