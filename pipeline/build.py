@@ -69,7 +69,7 @@ from pipeline.format import (
     read_header,
     shard_name,
 )
-from pipeline.fsutil import atomic_write_text, remove_stale_temps
+from pipeline.fsutil import TMP_MARKER, atomic_write_text, remove_stale_temps
 from pipeline.sources import DEFAULT_CHUNK_BYTES, SOURCE_FORMATS, RawChunk, Source, decode_chunk, open_source
 
 STATE_NAME = "build-state.json"
@@ -367,13 +367,14 @@ class _SplitWriter:
         return self.writer
 
     def finish(self) -> None:
-        if self.writer is None:
+        w = self.writer
+        if w is None:
             return
-        w, self.writer = self.writer, None
         if w.num_docs == 0:
-            w.abort()
+            self.abort()
             return
-        h = w.finish()
+        h = w.finish()  # self.writer stays set until here, so an interrupt can still abort() it
+        self.writer = None
         entry = ShardEntry(w.path.name, self.split, h.num_tokens, h.num_docs, h.payload_sha256, self.src_bytes)
         self.done.append({**asdict(entry), "start_pos": self.start_pos, "end_pos": self.end_pos})
         self.on_finish()
@@ -475,6 +476,8 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
     except BaseException:
         for w in writers.values():
             w.abort()
+        for tmp in out.glob(f".*{TMP_MARKER}{os.getpid()}"):  # a writer interrupted while opening
+            tmp.unlink(missing_ok=True)
         pool.shutdown(wait=False, cancel_futures=True)
         ui.stop()
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.sources import SourceError
     from pipeline.tokenizer import TokenizerUnavailableError
 
+    def on_term(signum, frame):  # SIGTERM (e.g. a job scheduler) cleans up like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         cfg = config_from_args(args)
         build_shards(cfg, progress=not args.quiet)
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

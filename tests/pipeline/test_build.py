@@ -270,7 +270,7 @@ def test_cli_help_documents_every_field() -> None:
         assert flag in res.stdout, flag
 
 
-def _kill_when_first_shard_done(cmd: list[str], out: Path) -> int:
+def _kill_when_first_shard_done(cmd: list[str], out: Path, sig: int = signal.SIGKILL) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -279,7 +279,7 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path) -> int:
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no shard finished in 120 s"
         time.sleep(0.002)  # polling interval, not synchronisation: the file's presence is the signal
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     proc.stderr.close()
     return proc.returncode
@@ -306,3 +306,15 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     h = ShardHeader.unpack((out / kept[0]["file"]).read_bytes()[:4096])
     assert h.payload_sha256 == kept[0]["payload_sha256"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path: Path, sig: int) -> None:
+    src = write_jsonl(tmp_path / "big.jsonl", make_docs(900, seed=21, max_words=500))
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "pipeline.build_cli", str(src), "--out", str(out), "--shard-tokens", "4000",
+           "--workers", "1", "--chunk-bytes", "16384", "--quiet"]
+    assert _kill_when_first_shard_done(cmd, out, sig) == 130
+    assert not (out / MANIFEST_NAME).exists()
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # the open shard was dropped, not left
+    assert json.loads((out / STATE_NAME).read_text())["splits"]["train"]
