@@ -532,19 +532,24 @@ class HubSource(Source):
                 kwargs["data_files"] = self.data_files
             if self.cache_dir is not None:
                 kwargs["cache_dir"] = self.cache_dir
-            try:
-                self._ds = datasets.load_dataset(self.name, self.config, revision=self.revision, **kwargs)
-            except RuntimeError as e:
-                if "scripts are no longer supported" not in str(e) or self.revision is not None:
-                    raise SourceError(f"hub dataset {self.name!r}: {e}") from e
-                self._ds = datasets.load_dataset(
-                    self.name, self.config, revision=self.PARQUET_REVISION, **kwargs
-                )
-            except (FileNotFoundError, ValueError, ConnectionError) as e:
-                raise SourceError(
-                    f"hub dataset {self.name!r} could not be loaded ({type(e).__name__}: {e}). "
-                    "Check the name, your network access, or pass a local path instead."
-                ) from e
+            revision = self.revision
+            for attempt in range(2):
+                try:
+                    self._ds = datasets.load_dataset(self.name, self.config, revision=revision, **kwargs)
+                    break
+                except RuntimeError as e:
+                    # datasets >= 4 refuses repos that still ship a loading script (nanoGPT #633);
+                    # the hub's automatic parquet conversion of the same repo loads without it.
+                    if "scripts are no longer supported" in str(e) and revision is None and attempt == 0:
+                        revision = self.PARQUET_REVISION
+                        continue
+                    raise SourceError(f"hub dataset {self.name!r} (revision {revision}): {e}") from e
+                except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+                    raise SourceError(
+                        f"hub dataset {self.name!r} (revision {revision}) could not be loaded "
+                        f"({type(e).__name__}: {e}). Check the name and your network access, or pass "
+                        "a local path (parquet, jsonl, Skylion folder) instead."
+                    ) from e
         return self._ds
 
     @property

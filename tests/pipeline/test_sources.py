@@ -219,6 +219,9 @@ def test_hub_path_loads_local_parquet_through_datasets(tmp_path: Path) -> None:
         assert read_all(src)[0] == ref == DOCS
     assert HubSource("parquet", data_files=str(tmp_path / "train.parquet"),
                      cache_dir=str(tmp_path / "hf-cache")).total_docs == len(DOCS)
+    missing = HubSource("parquet", data_files=str(tmp_path / "nope-*.parquet"), cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(SourceError, match="could not be loaded"):
+        read_all(missing)
 
 
 def test_hub_script_dataset_falls_back_to_parquet_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
