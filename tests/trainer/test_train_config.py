@@ -117,3 +117,16 @@ def test_cli_flags_parse_to_fields():
     # round trip through the plain dict stored in checkpoints
     again = TrainConfig(**{**cfg.to_dict(), "data": cfg.to_dict()["data"]})
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+def test_cli_errors_exit_2_with_the_flag(capsys, tmp_path: Path):
+    from trainer.__main__ import main
+
+    rc = main(["--data", str(tmp_path), "--preset", "tiny", "--micro-batch", "3", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "--total-batch-tokens 256 is not divisible by --micro-batch 3" in capsys.readouterr().err
+    rc = main(["--data", str(tmp_path / "nowhere"), "--preset", "tiny", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "no manifest" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: unknown flag
+        main(["--micro-bach", "3"])
