@@ -233,8 +233,9 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -
     raw_model = model
     fwd_model: nn.Module = torch.compile(model) if use_compile else model
     if env.distributed:
+        # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory)
         fwd_model = nn.parallel.DistributedDataParallel(
-            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+            fwd_model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
 
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_tflops_for(device, cfg.peak_tflops)

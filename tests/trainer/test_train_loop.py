@@ -155,3 +155,16 @@ def test_config_json_tensorboard_and_profile(gen_shards: Path, tmp_path: Path):
     assert "sample/text_summary" in acc.Tags()["tensors"]
     traces = list((out / "profile").glob("*.pt.trace.json*"))
     assert traces, "the profiler wrote no TensorBoard trace"
+
+
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(gen_shards: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    run(gen_shards, out, "--max-steps", "4", "--ckpt-every", "2", "--eval-every", "0")
+    newest = checkpoint_path(out, 4)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    res = run(gen_shards, out, "--max-steps", "4", "--ckpt-every", "2", "--eval-every", "0", "--resume")
+    err = capsys.readouterr().err
+    assert "step-00000004.pt could not be loaded" in err and "falling back to step-00000002.pt" in err
+    assert (res.start_step, res.final_step) == (2, 4)
+    assert torch.load(newest, weights_only=True)["step"] == 4  # rewritten whole
