@@ -156,7 +156,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     precision = resolve_precision(cfg, device)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     model_config = cfg.model_config()
-    check_run_dir(cfg)
+    if env.is_main:  # only rank 0 decides (and later changes) the run folder: no check-vs-mkdir race
+        check_run_dir(cfg)
     dataset = ShardDataset(cfg.data)
     if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
         raise ConfigError(

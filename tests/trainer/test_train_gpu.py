@@ -54,6 +54,7 @@ def test_cuda_checks_happen_before_any_kernel(tmp_path: Path, gen_shards: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own use of torch.jit
 def test_compile_on_cpu_matches_eager(gen_shards: Path, tmp_path: Path):
     eager = _run(gen_shards, tmp_path / "eager", "--max-steps", "2", "--eval-every", "0")
     compiled = _run(gen_shards, tmp_path / "compiled", "--max-steps", "2", "--eval-every", "0", "--compile")
