@@ -21,7 +21,7 @@ from tests.trainer.conftest import child_env, fast, run_trainer
 from trainer.checkpoint import load_latest
 from trainer.observe import read_metrics
 
-ARGS = ("--max-steps", "20", "--ckpt-every", "5", "--dropout", "0.1", "--eval-every", "0")
+ARGS = ("--max-steps", "20", "--ckpt-every", "5", "--dropout", "0.1", "--eval-every", "0", "--prefetch", "2")
 
 
 @pytest.fixture(scope="module")
