@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="The meaning of life is", help="prompt text (encoded as [SOT] + BPE)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (default 0: torch's default)"
+    )
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     device = torch.device(args.device)
