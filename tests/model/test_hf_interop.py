@@ -29,10 +29,18 @@ def small_hf(vocab_size: int, seed: int = 0):
 
 
 def save_bin(model, folder: Path) -> Path:
-    """The pre-safetensors layout: config.json + pytorch_model.bin (a plain state dict)."""
+    """OpenAI's upload on the hub: config.json + pytorch_model.bin holding a GPT2Model state dict
+    (no ``transformer.`` prefix, no ``lm_head``) with the old causal-mask buffers in it."""
     folder.mkdir(parents=True)
     model.config.to_json_file(str(folder / "config.json"))
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    n = model.config.n_positions
+    state = {
+        k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+    for i in range(model.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(state, folder / "pytorch_model.bin")
     return folder
 
 
@@ -146,3 +154,21 @@ def test_unsupported_configs_are_refused(tmp_path):
         import_hf(tmp_path)
     with pytest.raises(HFFormatError, match=r"no config\.json"):
         import_hf(tmp_path / "nowhere")
+
+
+def test_sharded_safetensors_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = small_hf(1000, seed=10)
+    hf.config.to_json_file(str(tmp_path / "config.json"))
+    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, tmp_path / name)
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ours = import_hf(tmp_path)
+    idx = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        assert max_diff(ours(idx)[0][..., :1000], hf(idx).logits) < TOL
