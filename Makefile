@@ -49,10 +49,9 @@ test-all:  ## everything, GPU tests included where a GPU is present
 
 lint:  ## ruff
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check . || true
 
 bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against in-process baselines)
-	$(PY) bench/tokenize.py
+	$(PY) bench/tokenize_throughput.py
 	$(PY) bench/stats.py
 	$(PY) bench/sampler.py
 	$(PY) bench/generate.py

@@ -12,18 +12,10 @@ produce identical tokens (greedy), which the script checks.
     python bench/generate.py --preset tiny --new-tokens 64
 """
 
-# ruff: noqa: E402  (imports follow the sys.path fix below on purpose)
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/generate.py` puts bench/ first on sys.path, where bench/tokenize.py would shadow the
-# standard library's `tokenize` (imported by inspect/linecache inside torch). Put the repo root there
-# instead, before anything else is imported; it also makes `model`/`pipeline` importable uninstalled.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
+import sys
 import time
 
 import torch

@@ -30,31 +30,25 @@ logging every step does), so any time spent producing a batch is a real GPU stal
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-# Running `python bench/sampler.py` puts bench/ first on sys.path, where bench/tokenize.py would
-# shadow the standard library's `tokenize` (which torch imports through linecache): drop it.
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from pipeline.format import HEADER_SIZE, Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name
+from pipeline.sampler import TokenSampler
+from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from pipeline.format import HEADER_SIZE, Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name  # noqa: E402
-from pipeline.sampler import TokenSampler  # noqa: E402
-from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_SOURCE = REPO / ".." / "shared" / "corpora" / "imdb-reviews.jsonl.zst"
 console = Console()

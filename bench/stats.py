@@ -20,35 +20,27 @@ Data: the shards of ``../shared/corpora/imdb-reviews.jsonl.zst`` (~30M tokens), 
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
 import os
+import statistics
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where bench/tokenize.py would shadow the
-# standard library's tokenize (imported by inspect, dataclasses, numpy); drop it before any import.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+from pipeline.format import MANIFEST_NAME, SPLITS, ShardDataset
+from pipeline.stats import DEFAULT_CHUNK_TOKENS, compute_stats
+from pipeline.stats_view import render_stats
+from pipeline.verify import verify_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str((REPO / ".." / "shared" / "tiktoken-cache").resolve()))
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from pipeline.format import MANIFEST_NAME, SPLITS, ShardDataset  # noqa: E402
-from pipeline.stats import DEFAULT_CHUNK_TOKENS, compute_stats  # noqa: E402
-from pipeline.stats_view import render_stats  # noqa: E402
-from pipeline.verify import verify_dataset  # noqa: E402
 
 DEFAULT_SOURCE = REPO / ".." / "shared" / "corpora" / "imdb-reviews.jsonl.zst"
 TARGET_RATIO = 3.0

@@ -20,23 +20,17 @@ script says so and exits 0, so ``make bench-train`` is safe anywhere.
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import sys
+import tempfile
 from pathlib import Path
 
-# `python bench/train_gpu.py` puts bench/ first on sys.path, where bench/tokenize.py would shadow
-# the standard library's `tokenize` (imported by torch through linecache): drop it.
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_synthetic_shards(out: Path, train_tokens: int, val_tokens: int, seed: int = 0) -> Path:

@@ -27,7 +27,7 @@ Contract
 Trade-off: processes, not threads. tiktoken releases the GIL while encoding, but JSON parsing,
 UTF-8 checks and building results do not, so threads share one interpreter's worth of Python
 work; processes pay a pickle of each 2 MiB chunk instead, which is small next to BPE.
-``bench/tokenize.py`` measures both raw designs beside the pipeline (rows ``raw-threads`` and
+``bench/tokenize_throughput.py`` measures both raw designs beside the pipeline (rows ``raw-threads`` and
 ``raw-proc``).
 """
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import random
 
-_WORDS = (
-    "the of and to in is was for on that with as by it from at his an were are which this be "
-    "data token shard model train memory sample offset window batch layer attention gradient "
-    "naïve café résumé Zürich 東京 données ñandú — … “quoted” 'single' (paren) [bracket] {brace}"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "it", "from", "at", "his", "an", "were", "are", "which", "this", "be", "data", "token", "shard", "model", "train", "memory", "sample", "offset", "window", "batch", "layer", "attention", "gradient", "naïve", "café", "résumé", "Zürich", "東京", "données", "ñandú", "—", "…", "“quoted”", "'single'", "(paren)", "[bracket]", "{brace}"]
 
 
 def make_docs(n: int, seed: int = 0, min_words: int = 5, max_words: int = 400) -> list[str]:

@@ -16,7 +16,7 @@ Tokens/s counts text tokens only (no SOT/EOT), so all three count the same token
 ``resource.getrusage``: the main process during the first pipeline run (before the raw baselines
 load the corpus into memory), and the largest worker process.
 
-Usage: ``python bench/tokenize.py [--source FILE] [--workers 2] [--repeats 2]``
+Usage: ``python bench/tokenize_throughput.py [--source FILE] [--workers 2] [--repeats 2]``
 """
 
 from __future__ import annotations
