@@ -422,21 +422,29 @@ class ShardDataset:
         return sum(s.num_docs for s in self.manifest.split(split))
 
 
+def entry_mismatches(header: ShardHeader, entry: ShardEntry, manifest: Manifest) -> list[str]:
+    """How a shard's header disagrees with its manifest entry, one phrase per field (empty: agrees)."""
+    return [
+        f"header {what}={got} but {MANIFEST_NAME} says {want}"
+        for what, got, want in (
+            ("num_tokens", header.num_tokens, entry.num_tokens),
+            ("num_docs", header.num_docs, entry.num_docs),
+            ("payload_sha256", header.payload_sha256, entry.payload_sha256),
+            ("vocab_size", header.vocab_size, manifest.vocab_size),
+            ("tokenizer_fingerprint", header.tokenizer_fingerprint, manifest.tokenizer_fingerprint),
+        )
+        if got != want
+    ]
+
+
 def check_entry(shard: Shard, entry: ShardEntry, manifest: Manifest) -> None:
     """Raise if a shard's header disagrees with its manifest entry."""
-    h = shard.header
-    for what, got, want in (
-        ("num_tokens", h.num_tokens, entry.num_tokens),
-        ("num_docs", h.num_docs, entry.num_docs),
-        ("payload_sha256", h.payload_sha256, entry.payload_sha256),
-        ("vocab_size", h.vocab_size, manifest.vocab_size),
-        ("tokenizer_fingerprint", h.tokenizer_fingerprint, manifest.tokenizer_fingerprint),
-    ):
-        if got != want:
-            raise ShardFormatError(
-                f"{shard.path}: header {what}={got} but the manifest says {want}; the shard "
-                "does not belong to this manifest. Rebuild with `python -m pipeline build`."
-            )
+    problems = entry_mismatches(shard.header, entry, manifest)
+    if problems:
+        raise ShardFormatError(
+            f"{shard.path}: {'; '.join(problems)}; the shard does not belong to this manifest. "
+            "Rebuild with `python -m pipeline build`."
+        )
 
 
 def open_split(directory: str | os.PathLike[str], split: str) -> list[Shard]:

@@ -45,6 +45,7 @@ from pipeline.format import (
     Manifest,
     ShardEntry,
     ShardFormatError,
+    entry_mismatches,
     open_shard,
     read_header,
 )
@@ -210,15 +211,8 @@ def verify_shard(
         err(_strip_path(str(e), path))
         return done()
     if entry is not None and manifest is not None:
-        for what, got, want in (
-            ("num_tokens", h.num_tokens, entry.num_tokens),
-            ("num_docs", h.num_docs, entry.num_docs),
-            ("payload_sha256", h.payload_sha256, entry.payload_sha256),
-            ("vocab_size", h.vocab_size, manifest.vocab_size),
-            ("tokenizer_fingerprint", h.tokenizer_fingerprint, manifest.tokenizer_fingerprint),
-        ):
-            if got != want:
-                err(f"header {what}={got} but {MANIFEST_NAME} says {want}")
+        for problem in entry_mismatches(h, entry, manifest):
+            err(problem)
     if size != h.file_size:
         err(f"file is {size:,} bytes but its header (num_tokens={h.num_tokens:,}, num_docs={h.num_docs:,}) "
             f"requires {h.file_size:,}; it is {'truncated' if size < h.file_size else 'too long'}. "
