@@ -68,7 +68,7 @@ sample:  ## generate from the newest checkpoint in RUN (or CKPT=path)
 
 demo:  ## offline end to end on CPU: shards from DEMO_SOURCE, stats, train tiny, sample
 	$(PY) -m pipeline build $(DEMO_SOURCE) --out demo/shards --workers $(WORKERS) \
-		--text-glob '*.md,*.py' --val-fraction 0.1 --seed 0 --overwrite
+		--source-format text --text-glob '*.md,*.py' --val-fraction 0.1 --seed 0 --overwrite
 	$(PY) -m pipeline stats demo/shards --top 10
 	$(PY) -m trainer --data demo/shards --preset demo --out demo/run --overwrite
 	$(PY) -m model sample --checkpoint demo/run --prompt "def " --max-new-tokens 80 --seed 0

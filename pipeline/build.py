@@ -70,7 +70,15 @@ from pipeline.format import (
     shard_name,
 )
 from pipeline.fsutil import TMP_MARKER, atomic_write_text, remove_stale_temps
-from pipeline.sources import DEFAULT_CHUNK_BYTES, SOURCE_FORMATS, RawChunk, Source, decode_chunk, open_source
+from pipeline.sources import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_TEXT_GLOB,
+    SOURCE_FORMATS,
+    RawChunk,
+    Source,
+    decode_chunk,
+    open_source,
+)
 
 STATE_NAME = "build-state.json"
 BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
@@ -97,7 +105,7 @@ class ShardConfig:
     seed: int = 0
     streaming: bool = False
     overwrite: bool = False
-    text_glob: str = "*.txt"
+    text_glob: str = DEFAULT_TEXT_GLOB
     text_field: str = "text"
     source_format: str = "auto"
     hf_config: str | None = None

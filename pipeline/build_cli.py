@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.sources import DEFAULT_CHUNK_BYTES, SOURCE_FORMATS
+from pipeline.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURCE_FORMATS
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hub sources: stream rows instead of downloading the dataset to the cache first")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing build in --out (only its shards, manifest and state are removed)")
-    p.add_argument("--text-glob", default="*.txt",
-                   help="folder sources: comma-separated file name globs, e.g. '*.md,*.py' (default %(default)s)")
+    p.add_argument("--text-glob", default=DEFAULT_TEXT_GLOB,
+                   help="folder sources: comma-separated file name globs, e.g. '*.md,*.py' (default %(default)s); "
+                        "giving one makes an auto-detected folder a text folder, whatever else it holds")
     p.add_argument("--text-field", default="text", help="jsonl field / parquet or hub column with the text (default text)")
     p.add_argument("--source-format", default="auto", choices=SOURCE_FORMATS,
                    help="how to read SOURCE (default auto: Skylion, then parquet, then jsonl, then text files)")

@@ -82,6 +82,8 @@ class DecodedChunk:
 # ----------------------------------------------------------------------------- decoding (workers)
 
 
+DEFAULT_TEXT_GLOB = "*.txt"  # folder sources: which files are documents
+
 def _decode_bytes(b: bytes) -> tuple[str, bool]:
     try:
         return b.decode("utf-8"), False
@@ -589,7 +591,7 @@ def open_source(
     source: str,
     *,
     source_format: str = "auto",
-    text_glob: str = "*.txt",
+    text_glob: str = DEFAULT_TEXT_GLOB,
     text_field: str = "text",
     hf_config: str | None = None,
     hf_split: str = "train",
@@ -599,9 +601,11 @@ def open_source(
 ) -> Source:
     """Resolve ``source`` to a :class:`Source`.
 
-    For a folder with ``source_format="auto"``: Skylion subset files (or ``openwebtext.tar.xz``)
-    win, then ``*.parquet`` files, then ``*.jsonl*`` files, else it is a text folder read with
-    ``text_glob``. A string that is not an existing path is a hub dataset name.
+    For a folder with ``source_format="auto"``: a ``text_glob`` other than the default means a
+    text folder (the user named the files to read, so stray ``.jsonl`` or ``.parquet`` files
+    below it must not change the format); otherwise Skylion subset files (or
+    ``openwebtext.tar.xz``) win, then ``*.parquet`` files, then ``*.jsonl*`` files, else it is a
+    text folder of ``*.txt``. A string that is not an existing path is a hub dataset name.
     """
     if source_format not in SOURCE_FORMATS:
         raise SourceError(f"--source-format {source_format!r}: expected one of {SOURCE_FORMATS}")
@@ -644,6 +648,8 @@ def open_source(
             return SkylionSource(path.parent, [path], None)
         return TextFolderSource(path.parent, [path.name], exclude)
     # a folder
+    if fmt == "auto" and text_glob != DEFAULT_TEXT_GLOB:
+        fmt = "text"
     subsets = sorted(path.glob(SKYLION_SUBSET_GLOB))
     tarball = path / SKYLION_TARBALL
     if fmt in ("auto", "skylion"):

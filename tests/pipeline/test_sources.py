@@ -175,6 +175,22 @@ def test_text_folder_sorted_recursive_globs_hidden_and_excluded(tmp_path: Path) 
         open_source(str(root), text_glob="*.rst")
 
 
+def test_explicit_text_glob_wins_over_stray_data_files_in_auto_mode(tmp_path: Path) -> None:
+    # A repo-like folder: the user asks for its .md/.py files, and a run log (.jsonl) and a
+    # parquet file lie below it. Auto-detection must not read those instead.
+    root = tmp_path / "repo"
+    (root / "run").mkdir(parents=True)
+    (root / "README.md").write_text("readme")
+    (root / "main.py").write_text("print(1)")
+    (root / "run" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    pq.write_table(pa.table({"text": ["from parquet"]}), root / "run" / "x.parquet")
+    src = open_source(str(root), text_glob="*.md,*.py")
+    assert isinstance(src, TextFolderSource)
+    assert read_all(src)[0] == ["readme", "print(1)"]
+    # with the default glob, the folder is still auto-detected by its data files
+    assert isinstance(open_source(str(root)), ParquetSource)
+
+
 def _skylion_members(docs: list[str], prefix: str) -> list[tuple[str, bytes]]:
     return [(f"{prefix}/{i:07d}-{prefix}.txt", d.encode()) for i, d in enumerate(docs)]
 
