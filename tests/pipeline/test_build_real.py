@@ -17,7 +17,8 @@ import tiktoken
 
 from pipeline.build import ShardConfig, build_shards
 from pipeline.format import ShardDataset
-from pipeline.sources import HubSource, decode_chunk
+from pipeline.sources import decode_chunk
+from pipeline.sources_hub import HubSource
 from pipeline.tokenizer import EOT_ID, SOT_ID
 
 GPT2 = tiktoken.get_encoding("gpt2")

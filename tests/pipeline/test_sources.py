@@ -15,7 +15,6 @@ import pytest
 import zstandard
 
 from pipeline.sources import (
-    HubSource,
     JsonlSource,
     ParquetSource,
     SkylionSource,
@@ -24,6 +23,7 @@ from pipeline.sources import (
     decode_chunk,
     open_source,
 )
+from pipeline.sources_hub import HubSource
 from tests.textgen import make_docs
 
 DOCS = make_docs(60, seed=3, max_words=120)
