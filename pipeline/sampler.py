@@ -72,6 +72,33 @@ def _check_int(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
+def _check_rank(rank: int, world_size: int) -> tuple[int, int]:
+    world_size = _check_int("world_size", world_size, 1)
+    rank = _check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
+    return rank, world_size
+
+
+def _open_windows(
+    data: str | Path | ShardDataset,
+    split: str,
+    seq_len: int,
+    doc_aligned: bool,
+    expected_vocab_size: int | None,
+    expected_tokenizer_fingerprint: str | None,
+) -> tuple[ShardDataset, WindowIndex]:
+    """Open ``data``, check ``split`` against the caller's vocab/tokenizer, index its window starts."""
+    dataset = open_dataset(data)
+    shards = checked_split(
+        dataset, split,
+        expected_vocab_size=expected_vocab_size,
+        expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
+    )
+    index = WindowIndex(shards, window=seq_len + 1, doc_aligned=doc_aligned, where=dataset.directory, split=split)
+    return dataset, index
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -203,23 +230,13 @@ class TokenSampler:
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seq_len = _check_int("seq_len", seq_len, 1)
         self.seed = _check_int("seed", seed, 0)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank must be < world_size ({self.world_size}), got {rank}")
+        self.rank, self.world_size = _check_rank(rank, world_size)
         self.prefetch = _check_int("prefetch", prefetch, 0)
         self.doc_aligned = bool(doc_aligned)
         self.split = split
         self.device = _resolve_device(device)
-        self.dataset = open_dataset(data)
-        shards = checked_split(
-            self.dataset, split,
-            expected_vocab_size=expected_vocab_size,
-            expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
-        )
-        self.index = WindowIndex(
-            shards, window=self.seq_len + 1, doc_aligned=self.doc_aligned,
-            where=self.dataset.directory, split=split,
+        self.dataset, self.index = _open_windows(
+            data, split, self.seq_len, self.doc_aligned, expected_vocab_size, expected_tokenizer_fingerprint
         )
         self.num_tokens = int(self.index.lengths.sum())
         self.tokens_per_step = self.batch_size * self.seq_len
@@ -367,20 +384,10 @@ class ValWindows:
         self.seq_len = _check_int("seq_len", seq_len, 1)
         self.num_windows = _check_int("num_windows", num_windows, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank must be < world_size ({self.world_size}), got {rank}")
+        self.rank, self.world_size = _check_rank(rank, world_size)
         self.device = _resolve_device(device)
-        self.dataset = open_dataset(data)
-        shards = checked_split(
-            self.dataset, split,
-            expected_vocab_size=expected_vocab_size,
-            expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
-        )
-        self.index = WindowIndex(
-            shards, window=self.seq_len + 1, doc_aligned=bool(doc_aligned),
-            where=self.dataset.directory, split=split,
+        self.dataset, self.index = _open_windows(
+            data, split, self.seq_len, bool(doc_aligned), expected_vocab_size, expected_tokenizer_fingerprint
         )
         total = self.index.total
         if self.num_windows > total:
