@@ -40,6 +40,7 @@ def write_synthetic_shards(out: Path, train_tokens: int, val_tokens: int, seed: 
 
     fp = tokenizer_fingerprint()
     rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
     entries = []
     for split, n in (("train", train_tokens), ("val", val_tokens)):
         path = out / shard_name(split, 0)
@@ -65,15 +66,20 @@ def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> 
 
     argv = ["--data", str(data), "--out", str(out), "--preset", args.preset, "--max-steps", str(args.steps),
             "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--precision", args.precision,
-            "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "0", "--no-tensorboard", "--no-progress",
-            "--log-every", "1", "--overwrite", "--compile" if compile_ else "--no-compile"]
+            "--device", args.device, "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "0",
+            "--no-tensorboard", "--no-progress", "--log-every", "1", "--overwrite",
+            "--compile" if compile_ else "--no-compile"]
+    if args.total_batch_tokens:
+        argv += ["--total-batch-tokens", str(args.total_batch_tokens)]
     if args.peak_tflops:
         argv += ["--peak-tflops", str(args.peak_tflops)]
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    res = train(config_from_args(argv))
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    cfg = config_from_args(argv)
+    res = train(cfg)
     return {"tokens_per_s": res.tokens_per_s, "mfu": res.mfu, "peak_mem_gib": res.peak_mem_gib,
-            "step_ms": 1000 * (2**19 / res.tokens_per_s) if res.tokens_per_s else None}
+            "step_ms": 1000 * (cfg.total_batch_tokens / res.tokens_per_s) if res.tokens_per_s else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,13 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=32,
                    help="micro batch (default 32, the gpt2 preset's; try 64 on an 80 GB card)")
     p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--train-tokens", type=int, default=64 * 2**20,
+                   help="synthetic train tokens (default 64Mi = 128 MB, so batches are not cache-resident)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
+    p.add_argument("--total-batch-tokens", type=int, default=None,
+                   help="tokens per optimizer step (default: the preset's, 2^19 for gpt2)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cuda (the benchmark) or cpu: a smoke run of this script's own logic with a tiny "
+                        "preset, for machines without a GPU (its figures mean nothing)")
     p.add_argument("--no-baseline", action="store_true", help="skip the eager (--no-compile) baseline run")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("SKIP bench/train_gpu.py: no CUDA device (torch sees none). It measures the trainer on a GPU; "
               "run it where one is present.")
         return 0
@@ -98,24 +111,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.observe import peak_tflops_for
 
-    device = torch.device("cuda", 0)
-    name = torch.cuda.get_device_name(device)
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    name = torch.cuda.get_device_name(device) if args.device == "cuda" else "cpu (smoke run, not a benchmark)"
     with tempfile.TemporaryDirectory(prefix="owtgpt-bench-train-") as tmp:
         tmp = Path(tmp)
         # enough distinct data that batches are not cache-resident: 64M train tokens (128 MB)
-        data = write_synthetic_shards(tmp / "shards", 64 * 2**20, 2**20)
+        data = write_synthetic_shards(tmp / "shards", args.train_tokens, 2**20)
         results = {"compile": run_one(data, tmp / "run-compile", args, True)}
         if not args.no_baseline:
             results["eager"] = run_one(data, tmp / "run-eager", args, False)
 
-    table = Table(title=f"trainer, {args.preset} T={args.seq_len} {args.precision}, 2^19 tokens/step, {name}")
+    table = Table(title=f"trainer, {args.preset} T={args.seq_len} {args.precision}, {name}")
     for col in ("run", "tokens/s", "MFU", "step (ms)", "peak mem (GiB)"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for key, label in (("compile", "trainer (compile)"), ("eager", "trainer (eager, baseline)")):
         r = results.get(key)
         if r:
             table.add_row(label, f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a",
-                          f"{r['step_ms']:.0f}", f"{r['peak_mem_gib']:.1f}")
+                          f"{r['step_ms']:.0f}",
+                          f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-")
     console = Console()
     console.print(table)
     if "eager" in results:
