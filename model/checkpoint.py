@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from pipeline.fsutil import atomic_open
 CKPT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^step-(\d+)\.pt$")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
@@ -65,6 +67,30 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
         if m and p.is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
+
+
+def newest_loadable(
+    paths: list[Path],
+    load: Callable[[Path], T],
+    *,
+    catch: type[BaseException] | tuple[type[BaseException], ...],
+    warn: Callable[[str], None],
+    fail: Callable[[list[str]], BaseException],
+) -> tuple[T, Path]:
+    """``(load(path), path)`` for the first of ``paths`` (newest first) that loads.
+
+    Each one that raises ``catch`` is reported through ``warn``, naming the checkpoint it falls
+    back to; when none loads, ``fail(failures)`` is raised with one line per file.
+    """
+    failures = []
+    for i, path in enumerate(paths):
+        try:
+            return load(path), path
+        except catch as e:
+            failures.append(f"{path}: {type(e).__name__}: {e}")
+            nxt = f"falling back to {paths[i + 1].name}" if i + 1 < len(paths) else "no older checkpoint left"
+            warn(f"checkpoint {path} could not be loaded ({type(e).__name__}: {str(e)[:200]}); {nxt}")
+    raise fail(failures)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -170,11 +196,11 @@ def load_model(
             f"{path}: no checkpoints (expected {CKPT_DIRNAME}/step-XXXXXXXX.pt files); "
             "train first, or pass a .pt file"
         )
-    failures = []
-    for candidate in candidates:
-        try:
-            return _load_file(candidate, map_location)
-        except CheckpointError as e:
-            failures.append(str(e))
-            warnings.warn(f"skipping unloadable checkpoint: {e}", RuntimeWarning, stacklevel=2)
-    raise CheckpointError(f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(failures))
+    (model, ckpt), _ = newest_loadable(
+        candidates,
+        lambda p: _load_file(p, map_location),
+        catch=CheckpointError,
+        warn=lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=4),
+        fail=lambda tried: CheckpointError(f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(tried)),
+    )
+    return model, ckpt

@@ -160,6 +160,14 @@ def val_mask(positions: np.ndarray, seed: int, val_fraction: float) -> np.ndarra
     return u < val_fraction
 
 
+def split_is_val(positions: np.ndarray, seed: int, val_fraction: float, forced_val: int | None) -> np.ndarray:
+    """The split rule: :func:`val_mask`, plus the position of the first non-empty document when known."""
+    m = val_mask(positions, seed, val_fraction)
+    if forced_val is not None:
+        m |= positions == forced_val
+    return m
+
+
 @dataclass(frozen=True)
 class SkipPlan:
     """What a resumed build need not tokenize: docs of split s at positions < resume[s]."""
@@ -171,10 +179,7 @@ class SkipPlan:
     forced_val: int | None = None
 
     def is_val(self, positions: np.ndarray) -> np.ndarray:
-        m = val_mask(positions, self.seed, self.val_fraction)
-        if self.forced_val is not None:
-            m |= positions == self.forced_val
-        return m
+        return split_is_val(positions, self.seed, self.val_fraction, self.forced_val)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -464,9 +469,7 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
             if len(res.positions):
                 if forced_val is None and cfg.val_fraction > 0:
                     forced_val = state["forced_val"] = int(res.positions[0])
-                is_val = val_mask(res.positions, cfg.seed, cfg.val_fraction)
-                if forced_val is not None:
-                    is_val |= res.positions == forced_val
+                is_val = split_is_val(res.positions, cfg.seed, cfg.val_fraction, forced_val)
                 offsets = np.cumsum(res.lengths) - res.lengths
                 for split, mask in (("train", ~is_val), ("val", is_val)):
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))

@@ -11,7 +11,8 @@ knows byte offsets. The layout is specified in ``pipeline/FORMAT.md``; in short,
   document is found without a scan.
 * The header carries sha256 checksums of the payload and the index, and a CRC of itself.
   :func:`open_shard` checks the magic, version, dtype, header CRC and the exact file size (cheap);
-  :meth:`Shard.verify_checksums` hashes the payload (costly, used by ``verify``).
+  :meth:`Shard.verify_checksums` hashes the payload (costly; ``verify`` folds the same hashes into
+  its single content pass instead of reading the shard twice).
 
 Trade-offs: sha256 rather than a faster CRC because the checksums also name the data in the
 manifest and dataset fingerprint (collisions must not happen); one file per shard with the index

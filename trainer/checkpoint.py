@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import checkpoint_path, list_checkpoints
+from model.checkpoint import CKPT_DIRNAME, checkpoint_path, list_checkpoints, newest_loadable
 from pipeline.fsutil import atomic_open, remove_stale_temps
 
 FORMAT = "owtgpt-train-v1"
@@ -129,7 +129,7 @@ def prune(run_dir: str | os.PathLike[str], keep_last: int, keep: Path | None = N
 
 def clean_temps(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Remove temp files a killed writer left in the checkpoint folder."""
-    return remove_stale_temps(checkpoint_path(run_dir, 0).parent)
+    return remove_stale_temps(Path(run_dir) / CKPT_DIRNAME)
 
 
 # --------------------------------------------------------------------------- load
@@ -167,17 +167,15 @@ def load_latest(
     paths = list_checkpoints(run_dir)
     if not paths:
         return None
-    failures = []
-    for i, path in enumerate(paths):
-        try:
-            return load_checkpoint(path, map_location), path
-        except Exception as e:  # truncated zip, bad pickle, wrong schema: all mean "skip this one"
-            failures.append(f"{path}: {type(e).__name__}: {e}")
-            nxt = f"falling back to {paths[i + 1].name}" if i + 1 < len(paths) else "no older checkpoint left"
-            warn(f"checkpoint {path} could not be loaded ({type(e).__name__}: {str(e)[:200]}); {nxt}")
-    raise ResumeError(
-        f"{run_dir}: none of its {len(paths)} checkpoints loads:\n  " + "\n  ".join(failures)
-        + "\nStart a fresh run with --overwrite, or restore a checkpoint from a backup."
+    return newest_loadable(
+        paths,
+        lambda p: load_checkpoint(p, map_location),
+        catch=Exception,  # truncated zip, bad pickle, wrong schema: all mean "skip this one"
+        warn=warn,
+        fail=lambda tried: ResumeError(
+            f"{run_dir}: none of its {len(paths)} checkpoints loads:\n  " + "\n  ".join(tried)
+            + "\nStart a fresh run with --overwrite, or restore a checkpoint from a backup."
+        ),
     )
 
 

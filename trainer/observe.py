@@ -171,12 +171,10 @@ class Observer:
             if math.isfinite(loss):
                 w.add_scalar("train/loss", loss, step)
                 w.add_scalar("train/ppl", perplexity(loss), step)
-            for key, tag in (("lr", "lr"), ("grad_norm", "grad_norm"), ("tokens_per_s", "tokens_per_s"),
-                             ("mfu", "mfu"), ("step_time_ms", "step_time_ms"),
-                             ("gpu_peak_mem_gib", "gpu_peak_mem_gib"), ("bad_steps", "bad_steps")):
+            for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "step_time_ms", "gpu_peak_mem_gib", "bad_steps"):
                 v = rec.get(key)
                 if v is not None and math.isfinite(v):
-                    w.add_scalar(tag, v, step)
+                    w.add_scalar(key, v, step)
         tps, m = rec.get("tokens_per_s"), rec.get("mfu")
         if self.progress is not None:
             self.progress.update(self._task, completed=step, loss=_fmt(rec["loss"], ".4f"),
