@@ -19,7 +19,7 @@ DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-train train sample demo clean-demo
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-train train sample demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -75,3 +75,9 @@ demo:  ## offline end to end on CPU: shards from DEMO_SOURCE, stats, train tiny,
 
 clean-demo:
 	rm -rf demo
+
+gpu-check:  ## prepared GPU check (bench/gpu_check.sh; DRY=1 for the CPU dry run); `make gpu-check-prepare` first
+	PY=$(PY) bench/gpu_check.sh $(if $(DRY),--dry-run)
+
+gpu-check-prepare:  ## fill .gpu-carry/ (tokenizer files, wheels) for the GPU machine
+	PY=$(PY) bench/gpu_check.sh prepare

@@ -15,8 +15,10 @@ produce identical tokens (greedy), which the script checks.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads (default 0: torch's default)"
     )
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -84,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(table)
     console.print(f"identical tokens: {'[green]yes' if same else '[red]NO'}")
+    if args.json:
+        figures = {
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+            "torch": torch.__version__, "preset": args.preset, "new_tokens": args.new_tokens,
+            "uncached_s": t_uncached, "cached_s": t_cached,
+            "uncached_tok_s": args.new_tokens / t_uncached, "cached_tok_s": args.new_tokens / t_cached,
+            "ratio": t_uncached / t_cached, "same_tokens": same,
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0 if same else 1
 
 
