@@ -95,11 +95,30 @@ def setup(cfg: TrainConfig) -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def teardown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+def teardown(env: DistEnv, *, failed: bool = False) -> None:
+    """Leave the process group: after a barrier on success, at once on failure.
+
+    On success every rank has finished its last collective, so the barrier pairs and rank 0's final
+    checkpoint is on disk before any rank exits. On failure (``failed=True``: this rank is unwinding
+    from an exception: a full disk, an OOM, an error while sampling) the other ranks may be inside
+    an all-reduce this rank will never join, so a barrier would never pair and the job would hang for
+    the collective timeout (30 min). Instead the group is aborted (NCCL) or destroyed (gloo) without
+    waiting: this process exits, torchrun sees a failed worker and stops the others, and a gloo peer
+    blocked on this rank gets a closed connection and fails too.
+    """
+    if not (env.distributed and dist.is_initialized()):
+        return
+    if not failed:
         with contextlib.suppress(Exception):
             dist.barrier()
         dist.destroy_process_group()
+        return
+    with contextlib.suppress(Exception):
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if env.device.type == "cuda" and abort is not None:
+            abort()  # ncclCommAbort: returns without waiting for in-flight collectives of the peers
+        else:
+            dist.destroy_process_group()
 
 
 def all_reduce_(t: torch.Tensor, env: DistEnv, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:

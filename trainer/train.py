@@ -145,9 +145,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training job of ``cfg`` in this process; see the module docstring."""
     env = setup(cfg)
     try:
-        return _train(cfg, env)
-    finally:
-        teardown(env)
+        result = _train(cfg, env)
+    except BaseException:
+        teardown(env, failed=True)  # never wait on ranks that may be blocked in a collective
+        raise
+    teardown(env)
+    return result
 
 
 def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:

@@ -5,11 +5,13 @@ The reference is independent of the DDP code path: one process with twice the mi
 the same global windows (the sampler's global batch of a step is the first ``world_size x B``
 draws), so its step-1 gradient, which AdamW's first moment stores as ``(1 - beta1) x g``, must
 match the all-reduced DDP gradient. The rank-0/rank-1 losses are also recomputed here by hand.
+A rank that fails mid-run ends the whole job instead of leaving its peer blocked in an all-reduce.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,38 @@ def test_ddp_ranks_read_different_windows(gen_shards: Path, ddp_run: Path):
     d, _ = read_metrics(ddp_run / "metrics.jsonl")
     assert d[1]["loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)  # step 1 averaged both ranks' data
     assert d[1]["loss"] != pytest.approx((losses[0] + losses[2]) / 2, rel=1e-5)  # not rank 0's alone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failing_rank_ends_the_whole_job(gen_shards: Path, tmp_path: Path):
+    """Rank 1 raises at step 2 while rank 0 is in that step's gradient all-reduce: both must exit non-zero.
+
+    The ranks are started by hand (not torchrun) so that rank 0 has to end on its own, not because a
+    launcher killed it. The timeout is only a guard against the hang this test exists to catch
+    (before the fix the failing rank waited in a barrier for the 30-minute collective timeout).
+    """
+    port = _free_port()
+    args = fast(gen_shards, tmp_path / "run", "--max-steps", "6", "--eval-every", "0", "--ckpt-every", "0")
+    procs = []
+    for rank in range(2):
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "trainer" / "rank_fails.py"), *args],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    codes = [p.returncode for p in procs]
+    assert codes[1] != 0 and "injected failure on rank 1 at step 2" in outs[1][1], outs[1][1][-2000:]
+    assert codes[0] != 0, outs[0][1][-2000:]  # rank 0 did not finish the run alone
+    train_recs, _ = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert max(train_recs) < 6
