@@ -176,18 +176,33 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from model.hf import export_hf
+    from pipeline.tokenizer import TokenizerUnavailableError, tokenizer_fingerprint
 
     t0 = time.perf_counter()
     model, ckpt = load_model(args.checkpoint)
-    out = export_hf(model, args.out, overwrite=args.overwrite)
+    with_tokenizer = model.config.vocab_size == VOCAB_SIZE
+    try:
+        fp = ckpt.get("tokenizer_fingerprint")
+        if with_tokenizer and fp is not None and fp != tokenizer_fingerprint():
+            raise SystemExit(
+                f"error: {ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
+                f"{tokenizer_fingerprint()}; the exported tokenizer files would not match its ids"
+            )
+        out = export_hf(model, args.out, overwrite=args.overwrite)
+    except TokenizerUnavailableError as e:
+        raise SystemExit(f"error: export-hf writes the tokenizer files: {e}") from e
     table = Table(title="export-hf")
-    for col in ("from", "to", "vocab_size", "seconds"):
+    for col in ("from", "to", "vocab_size", "tokenizer", "seconds"):
         table.add_column(col)
+    tokenizer = "GPT-2 BPE + owtgpt specials" if with_tokenizer else "none (not owtgpt's vocabulary)"
     table.add_row(
-        ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), f"{time.perf_counter() - t0:.1f}"
-    )
+        ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), tokenizer,
+        f"{time.perf_counter() - t0:.1f}",
+    )  # fmt: skip
     _err().print(table)
-    print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    print(f"load it with: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    if with_tokenizer:
+        print(f"          and transformers.AutoTokenizer.from_pretrained({str(out)!r})")
     return 0
 
 
@@ -299,7 +314,10 @@ def make_parser() -> argparse.ArgumentParser:
         "export-hf",
         help="write a checkpoint as a Hugging Face GPT-2 folder",
         description="Write config.json + model.safetensors loadable by "
-        "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped).",
+        "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped), and the "
+        "tokenizer (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
+        "derived from tiktoken's GPT-2 ranks: no download) so AutoTokenizer, pipeline() and lm-eval load "
+        "the folder as it is.",
     )
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
     p.add_argument("--out", required=True, help="output folder")

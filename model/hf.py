@@ -31,6 +31,10 @@ Contract
   safetensors refuses tensors that share memory, so only ``transformer.wte.weight`` is written and
   ``transformers`` re-ties ``lm_head`` to it (``tie_word_embeddings: true``). A model trained with
   ``bias=False`` is exported with zero biases, which is the same function.
+* A 50260-row export also holds the tokenizer (``vocab.json``, ``merges.txt``, ``tokenizer.json``,
+  ``tokenizer_config.json``, ``special_tokens_map.json``; :mod:`model.hf_tokenizer`), derived from
+  tiktoken's ranks, so ``AutoTokenizer``, ``pipeline("text-generation")`` and lm-evaluation-harness
+  load the folder as it is. Other vocabularies get no tokenizer files.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch
 from model.checkpoint import unwrap_model
 from model.config import GPTConfig
 from model.gpt import GPT
+from model.hf_tokenizer import TOKENIZER_FILES, write_tokenizer
 from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, UNK_ID, VOCAB_SIZE
 
@@ -218,7 +223,8 @@ def hf_config_dict(cfg: GPTConfig) -> dict[str, Any]:
 
 
 def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` for ``GPT2LMHeadModel.from_pretrained(out_dir)``."""
+    """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer files for owtgpt's vocabulary) for
+    ``GPT2LMHeadModel.from_pretrained(out_dir)`` and ``AutoTokenizer.from_pretrained(out_dir)``."""
     from safetensors.torch import save as safetensors_save
 
     base = unwrap_model(model)
@@ -246,7 +252,12 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwr
         else:
             raise KeyError(f"model state has no {key}")
         tensors[key] = value.detach().to("cpu").contiguous().clone()
-    # weights first, config last: a folder with config.json is a complete export
+    if cfg.vocab_size == VOCAB_SIZE:  # owtgpt's vocabulary: the tokenizer files make the folder usable
+        write_tokenizer(out, cfg.block_size)
+    else:  # another vocabulary has no tokenizer here; never leave one from an older export beside it
+        for name in TOKENIZER_FILES:
+            (out / name).unlink(missing_ok=True)
+    # tokenizer and weights first, config last: a folder with config.json is a complete export
     atomic_write_bytes(targets[1], safetensors_save(tensors, metadata={"format": "pt"}))
     atomic_write_text(targets[0], json.dumps(hf_config_dict(cfg), indent=2) + "\n")
     return out
