@@ -1,0 +1,59 @@
+"""``bench/gpu_check.sh --dry-run``: the prepared GPU check runs end to end on CPU, so CI keeps it working.
+
+The dry run goes through every stage of the device run with tiny sizes; the figures mean nothing,
+only that each stage's command, JSON and summary line still work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["facts", "gputests", "train", "train_mb64", "sampler", "generate", "ddp"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
+def test_gpu_check_dry_run_passes_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (
+        proc.stdout[-4000:] + proc.stderr[-2000:] + (out / "gpu_check.log").read_text()[-4000:]
+    )
+    rows = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == STAGES
+    assert all(r["result"] == "ok" for r in rows), rows
+    assert all(r["figure"] and r["figure"] != "?" for r in rows), rows
+    # the table is the last thing printed: a header then one row per stage
+    tail = proc.stdout.strip().splitlines()[-len(STAGES) - 2 :]
+    assert tail[0].split("|")[0].strip() == "stage"
+    assert [line.split("|")[0].strip() for line in tail[2:]] == STAGES
+    train = json.loads((out / "train.json").read_text())
+    assert (
+        train["preset"] == "tiny"
+        and train["compile"]["tokens_per_s"] > 0
+        and train["eager"]["tokens_per_s"] > 0
+    )
+    gen = json.loads((out / "generate.json").read_text())
+    assert gen["same_tokens"] is True
+
+
+def test_gpu_check_refuses_unknown_arguments() -> None:
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
