@@ -5,7 +5,10 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 
 * ``sampler``            ``TokenSampler.get_batch(step)``: draw, one gather per shard touched, widen
                          to int64 ``x`` and ``y`` (synchronous: the full per-batch cost);
-* ``sampler+prefetch``   the consumer's view of ``TokenSampler.batches()`` with its prefetch thread;
+* ``sampler, no id check`` the same with the per-batch out-of-vocabulary check patched out: the
+                         ratio is the cost of the check;
+* ``sampler+prefetch``   the consumer's view of ``TokenSampler.batches()`` with its prefetch thread
+                         (and its ``MADV_WILLNEED`` hints); ``, no madvise``: ``madvise=False``;
 * ``sampler doc-aligned``the same with ``doc_aligned=True``;
 * ``loop (nanoGPT)``     baseline: re-open ``np.memmap`` each batch, ``torch.stack`` of per-row
                          ``torch.from_numpy(data[i:i+T].astype(np.int64))`` for x and for y;
@@ -126,6 +129,12 @@ def make_methods(
     docs = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0, doc_aligned=True)
     pre = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=2)
     pre_iter = pre.batches(0)
+    # the same sampler without the per-batch id check (instance attribute shadows the method)
+    unchecked = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0)
+    unchecked.index.check_ids = lambda *a: None
+    # the prefetching sampler without the page policy (no MADV_RANDOM, no MADV_WILLNEED hints)
+    pre_plain = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=2, madvise=False)
+    pre_plain_iter = pre_plain.batches(0)
     gen = torch.Generator().manual_seed(0)
 
     def loop(i: int) -> None:  # nanoGPT's get_batch, on one shard chosen by size
@@ -158,7 +167,9 @@ def make_methods(
 
     return {
         "sampler": sync.get_batch,
+        "sampler, no id check": unchecked.get_batch,
         "sampler+prefetch": lambda i: next(pre_iter),
+        "sampler+prefetch, no madvise": lambda i: next(pre_plain_iter),
         "sampler doc-aligned": lambda i: docs.get_batch(i),
         "loop (nanoGPT)": loop,
         "gather: strided view": strided,
@@ -166,7 +177,22 @@ def make_methods(
         "gather: np.take": take,
         "gather: row-slice loop": row_loop,
         "memcpy": lambda i: np.copyto(buf, block),
-    }, [sync, docs, pre]
+    }, [sync, docs, pre, unchecked, pre_plain]
+
+
+def time_id_check(root: Path, b: int, t: int, reps: int = 20_000) -> float:
+    """Median microseconds of ``WindowIndex.check_ids`` on a real batch (the direct cost of the check)."""
+    with TokenSampler(root, batch_size=b, seq_len=t, prefetch=0) as s:
+        shard_ids, starts = s.window_starts(0)
+        buf = np.empty((b, t + 1), dtype=np.uint16)
+        s.index.gather(shard_ids, starts, buf)
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps // 5):
+                s.index.check_ids(buf, shard_ids, starts)
+            runs.append((time.perf_counter() - t0) / (reps // 5) * 1e6)
+    return statistics.median(runs)
 
 
 def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
@@ -196,10 +222,17 @@ def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
     ratio = med["sampler"] / med["loop (nanoGPT)"]
     verdict = "[green]meets[/]" if ratio >= 8 else "[red]misses[/]"
     console.print(f"sampler / loop = {ratio:.1f}x ({verdict} the >= 8x target)")
+    check = med["sampler, no id check"] / med["sampler"]
+    check_us = time_id_check(root, b, t)
+    console.print(f"id check cost: (no check) / (checked) batches/s = {check:.3f}x; the check alone "
+                  f"(one max over a ({b}, {t + 1}) uint16 buffer) takes {check_us:.1f} us = "
+                  f"{100 * check_us * 1e-6 * med['sampler']:.1f}% of a checked get_batch")
+    policy = med["sampler+prefetch, no madvise"] / med["sampler+prefetch"]
+    console.print(f"page policy on warm cache: (no madvise) / (madvise) batches/s = {policy:.3f}x")
     return {
         "mode": "cpu", "batch_size": b, "seq_len": t, "data": what,
         "batches_per_s": med, "mtok_per_s": {k: r * b * t / 1e6 for k, r in med.items()},
-        "sampler_over_loop": ratio,
+        "sampler_over_loop": ratio, "id_check_cost": check, "id_check_us": check_us, "madvise_warm_cost": policy,
     }
 
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,6 +151,17 @@ def read_header(path: str | os.PathLike[str]) -> ShardHeader:
     return ShardHeader.unpack(buf, path)
 
 
+def check_file_size(path: Path, h: ShardHeader) -> None:
+    """Raise unless the file is exactly as long as its header says."""
+    size = path.stat().st_size
+    if size != h.file_size:
+        raise ShardFormatError(
+            f"{path}: file is {size} bytes but its header (num_tokens={h.num_tokens}, "
+            f"num_docs={h.num_docs}) requires {h.file_size}; the file is truncated or its "
+            "header is wrong. Rebuild it with `python -m pipeline build` (it resumes)."
+        )
+
+
 class Shard:
     """A shard opened read-only as memmaps. Opening checks the header and the file size.
 
@@ -159,15 +171,8 @@ class Shard:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.header = read_header(self.path)
-        h = self.header
-        size = self.path.stat().st_size
-        if size != h.file_size:
-            raise ShardFormatError(
-                f"{self.path}: file is {size} bytes but its header (num_tokens={h.num_tokens}, "
-                f"num_docs={h.num_docs}) requires {h.file_size}; the file is truncated or its "
-                "header is wrong. Rebuild it with `python -m pipeline build` (it resumes)."
-            )
+        self.header = h = read_header(self.path)
+        check_file_size(self.path, h)
         self.tokens = (
             np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_SIZE, shape=(h.num_tokens,))
             if h.num_tokens else np.empty(0, dtype=TOKEN_DTYPE)
@@ -182,6 +187,36 @@ class Shard:
     @property
     def num_docs(self) -> int:
         return self.header.num_docs
+
+    def advise(self, advice: int, start: int = 0, stop: int | None = None) -> None:
+        """``madvise(advice)`` over tokens ``[start, stop)`` of the payload mapping (page-rounded outward).
+
+        ``advice`` is an ``mmap.MADV_*`` constant. No-op for an empty shard or where the platform has
+        no ``madvise``: advice changes performance, never results.
+        """
+        _advise(self.tokens, HEADER_SIZE, TOKEN_DTYPE.itemsize, advice, start, len(self) if stop is None else stop)
+
+    def payload_map(self) -> tuple[mmap.mmap | None, int]:
+        """(the payload's ``mmap``, byte offset of token 0 in it); ``(None, 0)`` for an empty shard.
+
+        For callers that issue many ``madvise`` calls per second (the sampler's per-window hints).
+        """
+        mm = getattr(self.tokens, "_mmap", None)
+        return mm, HEADER_SIZE % mmap.ALLOCATIONGRANULARITY
+
+    def drop_pages(self, start: int = 0, stop: int | None = None) -> None:
+        """Unmap tokens ``[start, stop)`` from this process (``MADV_DONTNEED``): its RSS falls.
+
+        The data stays in the kernel's page cache, so touching the range again costs a minor fault, not
+        a disk read. ``stats`` calls this after each chunk, so its RSS stays flat however big the data.
+        """
+        self.advise(getattr(mmap, "MADV_DONTNEED", -1), start, stop)
+
+    def release(self) -> None:
+        """Drop the pages of the whole payload and index from this process (see :meth:`drop_pages`)."""
+        self.drop_pages()
+        _advise(self.doc_offsets, self.header.index_offset, INDEX_DTYPE.itemsize,
+                getattr(mmap, "MADV_DONTNEED", -1), 0, self.num_docs + 1)
 
     def doc(self, i: int) -> np.ndarray:
         """Tokens of document ``i`` (markers included), as a memmap view."""
@@ -200,6 +235,19 @@ class Shard:
         if hashlib.sha256(self.doc_offsets.tobytes()).hexdigest() != self.header.index_sha256:
             problems.append(f"{self.path}: document index checksum mismatch")
         return problems
+
+
+def _advise(arr: np.ndarray, file_offset: int, itemsize: int, advice: int, start: int, stop: int) -> None:
+    """madvise elements ``[start, stop)`` of a memmap that maps the file from ``file_offset``."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or advice < 0 or not hasattr(mm, "madvise") or stop <= start:
+        return
+    # np.memmap maps the file from file_offset rounded down to the allocation granularity
+    base = file_offset - file_offset % mmap.ALLOCATIONGRANULARITY
+    lo = file_offset - base + start * itemsize
+    hi = file_offset - base + stop * itemsize
+    lo -= lo % mmap.PAGESIZE  # madvise wants a page-aligned start; the kernel rounds the length up
+    mm.madvise(advice, lo, min(hi, len(mm)) - lo)
 
 
 def open_shard(path: str | os.PathLike[str]) -> Shard:
@@ -401,20 +449,49 @@ class ShardDataset:
         return self.manifest.dataset_fingerprint
 
     def shards(self, split: str) -> list[Shard]:
+        """Every shard of ``split``, opened and checked; they stay mapped while the dataset lives."""
         if split not in self._open:
-            opened = []
-            for entry in self.manifest.split(split):
-                path = self.directory / entry.file
-                if not path.is_file():
-                    raise ShardFormatError(
-                        f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. "
-                        "Rerun the build to recreate it."
-                    )
-                shard = Shard(path)
-                check_entry(shard, entry, self.manifest)
-                opened.append(shard)
-            self._open[split] = opened
+            self._open[split] = [self._open_entry(e) for e in self.manifest.split(split)]
         return self._open[split]
+
+    def iter_shards(self, split: str) -> Iterator[tuple[ShardEntry, Shard]]:
+        """``(entry, shard)`` of ``split`` one at a time, each released once the caller moves on.
+
+        Every header is checked first (cheap: one 4 KiB read per shard), so a bad shard fails before
+        any work; then only the current shard is mapped, and its pages are dropped from this process
+        (:meth:`Shard.release`) before the next one opens: memory stays flat for any number of shards.
+        The caller must not keep views of a shard past its turn.
+        """
+        entries = self.manifest.split(split)
+        for entry in entries:
+            self._check_entry_header(entry)
+        for entry in entries:
+            shard = self._open_entry(entry)
+            try:
+                yield entry, shard
+            finally:
+                shard.release()
+
+    def _check_entry_header(self, entry: ShardEntry) -> None:
+        path = self._existing(entry)
+        h = read_header(path)
+        check_file_size(path, h)
+        problems = entry_mismatches(h, entry, self.manifest)
+        if problems:
+            raise _entry_error(path, problems)
+
+    def _existing(self, entry: ShardEntry) -> Path:
+        path = self.directory / entry.file
+        if not path.is_file():
+            raise ShardFormatError(
+                f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. Rerun the build to recreate it."
+            )
+        return path
+
+    def _open_entry(self, entry: ShardEntry) -> Shard:
+        shard = Shard(self._existing(entry))
+        check_entry(shard, entry, self.manifest)
+        return shard
 
     def num_tokens(self, split: str) -> int:
         return sum(s.num_tokens for s in self.manifest.split(split))
@@ -442,10 +519,14 @@ def check_entry(shard: Shard, entry: ShardEntry, manifest: Manifest) -> None:
     """Raise if a shard's header disagrees with its manifest entry."""
     problems = entry_mismatches(shard.header, entry, manifest)
     if problems:
-        raise ShardFormatError(
-            f"{shard.path}: {'; '.join(problems)}; the shard does not belong to this manifest. "
-            "Rebuild with `python -m pipeline build`."
-        )
+        raise _entry_error(shard.path, problems)
+
+
+def _entry_error(path: Path, problems: list[str]) -> ShardFormatError:
+    return ShardFormatError(
+        f"{path}: {'; '.join(problems)}; the shard does not belong to this manifest. "
+        "Rebuild with `python -m pipeline build`."
+    )
 
 
 def open_split(directory: str | os.PathLike[str], split: str) -> list[Shard]:

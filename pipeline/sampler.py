@@ -41,6 +41,19 @@ batch touches (see :mod:`pipeline.sampler_index`), then the uint16 -> int64 wide
 training step runs. Exceptions in the thread are re-raised in the consumer; ``close()`` (or leaving
 the ``with`` block, or closing the generator) stops the thread.
 
+**Every batch is checked** on the host before it goes anywhere: one ``max`` over the uint16 buffer;
+an id >= the shards' ``vocab_size`` (a corrupt payload whose headers passed) raises
+:class:`OutOfVocabError` naming the shard, the token offset and the id.
+
+**Cold cache and memory.** With ``madvise=True`` (the default) the train memmaps get
+``MADV_RANDOM`` (a page fault reads the page it needs, not the kernel's read-around, which on a
+cold disk multiplies the bytes read per 2 KiB window), and the prefetch thread asks for the next
+batch's windows with ``MADV_WILLNEED`` so their reads run in parallel while the current batch is
+consumed (``bench/sampler_cold.py`` measures both). The hints are issued only while gathers are
+seen waiting for the disk (:class:`_ColdPages`), so a warm cache pays nothing for them. The
+sampler's RSS grows with the file-backed pages it has touched: that is the kernel's page cache,
+shared and reclaimed under memory pressure, not memory the sampler holds.
+
 :class:`ValWindows` is a fixed set of ``num_windows`` windows evenly spaced over the valid starts of
 the val split: the same set in every run and for every world size; rank ``r`` takes windows
 ``r, r + world_size, ...``. Windows are disjoint when the split has room (stride >= seq_len + 1).
@@ -50,6 +63,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +72,9 @@ import numpy as np
 import torch
 
 from pipeline.format import ShardDataset
-from pipeline.sampler_index import SamplerError, WindowIndex, checked_split, open_dataset
+from pipeline.sampler_index import OutOfVocabError, SamplerError, WindowIndex, checked_split, open_dataset
 
-__all__ = ["SamplerError", "TokenSampler", "ValWindows"]
+__all__ = ["OutOfVocabError", "SamplerError", "TokenSampler", "ValWindows"]
 
 # First SeedSequence word of the training stream; keeps it apart from any other use of the same seed.
 _TRAIN_STREAM = 0x0767_7470  # "owtgpt" sampler, v1
@@ -87,6 +101,7 @@ def _open_windows(
     doc_aligned: bool,
     expected_vocab_size: int | None,
     expected_tokenizer_fingerprint: str | None,
+    madvise: bool = False,
 ) -> tuple[ShardDataset, WindowIndex]:
     """Open ``data``, check ``split`` against the caller's vocab/tokenizer, index its window starts."""
     dataset = open_dataset(data)
@@ -95,7 +110,8 @@ def _open_windows(
         expected_vocab_size=expected_vocab_size,
         expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
     )
-    index = WindowIndex(shards, window=seq_len + 1, doc_aligned=doc_aligned, where=dataset.directory, split=split)
+    index = WindowIndex(shards, window=seq_len + 1, doc_aligned=doc_aligned, where=dataset.directory, split=split,
+                        vocab_size=dataset.vocab_size, madvise=madvise)
     return dataset, index
 
 
@@ -157,8 +173,9 @@ _STOP = object()
 class _Prefetcher:
     """A daemon thread producing consecutive steps into a bounded queue."""
 
-    def __init__(self, produce, start_step: int, depth: int, device: torch.device):
+    def __init__(self, produce, start_step: int, depth: int, device: torch.device, hint=None):
         self._produce = produce
+        self._hint = hint  # hint(step), after producing step: may start reading step + 1's pages
         self._device = device
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -173,6 +190,8 @@ class _Prefetcher:
                 torch.cuda.set_device(self._device)  # the current device is per thread
             while not self._stop.is_set():
                 item = self._produce(step)
+                if self._hint is not None:  # the next batch's reads run while this one waits in the queue
+                    self._hint(step)
                 self._queue.put(item)  # blocks while `depth` batches wait; stop() drains to release it
                 step += 1
         except BaseException as e:  # handed to the consumer, which re-raises it
@@ -205,10 +224,40 @@ class _Prefetcher:
             pass
 
 
+class _ColdPages:
+    """Whether ``MADV_WILLNEED`` hints for the next batch are worth their syscalls (~1 us per window).
+
+    They pay only while gathers wait for the disk. A gather of ``rows`` windows slower than
+    ``COLD_S_PER_ROW`` each (a page-cache hit copies a 2 KiB window in well under a microsecond; one
+    disk read takes tens of microseconds or more) that ran *without* hints turns hints on for the next
+    ``PROBE_EVERY`` batches; then one batch goes unhinted again to see whether the data is still cold.
+    So a warm cache pays nothing and a cold one loses one unhinted batch in ``PROBE_EVERY + 1``.
+    Only speed depends on this, never a batch.
+    """
+
+    COLD_S_PER_ROW = 10e-6
+    PROBE_EVERY = 256
+
+    def __init__(self) -> None:
+        self.left = 0  # batches still to hint before the next unhinted probe
+
+    def observe(self, seconds: float, rows: int, hinted: bool) -> None:
+        if not hinted and seconds > self.COLD_S_PER_ROW * rows:
+            self.left = self.PROBE_EVERY
+
+    def hint_next(self) -> bool:
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False
+
+
 class TokenSampler:
     """Deterministic random windows of the ``split`` of a shard folder (see the module docstring).
 
     ``num_tokens``: tokens in the split. ``tokens_per_step``: ``batch_size * seq_len`` (this rank).
+    ``madvise``: the cold-cache page policy (``MADV_RANDOM`` + ``MADV_WILLNEED`` of the next batch);
+    it changes speed only, never the batches.
     """
 
     def __init__(
@@ -226,6 +275,7 @@ class TokenSampler:
         prefetch: int = 2,
         expected_vocab_size: int | None = None,
         expected_tokenizer_fingerprint: str | None = None,
+        madvise: bool = True,
     ):
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seq_len = _check_int("seq_len", seq_len, 1)
@@ -235,8 +285,10 @@ class TokenSampler:
         self.doc_aligned = bool(doc_aligned)
         self.split = split
         self.device = _resolve_device(device)
+        self.madvise = bool(madvise)
         self.dataset, self.index = _open_windows(
-            data, split, self.seq_len, self.doc_aligned, expected_vocab_size, expected_tokenizer_fingerprint
+            data, split, self.seq_len, self.doc_aligned, expected_vocab_size, expected_tokenizer_fingerprint,
+            self.madvise,
         )
         self.num_tokens = int(self.index.lengths.sum())
         self.tokens_per_step = self.batch_size * self.seq_len
@@ -251,6 +303,9 @@ class TokenSampler:
             t = torch.empty(shape, dtype=torch.uint16, pin_memory=self._cuda)
             self._ring.append(_Slot(host=t.numpy(), tensor=t))
         self._next_slot = 0
+        self._hinted: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # last prefetch_pages draw
+        self._hinted_step = -1
+        self._cold = _ColdPages()
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
 
     # ------------------------------------------------------------------ the pure function of the step
@@ -261,14 +316,30 @@ class TokenSampler:
         Cheap (no token is read in random mode): use it to find which text a step trained on.
         """
         step = _check_int("step", step, 0)
+        return self._draw(step)
+
+    def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         world = self.world_size
         rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
         draws = rng.integers(0, self.index.total, size=world * self.batch_size, dtype=np.int64)
         draws = np.sort(draws[self.rank :: world])
         return self.index.locate(draws)
 
+    def _starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """``window_starts(step)``, reusing the draw of the last ``prefetch_pages`` (seeding a Generator
+        costs ~40 us: the prefetch thread would otherwise draw every step twice)."""
+        hinted = self._hinted  # one attribute read: atomic, whichever thread wrote it
+        if hinted is not None and hinted[0] == step:
+            return hinted[1]
+        return self._draw(step)
+
+    def _hint_after(self, step: int) -> None:
+        """Called by the prefetch thread after producing ``step``: hint ``step + 1`` if data is cold."""
+        if self._cold.hint_next():
+            self.prefetch_pages(step + 1)
+
     def _produce(self, step: int) -> _Batch:
-        shard_ids, starts = self.window_starts(step)
+        shard_ids, starts = self._starts(step)
         with self._lock:
             if self._closed:  # checked under the lock: close() empties the ring under it
                 raise RuntimeError("the TokenSampler is closed")
@@ -276,7 +347,10 @@ class TokenSampler:
             self._next_slot = (self._next_slot + 1) % len(self._ring)
             if slot.event is not None:
                 slot.event.synchronize()  # its previous H2D copy must finish before we overwrite it
+            t0 = time.perf_counter()
             self.index.gather(shard_ids, starts, slot.host)
+            self._cold.observe(time.perf_counter() - t0, len(starts), hinted=self._hinted_step == step)
+            self.index.check_ids(slot.host, shard_ids, starts)  # before any id reaches the device
             if not self._cuda:
                 x, y = _widen_cpu(slot.host)
                 if self.device.type != "cpu":  # other accelerators may lack uint16 kernels: plain copy
@@ -290,6 +364,13 @@ class TokenSampler:
                 slot.event.record(self._copy_stream)
             return _Batch(step, x, y, slot.event)
 
+    def prefetch_pages(self, step: int) -> None:
+        """Ask the kernel to start reading the windows of ``step`` (``MADV_WILLNEED``); returns at once."""
+        drawn = self._draw(step)
+        self._hinted = (step, drawn)
+        self._hinted_step = step
+        self.index.willneed(*drawn)
+
     def _handoff(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Make the consumer's current stream wait for the batch and own its memory."""
         if batch.ready is not None:
@@ -301,7 +382,7 @@ class TokenSampler:
 
     def get_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``x, y`` for ``step``: (batch_size, seq_len) int64 on ``device``; same step, same batch."""
-        return self._handoff(self._produce(step))
+        return self._handoff(self._produce(_check_int("step", step, 0)))
 
     def batches(self, start_step: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield ``(step, x, y)`` for ``start_step, start_step + 1, ...`` (equal to ``get_batch(step)``).
@@ -319,7 +400,8 @@ class TokenSampler:
                 x, y = self.get_batch(step)
                 yield step, x, y
                 step += 1
-        pf = _Prefetcher(self._produce, step, self.prefetch, self.device)
+        hint = self._hint_after if self.madvise else None
+        pf = _Prefetcher(self._produce, step, self.prefetch, self.device, hint)
         self._prefetchers.add(pf)
         try:
             while True:
@@ -415,6 +497,7 @@ class ValWindows:
             buf = np.empty((len(rows), self.seq_len + 1), dtype=np.uint16)
             # rows are increasing window numbers, hence sorted by shard, as gather() requires
             self.index.gather(self.shard_ids[rows], self.starts[rows], buf)
+            self.index.check_ids(buf, self.shard_ids[rows], self.starts[rows])
             if self.device.type == "cuda":  # eval is not on the hot path: a synchronous uint16 copy
                 yield _widen_on(torch.from_numpy(buf).to(self.device))
             else:

@@ -3,9 +3,11 @@
 Contract
 --------
 :func:`compute_stats` reads every shard of the requested splits through :mod:`pipeline.format`
-memmaps, in chunks of ``chunk_tokens`` tokens (bounded memory: one widened chunk plus one
-``vocab``-sized count array, plus 8 bytes per document for the length figures), and returns a
-:class:`DatasetStats`. :meth:`DatasetStats.to_dict` is the ``--json`` output; its keys are stable:
+memmaps, one shard at a time, in chunks of ``chunk_tokens`` tokens (bounded memory: one widened
+chunk plus one ``vocab``-sized count array, plus 8 bytes per document for the length figures; each
+chunk's pages are dropped from the process once counted, so file-backed RSS stays flat too), and
+returns a :class:`DatasetStats`. :meth:`DatasetStats.to_dict` is the ``--json`` output; its keys
+are stable:
 
 ``directory``, ``source``, ``format_version``, ``vocab_size``, ``tokenizer_fingerprint`` (from the
 manifest), ``tokenizer_matches`` (it equals this owtgpt's tokenizer; ``null`` when the tokenizer
@@ -268,16 +270,17 @@ def compute_stats(
     vocab = m.vocab_size
     result: dict[str, SplitStats] = {}
     for split in splits:
-        entries = m.split(split)
-        shards = ds.shards(split)  # header, file size and manifest-entry checks for each
         counts = np.zeros(vocab, dtype=np.int64)
         out_of_vocab = 0
         lengths = []
         per_shard = []
-        for entry, shard in zip(entries, shards, strict=True):
+        # one shard mapped at a time (headers of all checked first), and each chunk's pages dropped
+        # from this process once counted: RSS stays at about one chunk, whatever the data size
+        for entry, shard in ds.iter_shards(split):
             toks = shard.tokens
             for s in range(0, len(toks), chunk_tokens):
                 c = np.bincount(toks[s : s + chunk_tokens], minlength=vocab)
+                shard.drop_pages(s, s + chunk_tokens)
                 if len(c) > vocab:  # only a corrupt shard gets here; report, do not crash
                     out_of_vocab += int(c[vocab:].sum())
                     c = c[:vocab]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,8 @@ def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> 
     except (TypeError, ValueError) as e:
         err(f"malformed ({e}); rebuild the shards")
         return None
-    files = [s.file for s in m.shards]
-    for name in sorted({f for f in files if files.count(f) > 1}):
+    # one hash-table pass: a manifest may list thousands of shards (small --shard-tokens)
+    for name in sorted(f for f, n in Counter(s.file for s in m.shards).items() if n > 1):
         err(f"lists {name} more than once")
     for s in m.shards:
         if s.split not in SPLITS:
@@ -269,6 +270,7 @@ def verify_shard(
             elif not overflow:
                 sot_pos.append(pos[is_sot].astype(np.int64) + s)
                 eot_pos.append(pos[is_eot].astype(np.int64) + s)
+        shard.drop_pages(s, s + chunk_tokens)  # RSS stays at one chunk (the data stays in page cache)
         advanced += chunk.nbytes
         if progress is not None:
             progress(chunk.nbytes)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SamplerError, ResumeError, ShardFormatError, FileNotFoundError,
             TokenizerUnavailableError) as e:
         print(prefix + str(e), file=sys.stderr, flush=True)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # SamplerError is a pipeline UserError: data, exit 1
     except NonFiniteError as e:
         print(prefix + str(e), file=sys.stderr, flush=True)
         return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import subprocess
 import sys
 import threading
@@ -470,3 +471,71 @@ def test_never_copies_a_shard_into_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2 * n // 8, f"peak numpy allocation {peak:,} bytes for a {2 * n:,}-byte shard"
+
+
+@pytest.mark.parametrize("doc_aligned", [False, True])
+def test_page_policy_never_changes_the_batches(data, doc_aligned):
+    root, _ = data
+    kw = dict(batch_size=6, seq_len=T, seed=3, doc_aligned=doc_aligned)
+    with TokenSampler(root, madvise=True, **kw) as on, TokenSampler(root, madvise=False, prefetch=0, **kw) as off:
+        it = on.batches(0)  # the prefetch thread issues MADV_WILLNEED for each next batch
+        for step in range(6):
+            got_step, x, y = next(it)
+            x0, y0 = off.get_batch(step)
+            assert got_step == step and torch.equal(x, x0) and torch.equal(y, y0)
+        it.close()
+
+
+def test_out_of_vocab_id_names_shard_offset_and_id(data, tmp_path):
+    """A payload id >= vocab_size (headers untouched, so opening passes) stops the batch before it is used."""
+    import shutil
+
+    from pipeline.errors import UserError
+    from pipeline.format import HEADER_SIZE
+    from pipeline.sampler import OutOfVocabError
+
+    root = Path(shutil.copytree(data[0], tmp_path / "shards"))
+    for name in ("train-00001.bin", "val-00000.bin"):
+        mm = np.memmap(root / name, dtype="<u2", mode="r+", offset=HEADER_SIZE)
+        pos = np.arange(0, mm.shape[0] - 16, 5)
+        mm[pos] = (VOCAB_SIZE + pos % 7).astype(np.uint16)  # id encodes nothing a wrap could fake
+        mm.flush()
+        del mm
+
+    def check(err: OutOfVocabError, name: str) -> None:
+        msg = str(err)
+        assert isinstance(err, UserError) and err.exit_code == 1
+        m = re.fullmatch(r"(\S+): token id (\d+) at token offset ([\d,]+) is >= vocab_size (\d+); .*"
+                         r"`python -m pipeline verify (\S+)`.*", msg)
+        assert m is not None, msg
+        assert m[1] == str(root / name) and int(m[4]) == VOCAB_SIZE and m[5] == str(root)
+        off = int(m[3].replace(",", ""))
+        raw = np.fromfile(root / name, dtype="<u2", count=1, offset=HEADER_SIZE + 2 * off)
+        assert int(raw[0]) == int(m[2]) >= VOCAB_SIZE  # the named id is at the named offset
+
+    with TokenSampler(root, batch_size=8, seq_len=T, prefetch=0) as s:
+        with pytest.raises(OutOfVocabError) as e:
+            for step in range(50):  # a batch lands in the 12k-token shard almost at once
+                s.get_batch(step)
+        check(e.value, "train-00001.bin")
+    with TokenSampler(root, batch_size=8, seq_len=T, prefetch=2) as s:
+        with pytest.raises(OutOfVocabError) as e:
+            for _ in s.batches(0):  # raised in the prefetch thread, re-raised here
+                pass
+        check(e.value, "train-00001.bin")
+    with pytest.raises(OutOfVocabError) as e:
+        list(ValWindows(root, seq_len=T, num_windows=40, batch_size=8))
+    check(e.value, "val-00000.bin")
+
+
+def test_willneed_hints_only_while_unhinted_gathers_wait_for_the_disk():
+    from pipeline.sampler import _ColdPages
+
+    p = _ColdPages()
+    rows, slow, fast = 32, 32 * _ColdPages.COLD_S_PER_ROW * 2, 32 * _ColdPages.COLD_S_PER_ROW / 2
+    p.observe(fast, rows, hinted=False)
+    assert not p.hint_next()  # warm: no hints at all
+    p.observe(slow, rows, hinted=True)
+    assert not p.hint_next()  # a hinted batch says nothing about the cache
+    p.observe(slow, rows, hinted=False)
+    assert [p.hint_next() for _ in range(_ColdPages.PROBE_EVERY + 1)] == [True] * _ColdPages.PROBE_EVERY + [False]

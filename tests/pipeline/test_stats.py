@@ -183,3 +183,65 @@ def test_bad_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["stats", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "manifest" in err and str(tmp_path) in err
+
+
+def _rss_file_kib() -> int | None:
+    """This process's file-backed resident memory (``RssFile`` of /proc/self/status), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def random_folder(out: Path, *, shards: int, tokens_per_shard: int, seed: int = 0) -> np.ndarray:
+    """Shards of random ordinary ids in documents of 1,000 tokens (markers included); returns the ids."""
+    from pipeline.format import Manifest, ShardEntry, ShardWriter, shard_name
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    entries, every = [], []
+    for i in range(shards):
+        toks = rng.integers(0, GPT2_EOT, size=tokens_per_shard, dtype=np.uint16)
+        lens = np.full(tokens_per_shard // 1000, 1000)
+        starts = np.arange(len(lens)) * 1000
+        toks[starts], toks[starts + 999] = SOT, GPT2_EOT
+        w = ShardWriter(out / shard_name("train", i), vocab_size=50260, tokenizer_fingerprint="test-random")
+        w.add_documents(toks, lens)
+        h = w.finish()
+        entries.append(ShardEntry(shard_name("train", i), "train", h.num_tokens, h.num_docs, h.payload_sha256))
+        every.append(toks)
+    Manifest(tokenizer_fingerprint="test-random", vocab_size=50260, special_tokens={"<|endoftext|>": GPT2_EOT,
+             "<|startoftext|>": SOT}, source="random", settings={}, shards=entries).save(out)
+    return np.concatenate(every)
+
+
+def test_file_backed_rss_stays_flat_while_counting_the_whole_folder(tmp_path):
+    """32 MiB of shards counted with at most ~1 chunk of them mapped into the process at a time."""
+    if _rss_file_kib() is None:
+        pytest.skip("needs /proc/self/status (Linux)")
+    ids = random_folder(tmp_path / "shards", shards=4, tokens_per_shard=4_000_000)
+    peak = []
+    base = _rss_file_kib()
+    st = compute_stats(tmp_path / "shards", splits=["train"], decode_top=False,
+                       progress=lambda n: peak.append(_rss_file_kib() - base))
+    tr = st.splits["train"]
+    assert (tr.token_counts == np.bincount(ids, minlength=50260)).all()  # independent count of the ids
+    assert tr.num_docs == 4 * 4_000
+    data_kib = ids.nbytes // 1024  # 31,250 KiB
+    chunk_kib = 2 * (1 << 18) // 1024  # one 256Ki-token chunk = 512 KiB
+    assert len(peak) >= 60 and max(peak) < 8 * chunk_kib < data_kib // 7, max(peak)
+
+
+def test_a_bad_last_shard_fails_before_any_shard_is_counted(tmp_path):
+    from pipeline.format import ShardFormatError
+
+    random_folder(tmp_path / "shards", shards=3, tokens_per_shard=10_000)
+    with open(tmp_path / "shards" / "train-00002.bin", "ab") as f:
+        f.write(b"\0" * 8)  # too long for its header
+    counted = []
+    with pytest.raises(ShardFormatError, match=r"train-00002\.bin: file is"):
+        compute_stats(tmp_path / "shards", decode_top=False, progress=counted.append)
+    assert counted == []

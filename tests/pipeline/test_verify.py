@@ -241,3 +241,13 @@ def test_module_entry_point_exit_status(data):
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 1, r.stderr
     assert f"{name}: bad magic" in r.stdout
+
+
+def test_shard_listed_twice_is_named_once(data):
+    raw = json.loads((data / "manifest.json").read_text())
+    first, second = raw["shards"][0], raw["shards"][1]
+    raw["shards"] += [dict(first), dict(first), dict(second)]  # first x3, second x2
+    raw.pop("dataset_fingerprint")
+    (data / "manifest.json").write_text(json.dumps(raw))
+    dup = [p.message for p in errors(verify_dataset(data)) if "more than once" in p.message]
+    assert dup == sorted([f"lists {first['file']} more than once", f"lists {second['file']} more than once"])
