@@ -19,7 +19,7 @@ DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-train train sample demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train sample demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against 
 	$(PY) bench/stats.py
 	$(PY) bench/sampler.py
 	$(PY) bench/generate.py
+
+bench-scale:  ## scale benchmarks on 1B random tokens (2 GB in /tmp): stats peak memory, cold-cache sampler
+	$(PY) bench/stats_rss.py --tokens 1000000000 --shards 10 --keep
+	$(PY) bench/sampler_cold.py --tokens 1000000000 --shards 10
 
 bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 	$(PY) bench/train_gpu.py

@@ -98,7 +98,7 @@ def ensure_data(args: argparse.Namespace) -> Path:
         shutil.rmtree(out)
     elif out.exists():
         shutil.rmtree(out)
-    from bench.sampler import random_shards
+    from sampler import random_shards  # bench/sampler.py: a sibling script (bench/ is sys.path[0])
 
     console.print(f"writing {args.tokens:,} random tokens in {args.shards} shards to {out}")
     random_shards(out, args.tokens, args.shards)

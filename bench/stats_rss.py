@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import shutil
 
-    from bench.sampler_cold import ensure_data
+    from sampler_cold import ensure_data  # a sibling script (bench/ is sys.path[0])
+
     from pipeline.format import Manifest
 
     d = ensure_data(args)
