@@ -1,7 +1,10 @@
 """``python -m pipeline``: build, inspect, verify and decode owtgpt shards.
 
 Subcommands are registered by their own modules (``register(subparsers)``), so this file only
-dispatches; each module stays importable without side effects.
+dispatches; each module stays importable without side effects. Every subcommand runs through
+:func:`pipeline.errors.run_command`: a problem the user can fix is one stderr line and exit 1
+(data or input) or 2 (usage), Ctrl-C is 130, and a traceback appears only with ``--debug`` (before
+or after the subcommand) or ``OWTGPT_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 
 # subcommand -> module providing ``register(subparsers)``; the parser it adds sets ``func``.
 SUBCOMMAND_MODULES = ("pipeline.build_cli", "pipeline.inspect_cli")
+DEBUG_HELP = "print the full traceback of an error (also OWTGPT_DEBUG=1)"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -19,18 +23,33 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description=(
             "Tokenize a corpus once into checked, memory-mapped uint16 shards, then inspect them. "
-            "Run `python -m pipeline COMMAND --help` for each command's flags."
+            "Run `python -m pipeline COMMAND --help` for each command's flags. Exit status: 0 ok, "
+            "1 data or input problem, 2 usage, 130 interrupted."
         ),
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():  # SUPPRESS: an absent sub-flag keeps the top-level value
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import run_command
+    from pipeline.format import ShardFormatError
+    from pipeline.sources import SourceError
+    from pipeline.tokenizer import TokenizerUnavailableError
+
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(
+        lambda: args.func(args),
+        debug=args.debug,
+        prefix=f"{args.command}: error: ",
+        user_errors=(SourceError, ShardFormatError, TokenizerUnavailableError),
+        on_interrupt=getattr(args, "on_interrupt", "interrupted"),
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ Contract
   tokenizes only documents of each split past its last finished shard. ``manifest.json`` is
   written last and marks completion; rerunning on a finished output is a no-op. A different
   source or settings on an existing output is refused unless ``overwrite``.
+* **One writer per folder.** The build holds ``DIR/.lock`` (:func:`pipeline.fsutil.folder_lock`)
+  from before it touches anything in ``DIR`` until it returns; a second build is refused at once.
+  Any failure leaves finished shards and no temp file; a full disk says so and a rerun resumes.
+* **Bad records.** A record whose text is not a string (``null`` included) fails the build,
+  naming its file, line/row and type, unless ``skip_bad_records``: then it is skipped and counted
+  (``counts.docs_skipped_bad``); either way it never becomes ``str(value)``.
 
 Trade-off: processes, not threads. tiktoken releases the GIL while encoding, but JSON parsing,
 UTF-8 checks and building results do not, so threads share one interpreter's worth of Python
@@ -33,6 +39,8 @@ work; processes pay a pickle of each 2 MiB chunk instead, which is small next to
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import multiprocessing as mp
 import os
@@ -45,19 +53,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Column, Table
-from rich.text import Text
 
 from pipeline import tokenizer as tk
+from pipeline.build_view import BuildProgress
+from pipeline.errors import ConfigError, UserError, describe_oserror
 from pipeline.format import (
     MANIFEST_NAME,
     SHARD_SUFFIX,
@@ -69,7 +68,7 @@ from pipeline.format import (
     read_header,
     shard_name,
 )
-from pipeline.fsutil import TMP_MARKER, atomic_write_text, remove_stale_temps
+from pipeline.fsutil import LOCK_NAME, TMP_MARKER, atomic_write_text, folder_lock, remove_stale_temps
 from pipeline.sources import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TEXT_GLOB,
@@ -84,8 +83,9 @@ STATE_NAME = "build-state.json"
 BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
 
 
-class BuildError(RuntimeError):
-    """The build cannot proceed (conflicting output, empty corpus); the message says what to do."""
+class BuildError(UserError):
+    """The build cannot proceed (conflicting output, empty corpus, bad record, full disk); the message
+    says what to do. Exit status 1 through :func:`pipeline.errors.run_command`."""
 
 
 @dataclass
@@ -94,7 +94,9 @@ class ShardConfig:
 
     Only ``source`` (its identity), ``shard_tokens``, ``val_fraction`` and ``seed`` (plus the
     text field / glob / hub options that select the documents) determine the output bytes;
-    ``workers``, ``streaming``, ``chunk_bytes`` and ``overwrite`` do not.
+    ``workers``, ``streaming``, ``chunk_bytes`` and ``overwrite`` do not, and neither does
+    ``skip_bad_records``: without it a bad record (a non-string text) fails the build, so every
+    finished build holds exactly the string records. Bad values raise :class:`ConfigError` (exit 2).
     """
 
     source: str
@@ -112,27 +114,28 @@ class ShardConfig:
     hf_split: str = "train"
     hf_revision: str | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    skip_bad_records: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if not self.source:
-            raise ValueError("SOURCE is empty: pass a hub dataset name, a file or a folder")
+            raise ConfigError("SOURCE is empty: pass a hub dataset name, a file or a folder")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"--workers {self.workers}: must be an integer >= 1")
+            raise ConfigError(f"--workers {self.workers}: must be an integer >= 1")
         if self.shard_tokens < 3:
-            raise ValueError(f"--shard-tokens {self.shard_tokens}: must be >= 3 (one tiny document)")
+            raise ConfigError(f"--shard-tokens {self.shard_tokens}: must be >= 3 (one tiny document)")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"--seed {self.seed}: must be in [0, 2**63)")
+            raise ConfigError(f"--seed {self.seed}: must be in [0, 2**63)")
         if not [g for g in self.text_glob.split(",") if g.strip()]:
-            raise ValueError(f"--text-glob {self.text_glob!r}: give at least one pattern, e.g. '*.txt'")
+            raise ConfigError(f"--text-glob {self.text_glob!r}: give at least one pattern, e.g. '*.txt'")
         if not self.text_field:
-            raise ValueError("--text-field is empty: name the column/field that holds the text")
+            raise ConfigError("--text-field is empty: name the column/field that holds the text")
         if self.source_format not in SOURCE_FORMATS:
-            raise ValueError(f"--source-format {self.source_format!r}: expected one of {SOURCE_FORMATS}")
+            raise ConfigError(f"--source-format {self.source_format!r}: expected one of {SOURCE_FORMATS}")
         if self.chunk_bytes < 1024:
-            raise ValueError(f"--chunk-bytes {self.chunk_bytes}: must be >= 1024")
+            raise ConfigError(f"--chunk-bytes {self.chunk_bytes}: must be >= 1024")
 
 
 # ----------------------------------------------------------------------------- split assignment
@@ -198,6 +201,8 @@ class EncodedChunk:
     tokens: np.ndarray  # (sum(lengths),) uint16, the docs back to back
     empty: int
     invalid_utf8: int
+    bad: int = 0  # records whose text is not a string
+    first_bad: str = ""  # the first one, described with its file and line/row
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -248,7 +253,7 @@ def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
     """Decode and tokenize one chunk (runs in a worker process)."""
     dec = decode_chunk(chunk)
     count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
-    keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]
+    keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""
     positions = np.arange(chunk.start, chunk.start + count, dtype=np.int64)[keep]
     is_val = plan.is_val(positions)
     need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
@@ -261,7 +266,8 @@ def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
     lengths[need] = todo_lengths
     return EncodedChunk(
         chunk.start, count, chunk.input_bytes, positions, lengths, src_bytes, tokens,
-        empty=count - len(keep), invalid_utf8=sum(dec.invalid_utf8),
+        empty=count - len(keep) - len(dec.bad), invalid_utf8=sum(dec.invalid_utf8),
+        bad=len(dec.bad), first_bad=dec.bad[0][1] if dec.bad else "",
     )
 
 
@@ -399,20 +405,76 @@ class _SplitWriter:
 
 
 def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
-    """Build (or resume, or confirm) the shard folder ``cfg.out`` from ``cfg.source``."""
+    """Build (or resume, or confirm) the shard folder ``cfg.out`` from ``cfg.source``.
+
+    Nothing in ``cfg.out`` is touched before this process holds the folder's lock
+    (:func:`pipeline.fsutil.folder_lock`); a folder this call created is removed again when the
+    build fails before writing anything into it.
+    """
     t0 = time.perf_counter()
     tk.check_storable(tk.VOCAB_SIZE)
     tk.get_tokenizer()  # fail early (TIKTOKEN_CACHE_DIR hint); forked workers inherit it
     out = cfg.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     src = open_source(
         cfg.source, source_format=cfg.source_format, text_glob=cfg.text_glob, text_field=cfg.text_field,
         hf_config=cfg.hf_config, hf_split=cfg.hf_split, hf_revision=cfg.hf_revision,
         streaming=cfg.streaming, exclude=[out],
     )
     settings = build_settings(cfg, src)
-    ui = BuildProgress(enabled=progress)
-    remove_stale_temps(out)
+    created = _make_out(out)
+    lock = contextlib.ExitStack()
+    try:
+        lock.enter_context(folder_lock(out, "build"))
+    except OSError as e:  # the folder exists but we may not create files in it
+        raise BuildError(f"--out {describe_oserror(e, out)}") from e
+    with lock:
+        try:
+            return _build_locked(cfg, out, src, settings, BuildProgress(enabled=progress), t0)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.filename is None:
+                raise _write_error(e, out) from e
+            raise
+        finally:
+            if created:
+                _remove_if_empty(out)
+
+
+def _make_out(out: Path) -> bool:
+    """Create ``--out`` if missing; True when this call created it."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out}: is a file, not a folder; pass a folder path (it is created if missing)")
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:  # another build created it a moment ago: it is not ours to remove
+        return False
+    except OSError as e:
+        raise BuildError(f"--out {describe_oserror(e, out)}") from e
+    return True
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove a folder this build created when nothing but its lock file is in it (a failed build)."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+
+
+def _write_error(e: OSError, out: Path) -> BuildError:
+    """A write into ``out`` failed: one line naming the folder (and, for a full disk, how to resume)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return BuildError(f"{out}: {what} (the filesystem holding this folder is full); finished shards are "
+                          "kept: free space, then rerun the same command to resume")
+    return BuildError(describe_oserror(e, out))
+
+
+def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress,
+                  t0: float) -> Manifest:
+    """:func:`build_shards` once this process holds ``out``'s lock."""
+    remove_stale_temps(out)  # only under the lock: no other writer's temp files can be live here
 
     if (out / MANIFEST_NAME).exists() and not cfg.overwrite:
         try:
@@ -451,7 +513,7 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
     writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], save_state) for s in SPLITS}
     resume_at = {s: (state["splits"][s][-1]["end_pos"] if state["splits"][s] else 0) for s in SPLITS}
     plan = SkipPlan(cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"])
-    counts = {"docs_read": 0, "docs_dropped_empty": 0, "docs_invalid_utf8": 0}
+    counts = {"docs_read": 0, "docs_dropped_empty": 0, "docs_skipped_bad": 0, "docs_invalid_utf8": 0}
     forced_val = state["forced_val"]
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
@@ -463,7 +525,11 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
 
         def consume(res: EncodedChunk) -> None:
             nonlocal forced_val
+            if res.bad and not cfg.skip_bad_records:
+                raise BuildError(f"{res.first_bad}; fix the record, or pass --skip-bad-records to skip "
+                                 "such records (they are counted in the manifest)")
             counts["docs_read"] += res.count
+            counts["docs_skipped_bad"] += res.bad
             counts["docs_dropped_empty"] += res.empty
             counts["docs_invalid_utf8"] += res.invalid_utf8
             if len(res.positions):
@@ -474,7 +540,7 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
                 for split, mask in (("train", ~is_val), ("val", is_val)):
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))
                     writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, res.tokens, idx)
-            ui.advance(res)
+            ui.advance(res.count, int(res.lengths.sum()), int(res.src_bytes.sum()), res.input_bytes)
 
         for chunk in src.chunks(cfg.chunk_bytes):
             pending.append(pool.submit(encode_chunk, chunk, plan))
@@ -489,7 +555,8 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
             w.abort()
         for tmp in out.glob(f".*{TMP_MARKER}{os.getpid()}"):  # a writer interrupted while opening
             tmp.unlink(missing_ok=True)
-        pool.shutdown(wait=False, cancel_futures=True)
+        # wait for the workers (each finishes at most one chunk): they hold a copy of the folder lock
+        pool.shutdown(wait=True, cancel_futures=True)
         ui.stop()
         raise
     pool.shutdown()
@@ -499,7 +566,7 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
     if not recs:
         raise BuildError(
             f"{src.describe()}: no non-empty documents ({counts['docs_read']} records read, "
-            f"{counts['docs_dropped_empty']} empty); nothing to write"
+            f"{counts['docs_dropped_empty']} empty, {counts['docs_skipped_bad']} bad); nothing to write"
         )
     entries = [ShardEntry(**{k: r[k] for k in ShardEntry.__dataclass_fields__}) for r in recs]
     for s in SPLITS:
@@ -516,94 +583,8 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
     )
     manifest.save(out)  # last: its presence marks a finished build (build-state.json stays for repair)
     ui.summary(out, manifest, time.perf_counter() - t0, resumed)
+    if counts["docs_train"] == 0:
+        ui.warn(f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "
+                f"{counts['docs_val']:,} documents are in val); training reads train: lower --val-fraction "
+                "or add documents")
     return manifest
-
-
-# ----------------------------------------------------------------------------- progress and summary
-
-
-class BuildProgress:
-    """Rich progress bar (docs/s, tokens/s, MB/s, ETA) and the closing summary table."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-        self.docs = self.tokens = self.text_bytes = 0
-        self._by = "bytes"
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            Console(stderr=True).print(text)
-
-    def start(self, src: Source, resumed: dict[str, int]) -> None:
-        if not self.enabled:
-            return
-        if any(resumed.values()):
-            self.message(f"resuming: keeping {resumed['train']} train and {resumed['val']} val finished shards")
-        total = src.total_bytes
-        if total is None and src.total_docs is not None:
-            total, self._by = src.total_docs, "docs"
-        self._progress = Progress(
-            TextColumn("[bold]tokenizing"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-            _RateColumn("docs", "docs/s", 1), _RateColumn("tokens", "tok/s", 1e6, "M"),
-            _RateColumn("text_bytes", "MB/s", 1e6, ""), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("build", total=total, docs=0, tokens=0, text_bytes=0)
-
-    def advance(self, res: EncodedChunk) -> None:
-        self.docs += res.count
-        self.tokens += int(res.lengths.sum())
-        self.text_bytes += int(res.src_bytes.sum())
-        if self._progress is not None:
-            done = res.input_bytes if self._by == "bytes" else self.docs
-            self._progress.update(self._task, completed=done, docs=self.docs, tokens=self.tokens,
-                                  text_bytes=self.text_bytes)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def summary(self, out: Path, m: Manifest, seconds: float, resumed: dict[str, int]) -> None:
-        if not self.enabled:
-            return
-        c = m.counts
-        t = Table(title=f"built {out}", show_header=True)
-        t.add_column("")
-        t.add_column("train", justify="right")
-        t.add_column("val", justify="right")
-        t.add_column("total", justify="right")
-        t.add_row("documents", f"{c['docs_train']:,}", f"{c['docs_val']:,}", f"{c['docs_written']:,}")
-        t.add_row("tokens", f"{c['tokens_train']:,}", f"{c['tokens_val']:,}",
-                  f"{c['tokens_train'] + c['tokens_val']:,}")
-        t.add_row("shards", f"{c['shards_train']}", f"{c['shards_val']}",
-                  f"{c['shards_train'] + c['shards_val']}")
-        t.add_row("kept from a previous run", f"{resumed['train']}", f"{resumed['val']}", "")
-        t.add_section()
-        t.add_row("records read", "", "", f"{c['docs_read']:,}")
-        t.add_row("dropped empty", "", "", f"{c['docs_dropped_empty']:,}")
-        t.add_row("invalid UTF-8 (replaced)", "", "", f"{c['docs_invalid_utf8']:,}")
-        t.add_row("source text", "", "", f"{c['source_bytes'] / 1e6:,.1f} MB")
-        t.add_row("time", "", "", f"{seconds:,.1f} s")
-        t.add_row("tokenized this run", "", "", f"{self.tokens:,} ({self.tokens / max(seconds, 1e-9) / 1e6:.2f} Mtok/s)")
-        Console().print(t)
-        Console().print(f"source {m.source}\ndataset fingerprint {m.dataset_fingerprint}")
-
-
-class _RateColumn(ProgressColumn):
-    """``task.fields[field] / elapsed`` as a rate, e.g. ``2.1M tok/s``."""
-
-    def __init__(self, field_name: str, unit: str, scale: float, prefix: str = ""):
-        super().__init__(table_column=Column(no_wrap=True))
-        self.field_name, self.unit, self.scale, self.prefix = field_name, unit, scale, prefix
-
-    def render(self, task) -> Text:
-        el = task.elapsed or 0.0
-        if not el:
-            return Text(f"-- {self.unit}")
-        v = task.fields.get(self.field_name, 0) / el / self.scale
-        digits = 0 if self.scale == 1 else 1  # docs/s as an integer, M tok/s and MB/s with a decimal
-        return Text(f"{v:,.{digits}f}{self.prefix} {self.unit}", style="cyan")

@@ -27,7 +27,11 @@ SOURCE is one of:
 
 The output is byte-identical for any --workers, and a killed build resumes where it stopped when
 rerun with the same command. Rerunning on a finished folder is a no-op; other settings on an
-existing folder are refused unless --overwrite. See pipeline/FORMAT.md for the format."""
+existing folder are refused unless --overwrite. One build at a time per --out: a second one is
+refused (DIR/.lock). A record whose text is not a string (a number, a list, null) is an error
+naming its file and line, unless --skip-bad-records. On a full disk, free space and rerun the same
+command: it resumes. Exit status: 0 ok, 1 data or input problem, 2 usage, 130 interrupted.
+See pipeline/FORMAT.md for the format."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "to refs/convert/parquet for script-based datasets")
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                    help="text bytes per worker task (default %(default)s); output does not depend on it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip records whose text is not a string (number, list, object, null) and count "
+                        "them, instead of stopping at the first one")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table (warnings still print)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -68,29 +75,20 @@ def config_from_args(args: argparse.Namespace):
         val_fraction=args.val_fraction, seed=args.seed, streaming=args.streaming, overwrite=args.overwrite,
         text_glob=args.text_glob, text_field=args.text_field, source_format=args.source_format,
         hf_config=args.hf_config, hf_split=args.hf_split, hf_revision=args.hf_revision,
-        chunk_bytes=args.chunk_bytes,
+        chunk_bytes=args.chunk_bytes, skip_bad_records=args.skip_bad_records,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.build import BuildError, build_shards
-    from pipeline.format import ShardFormatError
-    from pipeline.sources import SourceError
-    from pipeline.tokenizer import TokenizerUnavailableError
+    """The ``build`` subcommand's body; failures are turned into one line by ``run_command``."""
+    from pipeline.build import build_shards
 
     def on_term(signum, frame):  # SIGTERM (e.g. a job scheduler) cleans up like Ctrl-C
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        cfg = config_from_args(args)
-        build_shards(cfg, progress=not args.quiet)
-    except (BuildError, SourceError, ShardFormatError, TokenizerUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+        build_shards(config_from_args(args), progress=not args.quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
@@ -102,17 +100,15 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, on_interrupt="interrupted: finished shards are kept; rerun the same command to resume")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point used when ``pipeline.__main__`` cannot load other subcommands (and by tests)."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.build_cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["build", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
+    """``python -m pipeline.build_cli ARGS`` is ``python -m pipeline build ARGS`` (used by tests)."""
+    from pipeline.__main__ import main as pipeline_main
+
+    return pipeline_main(["build", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ class UsageError(UserError):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(UsageError, ValueError):
+    """A config dataclass field (hence its flag) has a bad value; the message names the flag.
+
+    Also a ``ValueError``, so code that builds configs programmatically can catch either.
+    """
+
+
 # errno -> (what went wrong, what to do about it)
 _OS_FIXES: dict[int, tuple[str, str]] = {
     errno.ENOENT: ("does not exist", "check the path"),

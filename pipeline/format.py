@@ -21,6 +21,7 @@ inline, so a shard can never be separated from its index.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -323,7 +324,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the partial shard; the final name is never touched."""
-        self._f.close()
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush again: still unlink
+            self._f.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

@@ -62,7 +62,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush again: still unlink
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise

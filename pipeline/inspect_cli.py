@@ -3,6 +3,8 @@
 * ``stats DIR``: streaming statistics (see :mod:`pipeline.stats` for the ``--json`` keys).
 * ``verify DIR``: full validation; prints every problem with its file, exits 1 on any error
   (see :mod:`pipeline.verify` for what is checked).
+* All three refuse a folder a build still holds (:func:`pipeline.fsutil.folder_locked_by`) with
+  "build in progress" (exit 1): an unfinished folder is never reported as corrupt.
 * ``show DIR (--doc I | --offset N --length L)``: decode a document or a token window.
   ``--doc I`` counts documents across all shards of ``--split`` in manifest order (the build keeps
   source order within a split, so document I is the I-th non-empty source document of that split);
@@ -45,7 +47,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.errors import UsageError, UserError
 from pipeline.format import SPLITS, ShardDataset, ShardFormatError, check_entry, open_shard
+from pipeline.fsutil import folder_locked_by
 from pipeline.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
 from pipeline.stats_view import piece_repr
 from pipeline.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
@@ -142,18 +146,31 @@ def _progress(console: Console, *, bytes_mode: bool, disable: bool) -> Progress:
     return Progress(*cols, console=console, transient=True, disable=disable)
 
 
+def _refuse_if_building(d: Path) -> None:
+    """A folder a build is still writing is not corrupt, only unfinished: say so, and stop."""
+    pid = folder_locked_by(d)
+    if pid is not None:
+        raise UserError(f"{d}: build in progress (pid {pid}); wait for it to finish, then rerun")
+
+
 def _friendly(fn):
-    """Turn the expected failures (bad folder, bad index, corrupt shard) into one line and exit 2."""
+    """The expected failures as one line (printed by ``run_command``): a folder still being built
+    or without a manifest, a corrupt shard (exit 1), an out-of-range index or bad flag (exit 2)."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
+        _refuse_if_building(args.dir)
         try:
             return fn(args)
-        except (FileNotFoundError, ShardFormatError, ValueError) as e:
-            hint = (f"\n(run `python -m pipeline verify {args.dir}` for a report of every problem)"
-                    if isinstance(e, ShardFormatError) else "")
-            Console(stderr=True).print(Text(f"{args.command}: error: {e}{hint}", style="red"), soft_wrap=True)
-            return 2
+        except ShardFormatError as e:
+            raise UserError(f"{e} (run `python -m pipeline verify {args.dir}` for a report of every "
+                            "problem)") from e
+        except FileNotFoundError as e:
+            if e.errno is None:  # ours: the message is complete (e.g. "no manifest; ... Build one with")
+                raise UserError(str(e)) from e
+            raise
+        except ValueError as e:
+            raise UsageError(str(e)) from e
 
     return run
 
@@ -187,6 +204,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.verify import errors, planned_bytes, verify_dataset
 
+    _refuse_if_building(args.dir)
     err = Console(stderr=True)
     with _progress(err, bytes_mode=True, disable=args.no_progress) as prog:
         task = prog.add_task("verify", total=planned_bytes(args.dir))
@@ -412,8 +430,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one inspection command without the rest of ``python -m pipeline`` (used by the tests)."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """``main(["stats", DIR, ...])`` is ``python -m pipeline stats DIR ...`` (used by the tests)."""
+    from pipeline.__main__ import main as pipeline_main
+
+    return pipeline_main(argv)

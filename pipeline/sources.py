@@ -16,8 +16,9 @@ Contract
   reading process does only the unavoidable sequential work (decompression, cutting at line
   boundaries); decoding (UTF-8, JSON) happens in :func:`decode_chunk`, which the build runs in
   its worker processes so the main process stays light.
-* Invalid UTF-8 is replaced with U+FFFD and counted per document. A corrupt or truncated
-  compressed file raises :class:`SourceError` naming the file.
+* Decoding (UTF-8, JSON, non-string values) is :mod:`pipeline.source_decode`'s. A corrupt or
+  truncated compressed file raises :class:`SourceError` naming the file and, when the bytes say
+  so, what the file appears to be (:func:`sniff_format`).
 
 Trade-off: jsonl chunks travel to workers as raw bytes (one pickle of a ``bytes`` object, no
 per-document objects in the main process); parquet and hub chunks travel as ``list[str]``
@@ -30,123 +31,31 @@ import fnmatch
 import gzip
 import hashlib
 import io
-import json
 import lzma
 import os
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from pipeline.source_decode import (  # noqa: F401 - re-exported: the reading side's vocabulary
+    SKYLION_POS_SHIFT,
+    UTF8_BOM,
+    DecodedChunk,
+    RawChunk,
+    SourceError,
+    decode_chunk,
+)
 
 SOURCE_FORMATS = ("auto", "hub", "parquet", "jsonl", "text", "skylion")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".ndjson", ".ndjson.zst", ".ndjson.gz")
 SKYLION_SUBSET_GLOB = "urlsf_subset*_data.xz"
 SKYLION_TARBALL = "openwebtext.tar.xz"
-SKYLION_POS_SHIFT = 24  # Skylion positions: subset_index << 24 | member_index
 DEFAULT_CHUNK_BYTES = 1 << 21  # 2 MiB of text per worker task: big enough to amortise IPC
 
 
-class SourceError(ValueError):
-    """A source cannot be read: missing, unsupported, corrupt or truncated (the message names it)."""
-
-
-@dataclass
-class RawChunk:
-    """A run of consecutive source records, not yet decoded.
-
-    ``kind``: ``"jsonl"`` (``payload`` is bytes of whole lines), ``"blobs"`` (``list[bytes]``, one
-    per document), ``"texts"`` (``list[str]``) or ``"xz_tar"`` (the bytes of one compressed Skylion
-    subset file, decoded in the worker; ``count`` is -1 until then). ``start``: position of the first record;
-    ``count``: number of records (positions ``start .. start+count-1``). ``input_bytes``: how far
-    the source's (compressed) input has been read after this chunk, for progress and ETA.
-    """
-
-    kind: str
-    payload: bytes | list
-    start: int
-    count: int
-    input_bytes: int = 0
-    where: str = ""  # file the chunk came from, for error messages
-    text_field: str = "text"
-    first_line: int = 1  # jsonl: line number (in its file) of the chunk's first line
-
-
-@dataclass
-class DecodedChunk:
-    texts: list[str]
-    invalid_utf8: list[bool] = field(default_factory=list)  # per text: replacement happened
-
-
-# ----------------------------------------------------------------------------- decoding (workers)
-
-
 DEFAULT_TEXT_GLOB = "*.txt"  # folder sources: which files are documents
-
-def _decode_bytes(b: bytes) -> tuple[str, bool]:
-    try:
-        return b.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return b.decode("utf-8", errors="replace"), True
-
-
-def _clean_str(s: str) -> tuple[str, bool]:
-    """Replace lone surrogates (possible from JSON ``\\ud800`` escapes or arrow) with U+FFFD."""
-    if s.isascii():  # O(1) in CPython: the common case needs no scan
-        return s, False
-    try:
-        s.encode("utf-8")
-        return s, False
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace"), True
-
-
-def decode_chunk(chunk: RawChunk) -> DecodedChunk:
-    """Decode a chunk to its records' strings (blank jsonl lines become ``""``).
-
-    That is exactly ``chunk.count`` strings, except for ``xz_tar`` chunks (``count == -1``) whose
-    size is only known once decompressed; their positions are ``start + i``.
-    """
-    if chunk.kind == "texts":
-        pairs = [_clean_str(t if t is not None else "") for t in chunk.payload]
-    elif chunk.kind == "blobs":
-        pairs = [_decode_bytes(b) for b in chunk.payload]
-    elif chunk.kind == "xz_tar":
-        pairs = [_decode_bytes(b) for b in _xz_tar_members(chunk.payload, chunk.where)]
-    elif chunk.kind == "jsonl":
-        block: bytes = chunk.payload
-        lines = block.split(b"\n")
-        if block.endswith(b"\n"):
-            lines.pop()
-        pairs = []
-        for i, line in enumerate(lines):
-            if not line or line.isspace():  # isspace stops at the first non-space: no copy
-                pairs.append(("", False))
-                continue
-            s, bad = _decode_bytes(line)
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise SourceError(
-                    f"{chunk.where}: line {chunk.first_line + i} is not valid JSON ({e}); each line of a "
-                    f".jsonl source must be one JSON object with a {chunk.text_field!r} field"
-                ) from e
-            if not isinstance(obj, dict) or chunk.text_field not in obj:
-                raise SourceError(
-                    f"{chunk.where}: line {chunk.first_line + i} has no {chunk.text_field!r} field; "
-                    "pass --text-field NAME to pick the field that holds the document text"
-                )
-            text = obj[chunk.text_field]
-            if not isinstance(text, str):
-                text = "" if text is None else str(text)
-            text, bad2 = _clean_str(text)
-            pairs.append((text, bad or bad2))
-    else:  # pragma: no cover - programming error
-        raise ValueError(f"unknown chunk kind {chunk.kind!r}")
-    if chunk.count >= 0 and len(pairs) != chunk.count:
-        raise SourceError(f"{chunk.where}: chunk decoded to {len(pairs)} records, expected {chunk.count}")
-    return DecodedChunk([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 # ----------------------------------------------------------------------------- sources
@@ -268,7 +177,7 @@ class JsonlSource(Source):
                 except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
                     raise SourceError(
                         f"{path}: corrupt or truncated compressed data after line {pos - line_no} "
-                        f"({type(e).__name__}: {e}); re-download or re-create the file"
+                        f"({type(e).__name__}: {e}){_looks_like(path)}; re-download or re-create the file"
                     ) from e
                 if carry:
                     yield RawChunk("jsonl", carry, pos, 1, done_bytes + counter.pos, str(path), self.text_field,
@@ -365,13 +274,17 @@ class ParquetSource(Source):
                         payload, kind = col.to_pylist(), "blobs"
                     else:
                         payload, kind = col.to_pylist(), "texts"
+                    yield RawChunk(kind, payload, pos, len(payload), done + size * (seen + len(payload)) // nrows,
+                                   str(path), self.text_field, first_line=seen)
                     seen += len(payload)
-                    yield RawChunk(kind, payload, pos, len(payload), done + size * seen // nrows, str(path))
                     pos += len(payload)
                 done += size
             except SourceError:
                 raise
             except (OSError, pa.ArrowException) as e:
+                kind = sniff_format(path)
+                if kind != "parquet":
+                    raise SourceError(f"{path}: not a parquet file: it looks like {kind}{_suggest(kind)}") from e
                 raise SourceError(
                     f"{path}: cannot read parquet ({type(e).__name__}: {e}); the file is corrupt or "
                     "truncated. Re-download it."
@@ -478,23 +391,6 @@ class SkylionSource(Source):
                 ) from e
 
 
-def _xz_tar_members(data: bytes, where: str) -> list[bytes]:
-    """The ``.txt`` members of an xz-compressed tar, in archive order."""
-    out = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tf:
-            for m in tf:
-                if m.isfile() and m.name.endswith(".txt"):
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    out.append(f.read())
-    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
-        raise SourceError(f"{where}: corrupt or truncated archive ({type(e).__name__}: {e}); re-download it") from e
-    if len(out) >= 1 << SKYLION_POS_SHIFT:
-        raise SourceError(f"{where}: {len(out)} documents in one subset file; at most {1 << SKYLION_POS_SHIFT}")
-    return out
-
-
 # ----------------------------------------------------------------------------- resolution
 
 
@@ -507,6 +403,91 @@ def _split_globs(text_glob: str) -> list[str]:
 
 def _is_jsonl(path: Path) -> bool:
     return path.name.lower().endswith(JSONL_SUFFIXES)
+
+
+# leading bytes -> what the file is (checked in order)
+_MAGIC = (
+    (b"PAR1", "parquet"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\xfd7zXZ\x00", "xz-compressed data"),
+    (b"BZh", "bzip2-compressed data"),
+    (b"PK\x03\x04", "a zip archive"),
+)
+# what a sniffed kind should be read as
+_FORMAT_OF_KIND = {"parquet": "parquet", "JSON lines": "jsonl", "plain text": "text"}
+
+
+def sniff_format(path: Path) -> str:
+    """What ``path``'s first bytes say it is: ``parquet``, ``JSON lines``, ``plain text``, ``gzip-
+    compressed data``, ... (a phrase for messages; ``unreadable`` when it cannot be opened)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "unreadable"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if not head:
+        return "an empty file"
+    if head[257:262] == b"ustar":
+        return "a tar archive"
+    first = head.removeprefix(UTF8_BOM).lstrip()[:1]
+    if first == b"{":
+        return "JSON lines"
+    if first == b"[":
+        return "JSON (one array, not JSON lines)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the 4096-byte boundary
+            return "binary data"
+    return "plain text"
+
+
+def _suggest(kind: str) -> str:
+    fmt = _FORMAT_OF_KIND.get(kind)
+    return f"; pass --source-format {fmt}" if fmt else "; check the file"
+
+
+def _looks_like(path: Path) -> str:
+    """`` (it looks like X)`` when the bytes of ``path`` contradict its suffix, else ``""``."""
+    name, kind = path.name.lower(), sniff_format(path)
+    expected = ("zstd-compressed data" if name.endswith(".zst") else "gzip-compressed data"
+                if name.endswith(".gz") else "xz-compressed data" if name.endswith(".xz") else None)
+    return f" (it looks like {kind}, not {expected})" if expected and kind != expected else ""
+
+
+def _check_file_format(path: Path, fmt: str) -> None:
+    """Refuse a single file whose bytes say it is not ``fmt``, naming what it appears to be."""
+    kind = sniff_format(path)
+    if kind in ("unreadable", "an empty file"):
+        return  # reading it reports the real problem (permission, or no documents)
+    if fmt == "parquet":
+        ok = kind == "parquet"
+    elif fmt == "jsonl":
+        hint = _looks_like(path)
+        if hint:
+            raise SourceError(f"{path}: cannot read it as jsonl{hint}{_suggest(kind)}")
+        ok = kind in ("JSON lines", "plain text", "zstd-compressed data", "gzip-compressed data")
+    elif fmt == "skylion":
+        ok = kind == "xz-compressed data"
+    else:  # text: any bytes are a document
+        ok = True
+    if not ok:
+        raise SourceError(f"{path}: not {'a ' + fmt if fmt != 'skylion' else 'an xz'} file: it looks like "
+                          f"{kind}{_suggest(kind)}")
+
+
+def _refuse_mixed_folder(path: Path, found: dict[str, int]) -> None:
+    """An auto-detected folder must hold one kind of corpus file: never pick one and drop the rest."""
+    kinds = {k: n for k, n in found.items() if n}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        choices = " or ".join(f"--source-format {k.split()[0]}" for k in kinds)
+        raise SourceError(f"{path}: holds more than one kind of corpus file ({listing}); pass {choices} "
+                          "to read only that kind")
 
 
 def open_source(
@@ -525,9 +506,12 @@ def open_source(
 
     For a folder with ``source_format="auto"``: a ``text_glob`` other than the default means a
     text folder (the user named the files to read, so stray ``.jsonl`` or ``.parquet`` files
-    below it must not change the format); otherwise Skylion subset files (or
-    ``openwebtext.tar.xz``) win, then ``*.parquet`` files, then ``*.jsonl*`` files, else it is a
-    text folder of ``*.txt``. A string that is not an existing path is a hub dataset name.
+    below it must not change the format); otherwise the folder must hold one kind of corpus file:
+    Skylion subset files (or ``openwebtext.tar.xz``), ``*.parquet``, ``*.jsonl*`` or ``*.txt``. A
+    folder holding several kinds is refused, listing them (``--source-format`` picks one; the other
+    kinds are then ignored). A single file whose leading bytes contradict the format (its suffix,
+    or ``--source-format``) is refused, naming what it appears to be. A string that is not an
+    existing path is a hub dataset name.
     """
     if source_format not in SOURCE_FORMATS:
         raise SourceError(f"--source-format {source_format!r}: expected one of {SOURCE_FORMATS}")
@@ -562,6 +546,7 @@ def open_source(
                     f"{path}: unsupported file type; expected .parquet, .jsonl[.zst|.gz], a Skylion "
                     "*_data.xz / openwebtext.tar.xz, or a folder"
                 )
+        _check_file_format(path, fmt)
         if fmt == "parquet":
             return ParquetSource(path, [path], text_field)
         if fmt == "jsonl":
@@ -576,6 +561,13 @@ def open_source(
         fmt = "text"
     subsets = sorted(path.glob(SKYLION_SUBSET_GLOB))
     tarball = path / SKYLION_TARBALL
+    if fmt == "auto":
+        _refuse_mixed_folder(path, {
+            "skylion files": len(subsets) + tarball.is_file(),
+            "parquet files": len(_walk_sorted(path, ["*.parquet"], exclude)),
+            "jsonl files": len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude)),
+            f"text files ({DEFAULT_TEXT_GLOB})": len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude)),
+        })
     if fmt in ("auto", "skylion"):
         if subsets:
             return SkylionSource(path, subsets, None)

@@ -91,5 +91,5 @@ class HubSource(Source):
         pos = 0
         for batch in ds.select_columns([self.text_field]).iter(batch_size=512):
             texts = batch[self.text_field]
-            yield RawChunk("texts", texts, pos, len(texts), 0, self.describe())
+            yield RawChunk("texts", texts, pos, len(texts), 0, self.describe(), self.text_field, first_line=pos)
             pos += len(texts)

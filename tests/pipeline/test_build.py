@@ -20,6 +20,7 @@ import zstandard
 
 from pipeline.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
 from pipeline.format import MANIFEST_NAME, ShardDataset, ShardHeader, open_shard
+from pipeline.fsutil import LOCK_NAME
 from pipeline.sources import SourceError
 from pipeline.tokenizer import EOT_ID, SOT_ID
 from tests.textgen import make_docs
@@ -52,7 +53,8 @@ def split_docs(out: Path, split: str) -> list[np.ndarray]:
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != STATE_NAME}
+    """Every file's bytes except the build state and the writer lock (which holds the writer's pid)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name not in (STATE_NAME, LOCK_NAME)}
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +169,13 @@ def test_output_bytes_identical_for_any_workers_and_chunking(
 def test_rerun_is_noop_and_other_settings_are_refused(corpus, tmp_path: Path, capsys) -> None:
     out = tmp_path / "s"
     build(corpus[0], out, shard_tokens=5000)
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    def mtimes() -> dict[str, int]:  # the lock file is rewritten with each writer's pid: not data
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_NAME}
+
+    before = mtimes()
     build_shards(ShardConfig(source=str(corpus[0]), out=out, workers=1, shard_tokens=5000, val_fraction=0.0))
     assert "nothing to do" in capsys.readouterr().err
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert mtimes() == before
     with pytest.raises(BuildError, match=r"different settings.*shard_tokens.*--overwrite"):
         build(corpus[0], out, shard_tokens=6000)
     m = build(corpus[0], out, shard_tokens=6000, overwrite=True)
@@ -231,8 +236,11 @@ def test_truncated_source_fails_naming_file_and_writes_no_manifest(tmp_path: Pat
     out = tmp_path / "s"
     with pytest.raises(SourceError, match=r"cut\.jsonl\.zst"):
         build(src, out, shard_tokens=2000)
+    if not out.exists():  # nothing was finished: the folder this build created is removed again
+        return
     assert not (out / MANIFEST_NAME).exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert list(out.glob("*.bin")), "a folder holding no finished shard should have been removed"
     for p in out.glob("*.bin"):  # whatever was finished before the error is a complete shard
         assert not open_shard(p).verify_checksums()
 

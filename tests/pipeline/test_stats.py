@@ -180,7 +180,7 @@ def test_top_tokens_order_and_histogram_bins():
 
 
 def test_bad_folder_is_a_clear_error(tmp_path, capsys):
-    assert main(["stats", str(tmp_path), "--no-progress"]) == 2
+    assert main(["stats", str(tmp_path), "--no-progress"]) == 1  # input problem (README: exit codes)
     err = capsys.readouterr().err
     assert "manifest" in err and str(tmp_path) in err
 
