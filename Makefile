@@ -1,6 +1,6 @@
 # owtgpt: every target wraps a `python -m pipeline|model|trainer` command (see README.md).
 # Variables: SOURCE, OUT, WORKERS (shards); DATA, PRESET, NGPU, RESUME, RUN (train);
-# CKPT, PROMPT (sample).
+# SOURCE, DATA, FT_RUN, RESUME (finetune: SOURCE is then the weights); CKPT, PROMPT (sample).
 
 PY      ?= .venv/bin/python
 VENV    ?= .venv
@@ -12,6 +12,7 @@ PRESET  ?= gpt2
 NGPU    ?= $(shell nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($$1 > 0) ? $$1 : 1}')
 RUN     ?= runs/$(PRESET)
 RESUME  ?=
+FT_RUN  ?= runs/finetune
 CKPT    ?= $(RUN)
 PROMPT  ?= The meaning of life is
 TRAIN_ARGS ?=
@@ -19,7 +20,7 @@ DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train sample demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train finetune sample demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +67,12 @@ bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 train:  ## train PRESET on DATA with torchrun over NGPU GPUs (RESUME=1 to continue)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU) -m trainer \
 		--data $(DATA) --preset $(PRESET) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+
+finetune:  ## fine-tune SOURCE (run, .pt, HF folder or hub id like gpt2) on DATA into FT_RUN (RESUME=1 to continue)
+	$(if $(RESUME),,$(if $(filter command line environment,$(origin SOURCE)),,$(error make finetune needs \
+		SOURCE=RUN_OR_CHECKPOINT_OR_HF_FOLDER_OR_HUB_ID (the weights to start from) and DATA=SHARDS)))
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU) -m trainer \
+		--data $(DATA) --preset finetune --out $(FT_RUN) $(if $(RESUME),--resume,--init-from $(SOURCE)) $(TRAIN_ARGS)
 
 sample:  ## generate from the newest checkpoint in RUN (or CKPT=path)
 	$(PY) -m model sample --checkpoint $(CKPT) --prompt "$(PROMPT)"

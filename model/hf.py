@@ -21,7 +21,9 @@ Contract
     distribution; the mean row is an "average token" as input and, tied, gives an output logit
     equal to the average logit, i.e. no spurious probability mass.
   Rows of any other vocabulary size are copied as they are. Padded rows (up to a multiple of 64)
-  are zero: they are never sampled and get no gradient except the push-down from the softmax.
+  are zero: they are never sampled and get no gradient except the push-down from the softmax. A
+  folder written by :func:`export_hf` carries its padded rows in ``owtgpt_padded_rows.safetensors``
+  and gets them back, so export + import is the identical model.
 * **Export** (:func:`export_hf`) writes ``config.json`` (``GPT2Config`` fields,
   ``architectures: ["GPT2LMHeadModel"]``) and ``model.safetensors`` with Conv1D-transposed weights.
   ``vocab_size`` is the *real* 50260: the three owtgpt specials keep their trained rows, so our
@@ -35,6 +37,11 @@ Contract
   ``tokenizer_config.json``, ``special_tokens_map.json``; :mod:`model.hf_tokenizer`), derived from
   tiktoken's ranks, so ``AutoTokenizer``, ``pipeline("text-generation")`` and lm-evaluation-harness
   load the folder as it is. Other vocabularies get no tokenizer files.
+* The padded rows go to ``owtgpt_padded_rows.safetensors`` beside the model (``transformers``
+  ignores the file). They are never sampled, but owtgpt's training loss is a softmax over all
+  padded columns, where trained padded rows carry (small) mass; without them a re-imported model's
+  loss would differ (by 1e-2 nats on a briefly trained tiny model), so a fine-tune from the export
+  would not start where the source ended.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, UNK_ID, VOCAB_SIZE
 
 OPENAI_VOCAB_SIZE = EOT_ID + 1  # 50257
+PADDED_ROWS_FILE = "owtgpt_padded_rows.safetensors"
+PADDED_ROWS_KEY = "transformer.wte.weight.padded_rows"
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old HF checkpoints
 _LAYER_KEYS = (
@@ -143,8 +152,28 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise HFFormatError(f"{folder}: no config.json; expected a Hugging Face GPT-2 checkpoint folder")
-    cfg, hf_vocab = config_from_hf(json.loads(config_file.read_text()), str(config_file))
-    raw = _read_state(folder)
+    hf_config = json.loads(config_file.read_text())
+    config_from_hf(hf_config, str(config_file))  # refuse an unsupported config before reading weights
+    padded = None
+    if (folder / PADDED_ROWS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        padded = load_file(folder / PADDED_ROWS_FILE).get(PADDED_ROWS_KEY)
+        if padded is None:
+            raise HFFormatError(f"{folder / PADDED_ROWS_FILE}: has no {PADDED_ROWS_KEY!r} tensor")
+    return model_from_hf_state(hf_config, _read_state(folder), str(folder), padded_rows=padded)
+
+
+def model_from_hf_state(
+    hf_config: dict[str, Any],
+    raw: dict[str, torch.Tensor],
+    source: str,
+    padded_rows: torch.Tensor | None = None,
+) -> GPT:
+    """A ``GPT`` (eval mode) from a GPT-2 ``config.json`` dict and an HF state dict (``GPT2Model`` or
+    ``GPT2LMHeadModel`` keys); ``source`` names the folder or hub id in errors. ``padded_rows``
+    (from an owtgpt export) fill the embedding's padded rows instead of zeros."""
+    cfg, hf_vocab = config_from_hf(hf_config, f"{source} config")
 
     state: dict[str, torch.Tensor] = {}
     head = None
@@ -160,16 +189,16 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise HFFormatError(
-            f"{folder}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{source}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     wte = state["transformer.wte.weight"]
     if tuple(wte.shape) != (hf_vocab, cfg.n_embd):
         raise HFFormatError(
-            f"{folder}: wte has shape {tuple(wte.shape)}, config.json says ({hf_vocab}, {cfg.n_embd})"
+            f"{source}: wte has shape {tuple(wte.shape)}, config.json says ({hf_vocab}, {cfg.n_embd})"
         )
     if head is not None and not torch.equal(head, wte):
         raise HFFormatError(
-            f"{folder}: lm_head.weight differs from wte; GPT-2 ties them, untied heads cannot import"
+            f"{source}: lm_head.weight differs from wte; GPT-2 ties them, untied heads cannot import"
         )
 
     dtype = wte.dtype
@@ -180,6 +209,14 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
         mean = wte.float().mean(dim=0).to(dtype)
         rows[PAD_ID] = mean
         rows[UNK_ID] = mean
+    if padded_rows is not None:
+        want = (cfg.padded_vocab_size - hf_vocab, cfg.n_embd)
+        if hf_vocab != cfg.vocab_size or tuple(padded_rows.shape) != want:
+            raise HFFormatError(
+                f"{source}: {PADDED_ROWS_FILE} holds {tuple(padded_rows.shape)} rows, this model's padding "
+                f"needs {want}; it belongs to another export (delete it to import with zero padded rows)"
+            )
+        rows[hf_vocab:] = padded_rows
     state["transformer.wte.weight"] = rows
     state["lm_head.weight"] = rows
     state = {k: v.to(dtype).contiguous() for k, v in state.items()}
@@ -189,7 +226,7 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise HFFormatError(f"{folder}: weights do not match config.json: {e}") from e
+        raise HFFormatError(f"{source}: weights do not match config.json: {e}") from e
     model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
     return model.eval()
 
@@ -257,6 +294,11 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwr
     else:  # another vocabulary has no tokenizer here; never leave one from an older export beside it
         for name in TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
+    padded = sd["transformer.wte.weight"][cfg.vocab_size :].detach().to("cpu").contiguous().clone()
+    if len(padded):  # never sampled, but part of owtgpt's training loss (module docstring)
+        atomic_write_bytes(out / PADDED_ROWS_FILE, safetensors_save({PADDED_ROWS_KEY: padded}))
+    else:
+        (out / PADDED_ROWS_FILE).unlink(missing_ok=True)
     # tokenizer and weights first, config last: a folder with config.json is a complete export
     atomic_write_bytes(targets[1], safetensors_save(tensors, metadata={"format": "pt"}))
     atomic_write_text(targets[0], json.dumps(hf_config_dict(cfg), indent=2) + "\n")

@@ -7,7 +7,8 @@ Contract
   ``"model_config"``), so ``python -m model sample --checkpoint RUN`` works on a trainer run, plus
   the training state: ``"optimizer"``, ``"scaler"``, ``"step"`` (optimizer steps completed),
   ``"rng"``, ``"train_config"``, ``"dataset_fingerprint"``, ``"tokenizer_fingerprint"``,
-  ``"vocab_size"``, ``"counters"`` and ``"format"``.
+  ``"vocab_size"``, ``"counters"``, ``"format"`` and ``"init_from"`` (where a fine-tune's initial
+  weights came from, with their hash; None for a run from a random init; :mod:`trainer.init_from`).
 * Everything is a tensor or a plain container of str/int/float/bool/None, so loading is always
   ``torch.load(weights_only=True)``: a checkpoint can never run code.
 * Writes go through :func:`pipeline.fsutil.atomic_open` (temp file in the same folder, fsync,

@@ -22,6 +22,8 @@ Contract
 * **Stopping.** SIGTERM/SIGINT set a flag; the current step completes, a checkpoint is written,
   :func:`train` returns normally (exit 0). Ranks agree on the flag through the same all-reduce
   that averages the loss, so no rank waits forever in a collective. A second SIGINT aborts at once.
+* ``--init-from`` (:mod:`trainer.init_from`) replaces the random init by existing weights, and
+  the model shape by theirs; everything else about the run is fresh.
 * Step numbers in logs, checkpoints and ``--debug-nan-at-step`` count *completed* optimizer steps
   (``step-00000010.pt`` holds the state after 10 updates).
 """
@@ -47,6 +49,7 @@ from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.tokenizer import SOT_ID, decode, get_tokenizer, tokenizer_fingerprint
 from trainer import checkpoint as ckpt
+from trainer import init_from
 from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
@@ -75,9 +78,12 @@ class TrainResult:
     peak_mem_gib: float | None = None
 
 
-def build_model(cfg: TrainConfig, model_config, device: torch.device) -> GPT:
-    """The freshly initialised model of a run: a pure function of ``--seed`` (same on every rank)."""
+def build_model(cfg: TrainConfig, model_config, device: torch.device, source=None) -> GPT:
+    """The freshly initialised model of a run: a pure function of ``--seed`` (same on every rank),
+    or the weights of ``source`` (``--init-from``, :mod:`trainer.init_from`)."""
     torch.manual_seed(cfg.seed)
+    if source is not None:
+        return init_from.initial_model(model_config, source).to(device)
     return GPT(model_config).to(device)
 
 
@@ -158,9 +164,10 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     # ---- cheap checks first, nothing written yet
     precision = resolve_precision(cfg, device)
     grad_accum = cfg.grad_accum_steps(env.world_size)
-    model_config = cfg.model_config()
     if env.is_main:  # only rank 0 decides (and later changes) the run folder: no check-vs-mkdir race
         check_run_dir(cfg)
+    init = init_from.plan(cfg)  # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
+    model_config = init.model_config
     dataset = ShardDataset(cfg.data)
     if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
         raise ConfigError(
@@ -177,12 +184,12 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         val = ValWindows(dataset, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
                          batch_size=cfg.micro_batch, **sampler_kw)
     try:
-        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val)
+        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init)
     finally:
         sampler.close()
 
 
-def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -> TrainResult:
+def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init) -> TrainResult:
     device = env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -195,7 +202,8 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    model = build_model(cfg, model_config, device)
+    model = build_model(cfg, model_config, device, init.source)
+    init.source = None  # the source's own copy of the weights is no longer needed
     optimizer = make_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
@@ -251,13 +259,15 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -
             "peak_tflops": peak, "dataset_fingerprint": dataset.dataset_fingerprint,
             "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
             "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
+            "init_from": init.record,
         })
     obs = Observer(cfg.out, enabled=env.is_main, total_steps=cfg.max_steps, start_step=start_step,
                    progress=cfg.progress, tensorboard=cfg.tensorboard, log_every=cfg.log_every)
     for msg in warn_msgs:
         obs.warn(msg)
+    fresh = f"fresh run from the weights of {init.record['source']}" if init.record else "fresh run"
     obs.info(
-        f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else 'fresh run'}"
+        f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else fresh}"
         f" | {raw_model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
         f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | grad accum {grad_accum} | "
         f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
@@ -274,7 +284,7 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val) -
             "step": step, "rng": ckpt.capture_rng(), "train_config": cfg.to_dict(),
             "dataset_fingerprint": dataset.dataset_fingerprint, "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
             "vocab_size": dataset.vocab_size, "counters": {"bad_steps": result.bad_steps},
-            "world_size": env.world_size,
+            "world_size": env.world_size, "init_from": init.record,
         }
         result.checkpoint = ckpt.save_checkpoint(cfg.out, step, payload, cfg.keep_last)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.hf import HFFormatError, export_hf, import_hf
+from model.hf import PADDED_ROWS_FILE, HFFormatError, export_hf, import_hf
 from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, UNK_ID, VOCAB_SIZE
 
 transformers = pytest.importorskip("transformers")
@@ -121,9 +121,16 @@ def test_export_of_trained_style_model_and_reimport(tmp_path):
         assert max_diff(back(idx).logits, ours(idx)[0][..., :VOCAB_SIZE]) < TOL
     again = import_hf(tmp_path / "x")
     assert again.config.vocab_size == VOCAB_SIZE  # 50260 rows are kept as they are
-    # the real rows survive exactly; the padded rows (never exported) come back as zeros
-    assert torch.equal(again.transformer.wte.weight[:VOCAB_SIZE], ours.transformer.wte.weight[:VOCAB_SIZE])
-    assert float(again.transformer.wte.weight.detach()[VOCAB_SIZE:].abs().sum()) == 0.0
+    # every tensor survives exactly, the padded rows too (they travel in owtgpt_padded_rows.safetensors)
+    want_state, got_state = ours.state_dict(), again.state_dict()
+    for key, value in got_state.items():  # the bias-free source comes back with zero biases
+        want = want_state[key] if key in want_state else torch.zeros_like(value)
+        assert torch.equal(value, want), key
+    # without that file (a folder transformers saved itself) the padded rows are zeros
+    (tmp_path / "x" / PADDED_ROWS_FILE).unlink()
+    plain = import_hf(tmp_path / "x")
+    assert torch.equal(plain.transformer.wte.weight[:VOCAB_SIZE], ours.transformer.wte.weight[:VOCAB_SIZE])
+    assert float(plain.transformer.wte.weight.detach()[VOCAB_SIZE:].abs().sum()) == 0.0
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_hf(ours, tmp_path / "x")
     export_hf(ours, tmp_path / "x", overwrite=True)
@@ -172,3 +179,11 @@ def test_sharded_safetensors_folder(tmp_path):
     idx = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         assert max_diff(ours(idx)[0][..., :1000], hf(idx).logits) < TOL
+
+
+def test_padded_rows_of_another_export_are_refused(tmp_path):
+    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=1000)), tmp_path / "a")
+    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16)), tmp_path / "b")
+    (tmp_path / "b" / PADDED_ROWS_FILE).replace(tmp_path / "a" / PADDED_ROWS_FILE)  # 44 rows, 24 needed
+    with pytest.raises(HFFormatError, match=PADDED_ROWS_FILE):
+        import_hf(tmp_path / "a")

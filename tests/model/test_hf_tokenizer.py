@@ -155,4 +155,5 @@ def test_other_vocabularies_get_no_tokenizer_files(tmp_path):
     for name in ("vocab.json", "tokenizer_config.json"):
         (tmp_path / name).write_text("{}")  # left by an earlier export of another model
     export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=1000)), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["config.json", "model.safetensors", "owtgpt_padded_rows.safetensors"]

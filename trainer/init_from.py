@@ -1,0 +1,237 @@
+"""``--init-from SOURCE``: start a fresh training run from existing weights (fine-tuning).
+
+Contract
+--------
+* SOURCE is tried in this order:
+  1. an owtgpt checkpoint file, or a run folder (one with ``checkpoints/``: its newest loadable
+     checkpoint), through :func:`model.checkpoint.load_model`;
+  2. a local Hugging Face GPT-2 folder (``config.json`` + weights), through
+     :func:`model.hf.import_hf`, the mapping of ``python -m model import-hf``;
+  3. otherwise a hub id (``gpt2``, ``gpt2-medium``, ``openai-community/gpt2``), loaded with
+     ``transformers.GPT2LMHeadModel.from_pretrained`` (downloaded once into the usual Hugging Face
+     cache) and mapped by :func:`model.hf.model_from_hf_state`, the same mapping.
+* Only the weights are taken. Optimizer, step, lr schedule and data stream start fresh (step 0,
+  ``--seed``). The model shape comes from the source: ``--n-layer``/``--n-head``/``--n-embd``/
+  ``--block-size`` may be given only with the source's values, ``--model`` is not used,
+  ``--dropout`` applies. Weights are trained in float32 whatever dtype the source stored.
+* The origin is recorded as ``init_from`` in ``config.json`` and in every checkpoint:
+  ``{"kind": "owtgpt" | "huggingface" | "hub", "source": absolute path or hub id,
+  "weights_sha256": ..., "checkpoint"/"source_step" (owtgpt) or "revision" (hub commit)}``.
+  ``weights_sha256`` hashes the loaded weights in owtgpt's layout (each tensor of the state dict
+  in name order: name, dtype, shape, bytes; ``lm_head`` is ``wte`` and not repeated), so it names
+  the weights whatever file format carried them.
+* ``--resume`` continues a fine-tuning run from its own checkpoints (model shape and ``init_from``
+  from them) and never reloads the source. ``--init-from`` with ``--resume`` is refused when
+  ``--out`` already holds checkpoints; in a folder without any it starts the fine-tune.
+See README.md, "Fine-tuning".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import CKPT_DIRNAME, CheckpointError, build_model, list_checkpoints, load_model
+from model.config import GPTConfig
+from model.gpt import GPT
+from trainer.config import ConfigError, TrainConfig, flag
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+class InitFromError(ConfigError):
+    """``--init-from`` names weights that cannot be used; the message names the source and the fix."""
+
+
+@dataclass
+class InitSource:
+    """Weights to start from, with the record of where they came from."""
+
+    model: GPT  # on the CPU, in the source's dtype
+    record: dict[str, Any]
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.config
+
+
+@dataclass
+class InitPlan:
+    """What ``train`` builds: the model config, the weights to load (None: random init or resume),
+    and the ``init_from`` record to write into ``config.json`` and every checkpoint."""
+
+    model_config: GPTConfig
+    source: InitSource | None = None
+    record: dict[str, Any] | None = None
+
+
+def weights_sha256(model: GPT) -> str:
+    """sha256 over the state dict in name order (name, dtype, shape, raw bytes), ``lm_head`` excepted."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name == "lm_head.weight":  # tied: the same tensor as transformer.wte.weight
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_owtgpt(path: Path, source: str) -> InitSource:
+    from pipeline.tokenizer import tokenizer_fingerprint
+
+    try:
+        model, ckpt = load_model(path)
+    except CheckpointError as e:
+        raise InitFromError(f"--init-from {source}: {e}") from e
+    fp = ckpt.get("tokenizer_fingerprint")
+    if fp is not None and fp != tokenizer_fingerprint():
+        raise InitFromError(
+            f"--init-from {source}: its model was trained with tokenizer {fp}, the shards here use "
+            f"{tokenizer_fingerprint()}; its token ids would mean other text"
+        )
+    record = {
+        "kind": "owtgpt",
+        "source": str(path.resolve()),
+        "checkpoint": str(Path(ckpt["checkpoint_path"]).resolve()),
+    }
+    if "step" in ckpt:
+        record["source_step"] = int(ckpt["step"])
+    return InitSource(model, record)
+
+
+def _load_hf_folder(path: Path, source: str) -> InitSource:
+    from model.hf import HFFormatError, import_hf
+
+    try:
+        model = import_hf(path)
+    except HFFormatError as e:
+        raise InitFromError(f"--init-from {source}: {e}") from e
+    return InitSource(model, {"kind": "huggingface", "source": str(path.resolve())})
+
+
+def _load_hub(hub_id: str) -> InitSource:
+    from model.hf import HFFormatError, model_from_hf_state
+
+    where = f"--init-from {hub_id}: no such local file or folder"
+    try:
+        import transformers
+    except ImportError as e:
+        raise InitFromError(
+            f"{where}; loading it from the Hugging Face hub needs `transformers` (pip install transformers), "
+            "or pass a local folder"
+        ) from e
+    try:
+        hf = transformers.GPT2LMHeadModel.from_pretrained(hub_id)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InitFromError(
+            f"{where}, and the Hugging Face hub could not provide it ({reason}). Check the path, or the hub "
+            "id and the network; a model downloaded once is then read from the Hugging Face cache"
+        ) from e
+    try:
+        model = model_from_hf_state(hf.config.to_dict(), hf.state_dict(), f"hub model {hub_id}")
+    except HFFormatError as e:
+        raise InitFromError(f"--init-from {hub_id}: {e}") from e
+    record: dict[str, Any] = {"kind": "hub", "source": hub_id}
+    revision = getattr(hf.config, "_commit_hash", None)
+    if revision:
+        record["revision"] = str(revision)
+    return InitSource(model, record)
+
+
+def load_source(source: str) -> InitSource:
+    """Load ``--init-from SOURCE`` (see the module docstring for the order); records its hash."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        init = _load_owtgpt(path, source)
+    elif path.is_dir():
+        if (path / CKPT_DIRNAME).is_dir():
+            init = _load_owtgpt(path, source)
+        elif (path / "config.json").is_file():
+            init = _load_hf_folder(path, source)
+        else:
+            raise InitFromError(
+                f"--init-from {source}: this folder is neither an owtgpt run (no {CKPT_DIRNAME}/) nor a "
+                "Hugging Face GPT-2 folder (no config.json)"
+            )
+    elif source.startswith((".", "/", "~")) or source.endswith(".pt") or source.count("/") > 1:
+        raise InitFromError(f"--init-from {source}: no such file or folder")
+    else:
+        init = _load_hub(source)
+    init.record["weights_sha256"] = weights_sha256(init.model)
+    return init
+
+
+def _check_shape(cfg: TrainConfig, have: GPTConfig, origin: str) -> None:
+    for name in SHAPE_FIELDS:
+        given = getattr(cfg, name)
+        if given is not None and given != getattr(have, name):
+            raise ConfigError(
+                f"{flag(name)} {given} conflicts with {origin}, whose model has {name} {getattr(have, name)}; "
+                f"the model shape comes from there: drop {flag(name)}"
+            )
+    if cfg.seq_len > have.block_size:
+        raise ConfigError(
+            f"--seq-len {cfg.seq_len} exceeds the context of {origin} ({have.block_size} tokens); "
+            f"pass --seq-len {have.block_size} or less"
+        )
+
+
+def _newest_run_state(out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, {"model_config", "init_from"}) of the newest checkpoint in ``out`` that opens; mmap'd,
+    so nothing but these two small entries is read."""
+    for path in list_checkpoints(out):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # the resume itself reports (and skips) unreadable checkpoints
+            continue
+        if isinstance(payload, dict) and "model_config" in payload:
+            return path, {"model_config": payload["model_config"], "init_from": payload.get("init_from")}
+    return None
+
+
+def plan(cfg: TrainConfig) -> InitPlan:
+    """The model config and initial weights of this run (see the module docstring)."""
+    checkpoints = list_checkpoints(cfg.out) if cfg.resume else []
+    if cfg.init_from is not None and checkpoints:
+        raise ConfigError(
+            f"--init-from {cfg.init_from} with --resume: --out {cfg.out} already holds checkpoints "
+            f"({checkpoints[0].name}), and --resume continues that run from them. Drop --init-from to "
+            "continue it, or start the fine-tune in another --out (or with --overwrite instead of --resume)"
+        )
+    if checkpoints:
+        state = _newest_run_state(cfg.out)
+        if state is not None and state[1]["init_from"] is not None:  # a fine-tune: its shape is its own
+            path, info = state
+            try:
+                have = GPTConfig.from_dict(dict(info["model_config"]))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}: invalid model_config: {e}") from e
+            _check_shape(cfg, have, f"the fine-tuning run in --out {cfg.out}")
+            return InitPlan(dataclasses.replace(have, dropout=cfg.dropout), record=info["init_from"])
+    if cfg.init_from is None:
+        return InitPlan(cfg.model_config())
+    source = load_source(cfg.init_from)
+    _check_shape(cfg, source.config, f"--init-from {cfg.init_from}")
+    model_config = dataclasses.replace(source.config, dropout=cfg.dropout)
+    return InitPlan(model_config, source=source, record=source.record)
+
+
+def initial_model(model_config: GPTConfig, source: InitSource) -> GPT:
+    """A float32 ``GPT`` of ``model_config`` holding a copy of the source's weights (on the CPU).
+
+    A copy: the source's tensors may be those of a live ``transformers`` model (hub path), which
+    training must not change in place."""
+    state = {
+        k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+        for k, v in source.model.state_dict().items()
+    }
+    return build_model(
+        {"model": state, "model_config": model_config.to_dict()}, f"--init-from {source.record['source']}"
+    )
