@@ -25,6 +25,14 @@ Data: shards built with ``pipeline.build.build_shards`` from ``../shared/corpora
 when both exist (``--source``), else ``--tokens`` random uint16 tokens in ``--shards`` shards written
 with :class:`pipeline.format.ShardWriter`; everything lives in a temp dir that is removed afterwards.
 
+Busy-consumer mode (``--busy-consumer``, CPU): the consumer's view of ``TokenSampler.batches()`` when
+the consumer is a training loop rather than an idle loop. Each step the consumer times ``_, x, y =
+next(it)`` (the trainer's line), then holds the GIL the way an eager step's launches do (``--ops``
+small torch ops in a Python loop, each dropping the GIL for an instant) and then waits with the GIL
+released, as ``loss.item()`` waits for the GPU (``--device-wait-ms``). Prefetch 0 and 2 alternate
+round by round in one process; the figure is the wait per ``next()`` and the ratio off / on. With a
+full queue the prefetched wait should be tens of microseconds, a fraction of one synchronous batch.
+
 CUDA mode (``--device cuda``): trains GPT-2 124M (``model.GPT``, bf16 autocast, fused AdamW) on the
 sampler's batches and reports the host time each step waits for its batch, with the prefetch thread
 on and off, as a share of step time (target < 1%). Each step ends with ``loss.item()`` (as a trainer
@@ -236,6 +244,62 @@ def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- busy consumer (CPU)
+
+
+def _busy_round(root: Path, args: argparse.Namespace, prefetch: int, acc: torch.Tensor) -> tuple[list, list]:
+    """One round of ``args.steps`` consumer steps; returns (wait per next() s, whole step s)."""
+    waits, steps = [], []
+    with TokenSampler(root, batch_size=args.batch_size, seq_len=args.seq_len, prefetch=prefetch) as s:
+        it = s.batches(0)
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            _, _x, _y = next(it)  # as the trainer does: rebinding frees the previous batch here
+            t1 = time.perf_counter()
+            for _ in range(args.ops):  # "launches": GIL held between ops, released inside each
+                acc.add_(1.0)
+            time.sleep(args.device_wait_ms / 1e3)  # "loss.item()": the GIL released while the GPU runs
+            if i >= args.warmup:
+                waits.append(t1 - t0)
+                steps.append(time.perf_counter() - t0)
+        it.close()
+    return waits, steps
+
+
+def bench_busy(args: argparse.Namespace, root: Path, what: str) -> dict:
+    acc = torch.zeros(64)
+    waits: dict[int, list[float]] = {0: [], 2: []}
+    steps: dict[int, list[float]] = {0: [], 2: []}
+    for _ in range(args.rounds):  # alternate, so both settings share the machine's load
+        for prefetch in (0, 2):
+            w, st = _busy_round(root, args, prefetch, acc)
+            waits[prefetch] += w
+            steps[prefetch] += st
+    res = {
+        f"prefetch={k}": {
+            "wait_ms_mean": 1e3 * statistics.mean(waits[k]), "wait_ms_median": 1e3 * statistics.median(waits[k]),
+            "wait_ms_p90": 1e3 * statistics.quantiles(waits[k], n=10)[-1],
+            "step_ms_mean": 1e3 * statistics.mean(steps[k]),
+        }
+        for k in (0, 2)
+    }
+    off, on = res["prefetch=0"], res["prefetch=2"]
+    table = Table(title=f"consumer wait per next(), busy consumer ({args.ops} small torch ops + "
+                        f"{args.device_wait_ms:g} ms GIL-free wait per step), B={args.batch_size} "
+                        f"T={args.seq_len}, {what}, {args.rounds} x {args.steps} steps each")
+    for col in ("prefetch", "wait ms mean", "median", "p90", "step ms"):
+        table.add_column(col, justify="right")
+    for k, r in res.items():
+        table.add_row(k, f"{r['wait_ms_mean']:.3f}", f"{r['wait_ms_median']:.3f}", f"{r['wait_ms_p90']:.3f}",
+                      f"{r['step_ms_mean']:.2f}")
+    console.print(table)
+    ratio = off["wait_ms_mean"] / on["wait_ms_mean"]
+    console.print(f"wait without / with prefetch = {ratio:.1f}x (mean), "
+                  f"{off['wait_ms_median'] / on['wait_ms_median']:.1f}x (median)")
+    return {"mode": "busy-consumer", "batch_size": args.batch_size, "seq_len": args.seq_len, "data": what,
+            "ops": args.ops, "device_wait_ms": args.device_wait_ms, "results": res, "wait_ratio": ratio}
+
+
 # ----------------------------------------------------------------------------- CUDA mode
 
 
@@ -299,12 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="timed training steps per setting (CUDA)")
     p.add_argument("--warmup", type=int, default=10, help="untimed training steps per setting (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--busy-consumer", action="store_true",
+                   help="CPU: time next() with a consumer that holds the GIL like an eager training step, "
+                        "prefetch 0 vs 2 (uses --steps, --warmup, --rounds, --ops, --device-wait-ms)")
+    p.add_argument("--ops", type=int, default=2000,
+                   help="busy consumer: small torch ops per step, standing in for kernel launches")
+    p.add_argument("--device-wait-ms", type=float, default=20.0,
+                   help="busy consumer: GIL-free wait per step, standing in for the GPU sync")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="owtgpt-bench-sampler-") as tmp:
         root, what = prepare(args, Path(tmp))
         warm(ShardDataset(root))
-        result = bench_cuda(args, root, what) if args.device == "cuda" else bench_cpu(args, root, what)
+        if args.busy_consumer:
+            result = bench_busy(args, root, what)
+        else:
+            result = bench_cuda(args, root, what) if args.device == "cuda" else bench_cpu(args, root, what)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

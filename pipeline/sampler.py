@@ -36,10 +36,12 @@ batch touches (see :mod:`pipeline.sampler_index`), then the uint16 -> int64 wide
   reads a half-overwritten buffer. The consumer's stream waits on the batch's event and the tensors
   are ``record_stream``-ed, so the caching allocator never recycles them early.
 
-``batches(start)`` runs the producer in a daemon thread that keeps up to ``prefetch`` batches in a
-``queue.Queue``; numpy and the copies release the GIL, so the next batch is prepared while the
-training step runs. Exceptions in the thread are re-raised in the consumer; ``close()`` (or leaving
-the ``with`` block, or closing the generator) stops the thread.
+``batches(start)`` runs the producer in a daemon thread that keeps up to ``prefetch`` batches ready;
+numpy and the copies release the GIL, so the next batch is prepared while the training step runs.
+The producer is woken only after ``next()`` has handed its batch over, and it frees the consumer's
+spent batches itself, so with a full queue ``next()`` never waits for the producer's GIL time
+(:class:`_Prefetcher` explains why both matter). Exceptions in the thread are re-raised in the
+consumer; ``close()`` (or leaving the ``with`` block, or closing the generator) stops the thread.
 
 **Every batch is checked** on the host before it goes anywhere: one ``max`` over the uint16 buffer;
 an id >= the shards' ``vocab_size`` (a corrupt payload whose headers passed) raises
@@ -61,6 +63,7 @@ the val split: the same set in every run and for every world size; rank ``r`` ta
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -171,14 +174,34 @@ _STOP = object()
 
 
 class _Prefetcher:
-    """A daemon thread producing consecutive steps into a bounded queue."""
+    """A daemon thread producing consecutive steps, at most ``depth`` batches ahead of the consumer.
+
+    Keeping the consumer's ``next()`` at tens of microseconds with a full queue takes two rules,
+    because any GIL release by the consumer while the producer is awake lets the producer take the
+    GIL, and since the producer's own GIL-free calls last microseconds it keeps re-taking it until
+    its batch is made: the consumer then waits for a whole production (what a
+    ``queue.Queue(maxsize=depth)`` did: 0.66 ms of 0.87 ms on an H200; ``bench/sampler.py
+    --busy-consumer`` reproduces it on CPU).
+
+    * The producer takes a credit from a semaphore before each batch; the consumer gives it back
+      with :meth:`release` only after the hand-off (CUDA ``wait_event`` and ``record_stream``
+      release the GIL), not inside :meth:`get`.
+    * Freeing tensors releases the GIL too, and a loop ``for step, x, y in batches`` frees the
+      previous batch right after ``next()`` returns, just after the producer was woken. So the
+      producer keeps a reference to the last batches handed out and drops the older ones itself
+      (:attr:`_handed`): the consumer's rebinding is then a mere decrement and the free happens in
+      this thread.
+    """
 
     def __init__(self, produce, start_step: int, depth: int, device: torch.device, hint=None):
         self._produce = produce
         self._hint = hint  # hint(step), after producing step: may start reading step + 1's pages
         self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # unbounded: the credits bound it
+        self._credits = threading.Semaphore(depth)
         self._stop = threading.Event()
+        # (x, y) of the batches handed out, newest last; appended by the consumer, trimmed here
+        self._handed: collections.deque[tuple[torch.Tensor, torch.Tensor]] = collections.deque()
         self._thread = threading.Thread(
             target=self._run, args=(start_step,), name="owtgpt-sampler-prefetch", daemon=True
         )
@@ -188,11 +211,18 @@ class _Prefetcher:
         try:
             if self._device.type == "cuda":
                 torch.cuda.set_device(self._device)  # the current device is per thread
-            while not self._stop.is_set():
+            while True:
+                self._credits.acquire()  # blocks while `depth` batches wait for the consumer
+                if self._stop.is_set():
+                    return
+                # keep the two newest: the consumer is using the newest and may still hold the one
+                # before (it rebinds its names only after next() returns); older ones are freed here
+                while len(self._handed) > 2:
+                    self._handed.popleft()
                 item = self._produce(step)
                 if self._hint is not None:  # the next batch's reads run while this one waits in the queue
                     self._hint(step)
-                self._queue.put(item)  # blocks while `depth` batches wait; stop() drains to release it
+                self._queue.put(item)
                 step += 1
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._queue.put(_Failure(e))
@@ -206,15 +236,20 @@ class _Prefetcher:
             raise RuntimeError("the sampler's prefetch thread was stopped (the sampler was closed)")
         return item
 
+    def release(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The consumer has handed ``x, y`` over: let the producer make one more (and free them later)."""
+        self._handed.append((x, y))
+        self._credits.release()
+
     def stop(self) -> None:
         self._stop.set()
-        # Drain so a producer blocked in put() wakes up, sees the flag and exits; it puts at most
-        # one more item (room is guaranteed by the drain), so join() returns.
-        while self._thread.is_alive():
-            self._drain()
-            self._thread.join(timeout=0.05)
+        # One spare credit: a producer waiting for one wakes, one mid-batch finds it after its put;
+        # either way it sees the flag and returns (puts never block: the queue is unbounded).
+        self._credits.release()
+        self._thread.join()
+        self._handed.clear()
         self._drain()
-        self._queue.put_nowait(_STOP)  # a get() after stop() raises instead of waiting forever
+        self._queue.put(_STOP)  # a get() after stop() raises instead of waiting forever
 
     def _drain(self) -> None:
         try:
@@ -405,12 +440,18 @@ class TokenSampler:
         self._prefetchers.add(pf)
         try:
             while True:
-                batch = pf.get()
-                x, y = self._handoff(batch)
-                yield batch.step, x, y
+                # no local names for the batch: a reference kept in this frame across the yield
+                # would be dropped inside the next next(), and freeing tensors releases the GIL
+                yield self._take(pf)
         finally:
             pf.stop()
             self._prefetchers.discard(pf)
+
+    def _take(self, pf: _Prefetcher) -> tuple[int, torch.Tensor, torch.Tensor]:
+        batch = pf.get()
+        x, y = self._handoff(batch)
+        pf.release(x, y)  # only now wake the producer (see _Prefetcher)
+        return batch.step, x, y
 
     def close(self) -> None:
         """Stop prefetch threads and release the staging buffers; idempotent."""

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -539,3 +540,39 @@ def test_willneed_hints_only_while_unhinted_gathers_wait_for_the_disk():
     assert not p.hint_next()  # a hinted batch says nothing about the cache
     p.observe(slow, rows, hinted=False)
     assert [p.hint_next() for _ in range(_ColdPages.PROBE_EVERY + 1)] == [True] * _ColdPages.PROBE_EVERY + [False]
+
+
+def test_prefetch_producer_stays_asleep_during_the_handoff_and_frees_spent_batches(data, monkeypatch):
+    """With prefetch=P the producer may start step k+P only after batch k was handed over (waking it
+    earlier made next() wait for its GIL time), and it, not the consumer, frees the consumer's spent
+    batches (freeing tensors releases the GIL right after next() in `for step, x, y in batches`)."""
+    root, _ = data
+    prefetch, n = 2, 12
+    s = TokenSampler(root, batch_size=2, seq_len=T, prefetch=prefetch)
+    started: list[int] = []
+    real_produce, real_handoff = s._produce, s._handoff
+
+    def produce(step):
+        started.append(step)
+        return real_produce(step)
+
+    def handoff(batch):
+        assert max(started) <= batch.step + prefetch - 1, (batch.step, started)
+        return real_handoff(batch)
+
+    monkeypatch.setattr(s, "_produce", produce)
+    monkeypatch.setattr(s, "_handoff", handoff)
+    freed_in: dict[int, str] = {}
+    it = s.batches(0)
+    x = y = None
+    for k in range(n):
+        step, x, y = next(it)  # rebinding drops the consumer's references to batch k-1
+        assert step == k
+        weakref.finalize(x, lambda k=k: freed_in.setdefault(k, threading.current_thread().name))
+    s.close()
+    # when batch m arrived the producer had already taken the credit of batch m-2, trimming its
+    # references to m-4 and older, which the consumer had dropped: so those were freed over there
+    for k in range(n - 4):
+        assert freed_in.get(k) == "owtgpt-sampler-prefetch", (k, freed_in)
+    assert max(started) <= n - 1 + prefetch
+    del x, y

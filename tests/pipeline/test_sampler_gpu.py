@@ -64,3 +64,27 @@ def test_device_widening_keeps_ids_above_int16():
     x, y = _widen_on(torch.from_numpy(buf).cuda())
     ref = torch.from_numpy(buf.astype(np.int64))
     assert x.is_cuda and torch.equal(x.cpu(), ref[:, :-1]) and torch.equal(y.cpu(), ref[:, 1:])
+
+
+def test_cuda_batches_freed_by_the_producer_while_the_consumer_stream_still_reads_them(root):
+    """The prefetch thread drops the consumer's spent batches (so the free happens off the consumer's
+    thread); the caching allocator must still not hand their memory to a later batch before the
+    consumer stream's queued kernels have read it (record_stream is what guarantees that)."""
+    import threading
+    import weakref
+
+    with TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=2) as gpu, \
+            TokenSampler(root, device="cpu", batch_size=8, seq_len=T, prefetch=0) as cpu:
+        it = gpu.batches(0)
+        sums, freed_in = [], {}
+        for k in range(24):
+            step, x, y = next(it)
+            torch.cuda._sleep(500_000)  # the reads below run long after the producer dropped x, y
+            sums.append((step, x.sum(), y.sum()))
+            weakref.finalize(x, lambda k=k: freed_in.setdefault(k, threading.current_thread().name))
+        del x, y
+        torch.cuda.synchronize()
+        for step, xs, ys in sums:
+            xc, yc = cpu.get_batch(step)
+            assert xs.item() == xc.sum().item() and ys.item() == yc.sum().item()
+    assert all(freed_in.get(k) == "owtgpt-sampler-prefetch" for k in range(20)), freed_in
