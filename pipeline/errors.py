@@ -1,12 +1,14 @@
 """How every owtgpt command fails: one stderr line that names the path or flag and the fix.
 
 Exit codes (README, "When things go wrong"): 0 ok, 1 data or input, 2 usage, 130 interrupted.
-A traceback is printed only with ``--debug`` or ``OWTGPT_DEBUG=1``. The entry points of
+A traceback is printed only with ``--debug`` or ``OWTGPT_DEBUG=1``. A closed stdout (``... | head``)
+ends the command quietly with exit 1, as Python's documentation recommends. The entry points of
 ``pipeline``, ``model`` and ``trainer`` all go through :func:`run_command`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -93,6 +95,14 @@ def run_command(
             traceback.print_exc()
         print(on_interrupt, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (`... | head`): nothing to report; point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time
+        if debug:
+            traceback.print_exc()
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_DATA
     except (UserError, *user_errors) as e:  # type: ignore[misc]
         if debug:
             traceback.print_exc()

@@ -448,7 +448,14 @@ def sniff_format(path: Path) -> str:
 
 def _suggest(kind: str) -> str:
     fmt = _FORMAT_OF_KIND.get(kind)
-    return f"; pass --source-format {fmt}" if fmt else "; check the file"
+    if fmt:
+        return f"; pass --source-format {fmt}"
+    suffix = {"zstd-compressed data": ".jsonl.zst", "gzip-compressed data": ".jsonl.gz"}.get(kind)
+    if suffix:
+        return f"; if it holds compressed JSON lines, name it *{suffix} and pass --source-format jsonl"
+    if kind == "xz-compressed data":
+        return "; if it is a Skylion subset file, pass --source-format skylion"
+    return "; check the file"
 
 
 def _looks_like(path: Path) -> str:
@@ -480,12 +487,15 @@ def _check_file_format(path: Path, fmt: str) -> None:
                           f"{kind}{_suggest(kind)}")
 
 
-def _refuse_mixed_folder(path: Path, found: dict[str, int]) -> None:
-    """An auto-detected folder must hold one kind of corpus file: never pick one and drop the rest."""
-    kinds = {k: n for k, n in found.items() if n}
+def _refuse_mixed_folder(path: Path, found: dict[str, tuple[str, int]]) -> None:
+    """An auto-detected folder must hold one kind of corpus file: never pick one and drop the rest.
+
+    ``found``: ``--source-format`` value -> (what its files are called, how many there are).
+    """
+    kinds = {fmt: (noun, n) for fmt, (noun, n) in found.items() if n}
     if len(kinds) > 1:
-        listing = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        choices = " or ".join(f"--source-format {k.split()[0]}" for k in kinds)
+        listing = ", ".join(f"{n} {noun}" + ("s" if n != 1 else "") for noun, n in kinds.values())
+        choices = " or ".join(f"--source-format {fmt}" for fmt in kinds)
         raise SourceError(f"{path}: holds more than one kind of corpus file ({listing}); pass {choices} "
                           "to read only that kind")
 
@@ -563,10 +573,10 @@ def open_source(
     tarball = path / SKYLION_TARBALL
     if fmt == "auto":
         _refuse_mixed_folder(path, {
-            "skylion files": len(subsets) + tarball.is_file(),
-            "parquet files": len(_walk_sorted(path, ["*.parquet"], exclude)),
-            "jsonl files": len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude)),
-            f"text files ({DEFAULT_TEXT_GLOB})": len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude)),
+            "skylion": ("Skylion file", len(subsets) + tarball.is_file()),
+            "parquet": ("parquet file", len(_walk_sorted(path, ["*.parquet"], exclude))),
+            "jsonl": ("jsonl file", len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude))),
+            "text": (f"{DEFAULT_TEXT_GLOB} file", len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude))),
         })
     if fmt in ("auto", "skylion"):
         if subsets:

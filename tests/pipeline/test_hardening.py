@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +21,7 @@ import zstandard
 from pipeline.format import MANIFEST_NAME, ShardDataset
 from pipeline.fsutil import LOCK_NAME
 from pipeline.tokenizer import EOT_ID, SOT_ID
-from tests.pipeline.cli_util import ENV, one_error_line, run_cli, snapshot, write_jsonl
+from tests.pipeline.cli_util import ENV, REPO, one_error_line, run_cli, snapshot, write_jsonl
 from tests.textgen import make_docs
 
 GPT2 = tiktoken.get_encoding("gpt2")
@@ -211,7 +213,9 @@ def test_mixed_folder_is_refused_listing_what_it_holds(tmp_path: Path) -> None:
     (folder / "c.txt").write_text(DOCS[5])
     before = snapshot(tmp_path)
     res = run_cli("build", folder, "--out", tmp_path / "s", *QUIET)
-    one_error_line(res, 1, str(folder), "1 parquet files", "1 jsonl files", "1 text files", "--source-format")
+    one_error_line(
+        res, 1, str(folder), "1 parquet file,", "1 jsonl file,", "1 *.txt file)", "--source-format text"
+    )
     assert snapshot(tmp_path) == before
     res = run_cli("build", folder, "--out", tmp_path / "s", "--source-format", "jsonl", *QUIET)
     assert res.returncode == 0, res.stderr
@@ -281,3 +285,44 @@ def test_debug_shows_the_traceback(tmp_path: Path, how: str) -> None:
     assert res.returncode == 1
     assert "Traceback" in res.stderr
     assert res.stderr.splitlines()[-1].startswith("build: error: ")
+
+
+def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
+    """``python -m pipeline show ... | head``: the reader going away is not an error worth a traceback."""
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in DOCS[:3]])
+    out = tmp_path / "s"
+    assert run_cli("build", src, "--out", out, *QUIET).returncode == 0
+    for args in (["show", out, "--doc", "0"], ["stats", out, "--json", "--no-progress"]):
+        r, w = os.pipe()
+        os.close(r)  # nobody will ever read: the first write fails with EPIPE, deterministically
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pipeline", *map(str, args)],
+                cwd=REPO,
+                env=ENV,
+                stdout=w,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            os.close(w)
+        for bad in (
+            "Traceback",
+            "Exception ignored",
+            "error",
+            "Broken pipe",
+        ):  # show's "from FILE" line is fine
+            assert bad not in proc.stderr, proc.stderr
+        assert proc.returncode == 1
+
+
+def test_mixed_folder_counts_each_kind(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.jsonl", "sub/b.jsonl.gz", "c.jsonl.zst"):
+        (folder / name).write_bytes(b"")
+    for name in ("x.txt", "sub/y.txt"):
+        (folder / name).write_text("doc")
+    res = run_cli("build", folder, "--out", tmp_path / "s", *QUIET)
+    one_error_line(res, 1, "(3 jsonl files, 2 *.txt files)", "--source-format jsonl or --source-format text")

@@ -189,7 +189,7 @@ def test_explicit_text_glob_wins_over_stray_data_files_in_auto_mode(tmp_path: Pa
     assert read_all(src)[0] == ["readme", "print(1)"]
     # with the default glob it is auto-detected by its data files, and two kinds of them are refused
     # (issue 11: reading the parquet alone silently dropped the jsonl), naming both and the flag
-    with pytest.raises(SourceError, match=r"1 parquet files, 1 jsonl files.*--source-format parquet or "
+    with pytest.raises(SourceError, match=r"1 parquet file, 1 jsonl file\).*--source-format parquet or "
                                           r"--source-format jsonl"):
         open_source(str(root))
     assert isinstance(open_source(str(root), source_format="parquet"), ParquetSource)
