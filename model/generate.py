@@ -11,6 +11,13 @@ Contract
   ``bench/generate.py``.
 * The cache is one preallocated ``(B, nh, max_len, hs)`` key and value tensor per layer, written in
   place, so a step costs no ``torch.cat`` reallocation (which would be O(T) copies per token).
+  ``cache_mode`` picks how a decode step runs (:mod:`model.kvcache`): ``"dynamic"`` attends to
+  exactly the cached prefix (eager); ``"static"`` uses fixed-shape steps over the whole buffer with
+  a mask and a device-side position (eager; the same kernels a graph captures); ``"graph"`` is
+  ``"static"`` with the step captured once as a CUDA graph and replayed per token. ``"auto"`` (the
+  default) is ``"graph"`` on CUDA, where batch-1 decoding is launch-bound, and ``"dynamic"``
+  elsewhere. Sampling runs outside the graph, so the samplers, their ``generator`` and the
+  window policy are the same in every mode.
 * **Context window policy.** Positions are learned, so the model never sees more than
   ``block_size`` tokens. When the sequence outgrows it, the window start jumps forward by
   ``block_size // 2`` (:func:`context_start`) and the cache is rebuilt by one prefill of the
@@ -27,63 +34,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
+from model.kvcache import CUDAGraphStep, KVCache, StaticKVCache
 from pipeline.tokenizer import EOT_ID, PAD_ID
 
 if TYPE_CHECKING:
     from model.gpt import GPT
 
 
-class KVCache:
-    """Per-layer keys and values of the tokens seen so far, preallocated to ``max_len`` positions.
+CacheMode = Literal["auto", "dynamic", "static", "graph"]
+CACHE_MODES = ("auto", "dynamic", "static", "graph")
 
-    ``pos`` is the number of cached positions. The model calls :meth:`attend` once per layer for a
-    chunk of T new tokens and :meth:`advance` (T) after the last layer. Tensors are allocated lazily
-    on the first write, with that write's batch size, dtype (bf16 under autocast) and device.
-    """
 
-    def __init__(self, n_layer: int, max_len: int):
-        if max_len < 1:
-            raise ValueError(f"KVCache max_len must be >= 1, got {max_len}")
-        self.max_len = max_len
-        self.pos = 0
-        self.k: list[torch.Tensor | None] = [None] * n_layer  # each (B, nh, max_len, hs)
-        self.v: list[torch.Tensor | None] = [None] * n_layer
-
-    def reset(self) -> None:
-        """Forget the cached positions (the buffers are kept and overwritten)."""
-        self.pos = 0
-
-    def advance(self, n: int) -> None:
-        self.pos += n
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T-1 and return attention for q (B, nh, T, hs)."""
-        B, nh, T, hs = k.shape
-        start, end = self.pos, self.pos + T
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append {T} at {start}")
-        ck, cv = self.k[layer], self.v[layer]
-        if ck is None or cv is None or ck.shape[0] != B or ck.shape[1] != nh or ck.device != k.device:
-            ck = self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
-            cv = self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
-        ck[:, :, start:end] = k
-        cv[:, :, start:end] = v
-        if start == 0:
-            # prefill: only the fresh keys exist, so this is exactly the training-path causal kernel
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        keys, values = ck[:, :, :end].to(q.dtype), cv[:, :, :end].to(q.dtype)  # (B, nh, end, hs)
-        if T == 1:
-            # one query at the newest position may attend to every cached key: no mask
-            return F.scaled_dot_product_attention(q, keys, values)
-        # chunk appended to a non-empty cache: query i (absolute start+i) sees keys 0..start+i.
-        # (is_causal=True would align the triangle top-left, which is wrong when T_q != T_k.)
-        mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(diagonal=start)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+def resolve_cache_mode(cache_mode: str, use_cache: bool, device: torch.device) -> str:
+    """``"none"`` without the cache, else the concrete mode ``cache_mode`` means on ``device``."""
+    if cache_mode not in CACHE_MODES:
+        raise ValueError(f"cache_mode must be one of {', '.join(CACHE_MODES)}, got {cache_mode!r}")
+    if not use_cache:
+        return "none"
+    if cache_mode == "auto":
+        return "graph" if device.type == "cuda" else "dynamic"
+    if cache_mode == "graph" and device.type != "cuda":
+        raise ValueError(f"cache_mode='graph' needs a CUDA device, got {device}; use 'static' or 'dynamic'")
+    return cache_mode
 
 
 def context_start(length: int, block_size: int) -> int:
@@ -171,6 +148,7 @@ def generate_stream(
     stop_at_eot: bool = True,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    cache_mode: CacheMode = "auto",
 ) -> Iterator[torch.Tensor]:
     """Yield the new token ids (B,) one step at a time; see the module docstring.
 
@@ -188,8 +166,9 @@ def generate_stream(
         raise ValueError(
             f"prompt ids must be in [0, {model.config.vocab_size}) (the model's vocab_size), got [{lo}, {hi}]"
         )
+    mode = resolve_cache_mode(cache_mode, use_cache, idx.device)
     # validation above runs at call time; the steps below run as the caller iterates
-    return _stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot, use_cache, generator)
+    return _stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot, mode, generator)
 
 
 def _stream(
@@ -200,7 +179,7 @@ def _stream(
     top_k: int | None,
     top_p: float | None,
     stop_at_eot: bool,
-    use_cache: bool,
+    mode: str,
     generator: torch.Generator | None,
 ) -> Iterator[torch.Tensor]:
     cfg = model.config
@@ -210,7 +189,11 @@ def _stream(
     seq[:, :T0] = idx
     length = T0
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-    cache = KVCache(cfg.n_layer, min(cfg.block_size, T0 + max_new_tokens)) if use_cache else None
+    max_len = min(cfg.block_size, T0 + max_new_tokens)
+    cache = (
+        None if mode == "none" else (KVCache if mode == "dynamic" else StaticKVCache)(cfg.n_layer, max_len)
+    )
+    graph: CUDAGraphStep | None = None  # captured at the first decode step, kept across re-prefills
     cached_from = -1  # window start the cache currently holds; -1: empty
     was_training = model.training
     model.eval()
@@ -226,9 +209,16 @@ def _stream(
                     cache.reset()  # prefill (first step, or after the window jumped)
                     h = model.hidden_states(seq[:, start:length], cache)
                     cached_from = start
+                elif mode == "graph":
+                    if graph is None:
+                        assert isinstance(cache, StaticKVCache)
+                        graph = CUDAGraphStep(model, cache, B, idx.device)
+                    logits = graph.step(seq[:, length - 1])  # (B, V_padded), a static buffer
+                    h = None
                 else:
                     h = model.hidden_states(seq[:, length - 1 : length], cache)  # (B, 1, C)
-                logits = model.lm_head(h[:, -1])  # (B, V_padded): only the last position is needed
+                if h is not None:
+                    logits = model.lm_head(h[:, -1])  # (B, V_padded): only the last position is needed
                 nxt = sample_next(logits, cfg.vocab_size, temperature, top_k, top_p, generator)
                 if stop_at_eot:
                     nxt = torch.where(finished, torch.full_like(nxt, PAD_ID), nxt)

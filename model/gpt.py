@@ -167,14 +167,14 @@ class GPT(nn.Module):
         """Final hidden states after ``ln_f``: idx (B, T) -> (B, T, C).
 
         With a ``cache``, ``idx`` are the tokens at positions ``cache.pos .. cache.pos+T-1``; their
-        keys/values are appended to the cache (see :class:`model.generate.KVCache`).
+        keys/values are appended to the cache (see :mod:`model.kvcache`).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         T = idx.size(1)
-        start_pos = 0 if cache is None else cache.pos
-        self._check_length(start_pos + T)
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        self._check_length(T if cache is None else cache.pos + T)
+        # (T,); a cache gives absolute positions (a static cache's decode step reads them on the device)
+        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T, idx.device)
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
         x = self.transformer.drop(tok_emb + pos_emb)

@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig
-from model.generate import KVCache, context_start, next_token_probs, sample_next
+from model.generate import (
+    KVCache,
+    context_start,
+    generate_stream,
+    next_token_probs,
+    resolve_cache_mode,
+    sample_next,
+)
+from model.kvcache import StaticKVCache
 from pipeline.tokenizer import EOT_ID, PAD_ID, VOCAB_SIZE
 
 
@@ -195,3 +203,133 @@ def test_bad_prompts_fail_at_call_time(tiny):
         tiny.generate_stream(torch.tensor([[5, VOCAB_SIZE]]), 3)  # no iteration needed
     with pytest.raises(ValueError, match="batch, time"):
         tiny.generate(torch.zeros(3, dtype=torch.long), 3)
+
+
+# ---------------------------------------------------------------------------- static cache (CUDA-graph ready)
+
+
+def stream(model: GPT, idx: torch.Tensor, n: int, mode: str, **kw) -> torch.Tensor:
+    kw = {"temperature": 0, "stop_at_eot": False, **kw}
+    return torch.cat([idx, torch.stack(list(generate_stream(model, idx, n, cache_mode=mode, **kw)), 1)], 1)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 17])
+def test_static_cache_greedy_equals_uncached(tiny, prompt_len):
+    torch.manual_seed(prompt_len)
+    idx = torch.randint(0, VOCAB_SIZE, (2, prompt_len))
+    assert torch.equal(stream(tiny, idx, 64, "static"), greedy(tiny, idx, 64, use_cache=False))
+
+
+def test_static_cache_past_the_context_window(short):
+    torch.manual_seed(2)
+    idx = torch.randint(0, VOCAB_SIZE, (1, 40))  # re-prefills every 16 tokens into the same buffers
+    assert torch.equal(stream(short, idx, 70, "static"), greedy(short, idx, 70, use_cache=False))
+
+
+def test_static_decode_step_reads_its_position_from_the_device(tiny):
+    """What a CUDA graph replays: the decode step's kernels must not depend on host values. Freeze
+    the host count (a replay runs no Python) and the step must still land each token at the right
+    position, i.e. match one causal pass over the whole sequence."""
+    torch.manual_seed(8)
+    idx = torch.randint(0, VOCAB_SIZE, (2, 20))
+    with torch.no_grad():
+        full = tiny.hidden_states(idx)
+        cache = StaticKVCache(tiny.config.n_layer, 24)
+        parts = [tiny.hidden_states(idx[:, :12], cache)]
+        frozen = cache.pos
+        for t in range(12, 20):
+            parts.append(tiny.hidden_states(idx[:, t : t + 1], cache))
+            cache.pos = frozen  # as after a replay: only the device position moved
+    assert int(cache.pos_t) == 20
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-5
+    # the unwritten tail of the buffer is masked out: filling it with huge values changes nothing
+    with torch.no_grad():
+        cache.pos = 20
+        want = tiny.hidden_states(idx[:, -1:], cache)
+        for buf in (*cache.k, *cache.v):
+            buf[:, :, 21:] = 1e4
+        cache.pos = 20
+        cache.pos_t.fill_(20)
+        assert torch.equal(tiny.hidden_states(idx[:, -1:], cache), want)
+
+
+def test_static_cache_sampling_matches_the_dynamic_cache(tiny):
+    """Sampling happens outside the cache: same generator seed, same draws, in every mode."""
+    idx = torch.randint(0, VOCAB_SIZE, (2, 5), generator=torch.Generator().manual_seed(9))
+    kw = dict(temperature=0.9, top_k=40, top_p=0.9)
+    runs = [stream(tiny, idx, 30, mode, generator=torch.Generator().manual_seed(3), **kw)
+            for mode in ("dynamic", "static")]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(stream(tiny, idx, 20, "static", top_k=1, temperature=1.5), greedy(tiny, idx, 20, True))
+
+
+def test_cache_mode_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_cache_mode("auto", True, cpu) == "dynamic"
+    assert resolve_cache_mode("auto", True, cuda) == "graph"
+    assert resolve_cache_mode("static", False, cuda) == "none"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_cache_mode("graph", True, cpu)
+    with pytest.raises(ValueError, match="cache_mode must be one of"):
+        resolve_cache_mode("fast", True, cpu)
+
+
+def test_graph_mode_bookkeeping_with_an_emulated_cuda_graph(short, monkeypatch):
+    """CUDAGraphStep's host-side logic on CPU: torch.cuda's graph API is replaced by an emulation
+    with CUDA-graph semantics (capture runs the Python but leaves no effect on the data; a replay
+    re-runs the captured kernels without any Python, so the host position stays put). Warm-up undo,
+    capture, per-token replay and the re-prefills after window jumps must give the uncached tokens."""
+    import contextlib
+
+    from model import generate as gen
+    from model.kvcache import CUDAGraphStep
+
+    caches: list[StaticKVCache] = []
+    steps: list[CUDAGraphStep] = []
+
+    class Graph:
+        def replay(self):
+            step = steps[-1]
+            pos = step.cache.pos
+            step.logits.copy_(step._forward())  # the kernels, with the host count frozen
+            step.cache.pos = pos
+
+    @contextlib.contextmanager
+    def capture(graph, capture_error_mode):
+        assert capture_error_mode == "thread_local"
+        cache = caches[-1]
+        saved = [t.clone() for t in (cache.pos_t, *cache.k, *cache.v)]
+        yield
+        for t, old in zip((cache.pos_t, *cache.k, *cache.v), saved, strict=True):
+            t.copy_(old)  # capturing launches nothing
+
+    class Stream:
+        def __init__(self, *a):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Recorded(StaticKVCache):
+        def __init__(self, *a):
+            super().__init__(*a)
+            caches.append(self)
+
+    class RecordedStep(CUDAGraphStep):
+        def __init__(self, *a):
+            steps.append(self)
+            super().__init__(*a)
+
+    monkeypatch.setattr(gen, "StaticKVCache", Recorded)
+    monkeypatch.setattr(gen, "CUDAGraphStep", RecordedStep)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    torch.manual_seed(2)
+    idx = torch.randint(0, VOCAB_SIZE, (2, 20))  # block 32: the window jumps at 33, 49, ...
+    with torch.no_grad():
+        out = list(gen._stream(short, idx, 60, 0, None, None, False, "graph", None))
+    assert len(steps) == 1 and len(caches) == 1  # one capture, kept across the re-prefills
+    assert torch.equal(torch.cat([idx, torch.stack(out, 1)], 1), greedy(short, idx, 60, use_cache=False))

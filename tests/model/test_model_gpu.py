@@ -42,3 +42,61 @@ def test_cached_greedy_equals_uncached_on_cuda(pair):
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------- CUDA-graph decoding
+
+
+def _stream(model: GPT, idx: torch.Tensor, n: int, mode: str, use_cache: bool = True, **kw) -> torch.Tensor:
+    from model.generate import generate_stream
+
+    kw = {"temperature": 0, "stop_at_eot": False, **kw}
+    new = list(generate_stream(model, idx, n, use_cache=use_cache, cache_mode=mode, **kw))
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1)
+
+
+@pytest.fixture()
+def exact_fp32():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # a trainer test may have turned TF32 on
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 9])
+def test_cuda_graph_greedy_equals_uncached_and_static(pair, exact_fp32, prompt_len):
+    _, gpu = pair
+    g = torch.Generator().manual_seed(prompt_len)
+    idx = torch.randint(0, VOCAB_SIZE, (2, prompt_len), generator=g).cuda()
+    graph = _stream(gpu, idx, 64, "graph")
+    assert torch.equal(graph, _stream(gpu, idx, 64, "auto", use_cache=False))
+    assert torch.equal(graph, _stream(gpu, idx, 64, "static"))  # the same kernels, eager
+    assert torch.equal(gpu.generate(idx, 64, temperature=0, stop_at_eot=False), graph)  # auto = graph
+
+
+def test_cuda_graph_past_the_context_window(exact_fp32):
+    """Window jumps re-prefill the same buffers eagerly; the captured step keeps working after them."""
+    torch.manual_seed(1)
+    short = GPT(GPTConfig.from_preset("tiny", n_layer=2, block_size=32)).cuda().eval()
+    idx = torch.randint(0, VOCAB_SIZE, (1, 40), generator=torch.Generator().manual_seed(2)).cuda()
+    assert torch.equal(_stream(short, idx, 70, "graph"), _stream(short, idx, 70, "auto", use_cache=False))
+
+
+def test_cuda_graph_sampling_matches_eager_draw_for_draw(pair, exact_fp32):
+    _, gpu = pair
+    idx = torch.randint(0, VOCAB_SIZE, (2, 5), generator=torch.Generator().manual_seed(4)).cuda()
+    kw = dict(temperature=0.9, top_k=40, top_p=0.9)
+    runs = [_stream(gpu, idx, 40, mode, generator=torch.Generator("cuda").manual_seed(7), **kw)
+            for mode in ("graph", "static", "graph")]  # fmt: skip
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_cuda_graph_under_bf16_autocast_equals_eager_static(pair):
+    """Captured with autocast's weight cache off (it would free casts the graph reads): the replayed
+    bf16 kernels must give the eager static step's tokens exactly."""
+    _, gpu = pair
+    idx = torch.randint(0, VOCAB_SIZE, (2, 9), generator=torch.Generator().manual_seed(5)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        graph = _stream(gpu, idx, 48, "graph")
+        eager = _stream(gpu, idx, 48, "static")
+    assert torch.equal(graph, eager)
