@@ -1,6 +1,7 @@
 # owtgpt: every target wraps a `python -m pipeline|model|trainer` command (see README.md).
 # Variables: SOURCE, OUT, WORKERS (shards); DATA, PRESET, NGPU, RESUME, RUN (train);
-# SOURCE, DATA, FT_RUN, RESUME (finetune: SOURCE is then the weights); CKPT, PROMPT (sample).
+# SOURCE, DATA, FT_RUN, RESUME (finetune: SOURCE is then the weights); CKPT, PROMPT (sample);
+# CKPT, TASKS, EVAL_ARGS (eval).
 
 PY      ?= .venv/bin/python
 VENV    ?= .venv
@@ -16,11 +17,13 @@ FT_RUN  ?= runs/finetune
 CKPT    ?= $(RUN)
 PROMPT  ?= The meaning of life is
 TRAIN_ARGS ?=
+TASKS   ?= hellaswag,lambada,wikitext2,wikitext103
+EVAL_ARGS ?=
 DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train finetune sample demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,6 +79,9 @@ finetune:  ## fine-tune SOURCE (run, .pt, HF folder or hub id like gpt2) on DATA
 
 sample:  ## generate from the newest checkpoint in RUN (or CKPT=path)
 	$(PY) -m model sample --checkpoint $(CKPT) --prompt "$(PROMPT)"
+
+eval:  ## zero-shot TASKS (comma list; default the GPT-2 paper's + hellaswag) on CKPT; EVAL_ARGS="--limit 100"
+	$(PY) -m model eval --checkpoint $(CKPT) --task $(TASKS) $(EVAL_ARGS)
 
 demo:  ## offline end to end on CPU: shards from DEMO_SOURCE, stats, train tiny, sample
 	$(PY) -m pipeline build $(DEMO_SOURCE) --out demo/shards --workers $(WORKERS) \

@@ -1,4 +1,4 @@
-"""``python -m model``: sample from a checkpoint, import/export Hugging Face GPT-2, show the presets.
+"""``python -m model``: sample, evaluate, import/export Hugging Face GPT-2, show the presets.
 
 Commands
 --------
@@ -8,6 +8,8 @@ Commands
   token *bytes* through an incremental UTF-8 decoder, so a character split across two BPE tokens is
   printed whole once its last byte arrives, never as a replacement glyph.
 * ``import-hf DIR --out CKPT`` / ``export-hf CKPT --out DIR``: see :mod:`model.hf`.
+* ``eval --checkpoint PATH --task TASK``: zero-shot HellaSwag / LAMBADA / WikiText, or a shard
+  folder's val split, scored as lm-evaluation-harness 0.4 scores them; see :mod:`model.evaluate`.
 * ``info [--checkpoint PATH]``: the presets (or one checkpoint) with parameter counts and
   training FLOPs per token (llm.c's 6N + 6LCT), computed on the meta device (no memory).
 """
@@ -29,6 +31,7 @@ from rich.table import Table
 from model.checkpoint import checkpoint_path, load_model, save_model
 from model.config import PRESETS, GPTConfig
 from model.gpt import GPT
+from pipeline.errors import UserError
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -235,6 +238,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.eval_tasks import TASKS, parse_tasks
+    from model.evaluate import results_table, run_tasks
+    from pipeline.errors import UsageError
+    from pipeline.fsutil import atomic_write_text
+    from pipeline.tokenizer import tokenizer_fingerprint
+
+    tasks = parse_tasks(args.task)
+    if args.data is not None and len(tasks) > 1:
+        raise UsageError(f"--data {args.data} is one task's file, but {len(tasks)} tasks were given; run one "
+                         "task per --data, or drop --data to read the hub datasets")  # fmt: skip
+    if "shards" in tasks and args.data is None:
+        raise UsageError("--task shards needs --data DIR, a shard folder written by `python -m pipeline build`")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be >= 1")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
+    device = _resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, map_location=device)
+    fp = ckpt.get("tokenizer_fingerprint")
+    if model.config.vocab_size != VOCAB_SIZE or (fp is not None and fp != tokenizer_fingerprint()):
+        raise UserError(f"{ckpt['checkpoint_path']}: not trained with the owtgpt tokenizer (vocab_size "
+                        f"{model.config.vocab_size}, tokenizer {fp}); the tasks' text would be misread")  # fmt: skip
+    model.eval()
+    to_stdout = args.json == "-"
+    console = _console(stderr=True)
+    results = run_tasks(model, tasks, data=args.data, limit=args.limit, batch_size=args.batch_size,
+                        autocast=lambda: _autocast(device, args.dtype), console=console)  # fmt: skip
+    _console(stderr=to_stdout).print(results_table(results, title=f"eval: {ckpt['checkpoint_path']}"))
+    if args.json is not None:
+        doc = {"checkpoint": ckpt["checkpoint_path"], "device": str(device), "limit": args.limit,
+               "tasks": {r.task: r.to_json() for r in results},
+               "sources": {t: str(args.data) if args.data is not None else TASKS[t].hub_path for t in tasks}}  # fmt: skip
+        text = json.dumps(doc, indent=2) + "\n"
+        if to_stdout:
+            sys.stdout.write(text)
+        else:
+            atomic_write_text(Path(args.json), text)
+    return 0
+
+
 # --------------------------------------------------------------------------------------- parser
 
 
@@ -332,6 +379,33 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", default=None, help="describe this checkpoint instead of the presets")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "eval",
+        help="zero-shot tasks (hellaswag, lambada, wikitext2/103) or a shard folder's val split",
+        description="Score a checkpoint as lm-evaluation-harness 0.4 does: hellaswag (acc, acc_norm), "
+        "lambada (acc, perplexity), wikitext2 / wikitext103 (word/byte perplexity, bits per byte), "
+        "shards (loss, perplexity, bits per byte of --data DIR's val split). Hub datasets load through "
+        "`datasets`; --data reads a local .jsonl/.parquet in the hub schema instead. See README.md.",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)"
+    )
+    p.add_argument(
+        "--task", action="append", required=True, metavar="TASK[,TASK...]",
+        help="hellaswag, lambada, wikitext2, wikitext103 or shards; repeat the flag or give a comma list",
+    )  # fmt: skip
+    p.add_argument("--data", default=None, help="local .jsonl/.parquet in the task's hub schema, or the shard "
+                   "folder of --task shards (one task only); default: the hub dataset")  # fmt: skip
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows of each task")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)")  # fmt: skip
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="also write the figures as JSON to PATH (stdout without PATH; the table then "
+                   "goes to stderr)")  # fmt: skip
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -343,5 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --num-samples must be >= 1")
     try:
         return int(args.func(args) or 0)
+    except UserError as e:  # the eval command's one-line errors (exit 2 for usage, 1 for data)
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"error: {e}") from e
