@@ -121,6 +121,12 @@ class TrainConfig:
     sample_every: int = field(default=1000, metadata=_h("log a generated text sample to TensorBoard every N steps (0 disables)"))
     sample_prompt: str = field(default="", metadata=_h("prompt of the text samples (empty: start from <|startoftext|>)"))
     sample_tokens: int = field(default=64, metadata=_h("tokens generated per text sample"))
+    eval_tasks: str = field(default="", metadata=_h("zero-shot tasks scored during training, comma-separated: hellaswag, lambada, wikitext2, "
+                                                     "wikitext103, shards (as `python -m model eval`; empty: none)"))
+    eval_tasks_every: int = field(default=0, metadata=_h("score --eval-tasks every N steps and at the end (0: with every --eval-every evaluation)"))
+    eval_tasks_limit: int | None = field(default=None, metadata=_h("score only the first N rows of each --eval-tasks task (default: all)"))
+    eval_tasks_data: Path | None = field(default=None, metadata=_h("local .jsonl/.parquet in the hub schema of the single --eval-tasks task "
+                                                                  "(default: the hub dataset; for shards: --data)"))
     peak_tflops: float | None = field(default=None, metadata=_h("peak TFLOP/s per device for MFU (default: looked up from the GPU name)"))
     progress: bool | None = field(default=None, metadata=_h("rich live display (default: on when stdout is a terminal)"))
     tensorboard: bool = field(default=True, metadata=_h("write TensorBoard scalars, text samples and profiles into --out"))
@@ -175,12 +181,41 @@ class TrainConfig:
         if self.preset == "finetune" and self.init_from is None and not self.resume:
             raise ConfigError("--preset finetune needs --init-from SOURCE, the weights to fine-tune "
                               "(a run folder, .pt checkpoint, Hugging Face folder or hub id such as gpt2)")
+        self._check_eval_tasks()
         if self.block_size is not None and self.seq_len > self.block_size:
             raise ConfigError(
                 f"--seq-len {self.seq_len} exceeds the model's context --block-size {self.block_size}; "
                 "lower --seq-len or raise --block-size"
             )
         self.grad_accum_steps(1)  # divisibility by micro_batch x T, before the world size is known
+
+    def eval_task_names(self) -> list[str]:
+        """The tasks of ``--eval-tasks`` in order (empty when none)."""
+        from model.eval_tasks import parse_tasks
+
+        return parse_tasks(self.eval_tasks) if self.eval_tasks.strip() else []
+
+    def _check_eval_tasks(self) -> None:
+        from pipeline.errors import UsageError
+
+        try:
+            names = self.eval_task_names()
+        except UsageError as e:
+            raise ConfigError(str(e).replace("--task", "--eval-tasks")) from e
+        if self.eval_tasks_every < 0:
+            raise ConfigError(f"--eval-tasks-every {self.eval_tasks_every} must be >= 0")
+        if self.eval_tasks_limit is not None and self.eval_tasks_limit < 1:
+            raise ConfigError(f"--eval-tasks-limit {self.eval_tasks_limit} must be >= 1")
+        if self.eval_tasks_data is not None:
+            self.eval_tasks_data = Path(self.eval_tasks_data)
+            if len(names) != 1:
+                raise ConfigError(
+                    f"--eval-tasks-data {self.eval_tasks_data} is the file of one task, but --eval-tasks names "
+                    f"{len(names)} ({self.eval_tasks!r}); give exactly one task with it"
+                )
+            if not self.eval_tasks_data.exists():
+                raise ConfigError(f"--eval-tasks-data {self.eval_tasks_data} does not exist; give a local "
+                                  ".jsonl/.parquet file (or a shard folder for shards)")
 
     # ------------------------------------------------------------------ derived values
 

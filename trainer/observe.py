@@ -10,6 +10,9 @@ Contract
   ``val/loss``, ``val/ppl``, ``lr``, ``grad_norm`` (pre-clip), ``tokens_per_s``, ``mfu``,
   ``step_time_ms``, ``gpu_peak_mem_gib``, ``bad_steps``; text ``sample``. On resume the writer
   purges events after the resumed step, so TensorBoard shows one clean curve.
+* ``--eval-tasks`` figures go to TensorBoard as ``val/<task>_<metric>`` (the ``val`` group, beside
+  ``val/loss``; a Custom Scalars layout puts them side by side), to metrics.jsonl as
+  ``{"step", "eval_tasks": {task: {metric: value, ...}}}`` and to the terminal.
 * ``metrics.jsonl``: one JSON object per step (and per eval), appended and flushed: the
   machine-readable record tests and scripts read. After a crash and resume a step can appear
   twice; readers keep the last line per step.
@@ -116,6 +119,7 @@ class Observer:
         self.progress = None
         self._task = None
         self._ema_ms: float | None = None
+        self._task_layout = False
         self._nsteps = 0
         if not enabled:
             return
@@ -200,6 +204,29 @@ class Observer:
             self.writer.add_scalar("val/ppl", perplexity(val_loss), step)
         self.info(f"step {step} | val loss {val_loss:.4f} | val ppl {perplexity(val_loss):,.2f}")
 
+    def eval_tasks(self, step: int, results: dict[str, dict[str, Any]]) -> None:
+        """``--eval-tasks`` figures: ``{task: {"n": N, metric: value, ...}}`` (from TaskResult.to_json)."""
+        if not self.enabled:
+            return
+        self._record({"step": step, "eval_tasks": results})
+        if self.writer is not None:
+            if not self._task_layout:  # one chart per task metric beside val/loss (Custom Scalars tab)
+                charts = {"val loss": ["Multiline", ["val/loss"]]}
+                for task, figures in results.items():
+                    for metric in figures:
+                        if metric not in ("n", "seconds") and not metric.endswith("_stderr"):
+                            charts[f"{task} {metric}"] = ["Multiline", [f"val/{task}_{metric}"]]
+                self.writer.add_custom_scalars({"eval": charts})
+                self._task_layout = True
+            for task, figures in results.items():
+                for metric, value in figures.items():
+                    if metric not in ("n", "seconds") and not metric.endswith("_stderr") and value is not None:
+                        self.writer.add_scalar(f"val/{task}_{metric}", value, step)  # the val/ group: next to val/loss
+        for task, figures in results.items():
+            shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items()
+                             if k not in ("n", "seconds") and not k.endswith("_stderr") and v is not None)
+            self.info(f"step {step} | {task} {shown} (n={figures['n']}, {figures.get('seconds', 0):.1f}s)")
+
     def sample(self, step: int, text: str) -> None:
         if not self.enabled:
             return
@@ -261,6 +288,20 @@ def read_metrics(path: str | os.PathLike[str]) -> tuple[dict[int, dict], dict[in
             rec = json.loads(line)
             if "val_loss" in rec:
                 val[rec["step"]] = rec["val_loss"]
+            elif "eval_tasks" in rec:
+                continue  # --eval-tasks records: read them with read_task_metrics
             else:
                 train[rec["step"]] = rec
     return train, val
+
+
+def read_task_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, dict[str, Any]]]:
+    """``{step: {task: figures}}`` of the ``--eval-tasks`` records in a metrics.jsonl (last line per step wins)."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                if "eval_tasks" in rec:
+                    out[rec["step"]] = rec["eval_tasks"]
+    return out

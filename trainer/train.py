@@ -70,6 +70,7 @@ class TrainResult:
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # completed step -> mean train loss
     val_losses: dict[int, float] = field(default_factory=dict)
+    task_metrics: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # step -> --eval-tasks figures
     bad_steps: int = 0
     stopped_by_signal: bool = False
     checkpoint: Path | None = None
@@ -133,6 +134,26 @@ def _evaluate(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> floa
     return float(total[0] / total[1])
 
 
+def _task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
+    """``--eval-tasks``: rows loaded (and checked) now, this rank's share of them; None without tasks."""
+    names = cfg.eval_task_names()
+    if not names:
+        return None
+    from model.evaluate import TaskEvaluator
+
+    data = cfg.eval_tasks_data if cfg.eval_tasks_data is not None else (cfg.data if names == ["shards"] else None)
+    return TaskEvaluator(names, data=data, limit=cfg.eval_tasks_limit, rank=env.rank, world_size=env.world_size,
+                         batch_size=cfg.micro_batch, vocab_size=model_config.vocab_size)
+
+
+def _evaluate_tasks(tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int) -> None:
+    """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks."""
+    out = tasks(model, autocast, all_reduce=lambda t: all_reduce_(t, env))
+    figures = {task: r.to_json() for task, r in out.items()}
+    result.task_metrics[step] = figures
+    obs.eval_tasks(step, figures)
+
+
 def _sample(model: GPT, cfg: TrainConfig, device: torch.device, autocast) -> str:
     """A text sample from the raw model with the KV cache; a private generator keeps the training RNG untouched."""
     enc = get_tokenizer()
@@ -183,13 +204,14 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     if cfg.eval_every > 0:
         val = ValWindows(dataset, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
                          batch_size=cfg.micro_batch, **sampler_kw)
+    tasks = _task_evaluator(cfg, env, model_config)
     try:
-        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init)
+        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks)
     finally:
         sampler.close()
 
 
-def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init) -> TrainResult:
+def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None) -> TrainResult:
     device = env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -295,15 +317,17 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
                 v = _evaluate(raw_model, val, autocast, env)
                 result.val_losses[0] = v
                 obs.eval(0, v)
+            if tasks is not None and start_step == 0:
+                _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, 0)
             _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast,
-                  stop, prof, obs, result, save, flops_per_token, peak, start_step)
+                  stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks)
     finally:
         obs.close()
     return result
 
 
 def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast, stop, prof,
-          obs, result, save, flops_per_token, peak, start_step) -> None:
+          obs, result, save, flops_per_token, peak, start_step, tasks=None) -> None:
     device = env.device
     batches = sampler.batches(start_step * grad_accum)
     consecutive_bad = 0
@@ -382,6 +406,9 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler
                 v = _evaluate(raw_model, val, autocast, env)
                 result.val_losses[step] = v
                 obs.eval(step, v)
+            tasks_every = cfg.eval_tasks_every or cfg.eval_every
+            if tasks is not None and ((tasks_every and step % tasks_every == 0) or finished):
+                _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, step)
             if env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
                 obs.sample(step, _sample(raw_model, cfg, device, autocast))
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now:
