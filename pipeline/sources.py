@@ -41,12 +41,12 @@ from typing import BinaryIO
 
 from pipeline.source_decode import (  # noqa: F401 - re-exported: the reading side's vocabulary
     SKYLION_POS_SHIFT,
-    UTF8_BOM,
     DecodedChunk,
     RawChunk,
     SourceError,
     decode_chunk,
 )
+from pipeline.source_sniff import check_file_format, looks_like, sniff_format, suggest_flag
 
 SOURCE_FORMATS = ("auto", "hub", "parquet", "jsonl", "text", "skylion")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".ndjson", ".ndjson.zst", ".ndjson.gz")
@@ -177,7 +177,7 @@ class JsonlSource(Source):
                 except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
                     raise SourceError(
                         f"{path}: corrupt or truncated compressed data after line {pos - line_no} "
-                        f"({type(e).__name__}: {e}){_looks_like(path)}; re-download or re-create the file"
+                        f"({type(e).__name__}: {e}){looks_like(path)}; re-download or re-create the file"
                     ) from e
                 if carry:
                     yield RawChunk("jsonl", carry, pos, 1, done_bytes + counter.pos, str(path), self.text_field,
@@ -284,7 +284,7 @@ class ParquetSource(Source):
             except (OSError, pa.ArrowException) as e:
                 kind = sniff_format(path)
                 if kind != "parquet":
-                    raise SourceError(f"{path}: not a parquet file: it looks like {kind}{_suggest(kind)}") from e
+                    raise SourceError(f"{path}: not a parquet file: it looks like {kind}{suggest_flag(kind)}") from e
                 raise SourceError(
                     f"{path}: cannot read parquet ({type(e).__name__}: {e}); the file is corrupt or "
                     "truncated. Re-download it."
@@ -405,88 +405,6 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.lower().endswith(JSONL_SUFFIXES)
 
 
-# leading bytes -> what the file is (checked in order)
-_MAGIC = (
-    (b"PAR1", "parquet"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
-    (b"\x1f\x8b", "gzip-compressed data"),
-    (b"\xfd7zXZ\x00", "xz-compressed data"),
-    (b"BZh", "bzip2-compressed data"),
-    (b"PK\x03\x04", "a zip archive"),
-)
-# what a sniffed kind should be read as
-_FORMAT_OF_KIND = {"parquet": "parquet", "JSON lines": "jsonl", "plain text": "text"}
-
-
-def sniff_format(path: Path) -> str:
-    """What ``path``'s first bytes say it is: ``parquet``, ``JSON lines``, ``plain text``, ``gzip-
-    compressed data``, ... (a phrase for messages; ``unreadable`` when it cannot be opened)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return "unreadable"
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    if not head:
-        return "an empty file"
-    if head[257:262] == b"ustar":
-        return "a tar archive"
-    first = head.removeprefix(UTF8_BOM).lstrip()[:1]
-    if first == b"{":
-        return "JSON lines"
-    if first == b"[":
-        return "JSON (one array, not JSON lines)"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not just a character cut at the 4096-byte boundary
-            return "binary data"
-    return "plain text"
-
-
-def _suggest(kind: str) -> str:
-    fmt = _FORMAT_OF_KIND.get(kind)
-    if fmt:
-        return f"; pass --source-format {fmt}"
-    suffix = {"zstd-compressed data": ".jsonl.zst", "gzip-compressed data": ".jsonl.gz"}.get(kind)
-    if suffix:
-        return f"; if it holds compressed JSON lines, name it *{suffix} and pass --source-format jsonl"
-    if kind == "xz-compressed data":
-        return "; if it is a Skylion subset file, pass --source-format skylion"
-    return "; check the file"
-
-
-def _looks_like(path: Path) -> str:
-    """`` (it looks like X)`` when the bytes of ``path`` contradict its suffix, else ``""``."""
-    name, kind = path.name.lower(), sniff_format(path)
-    expected = ("zstd-compressed data" if name.endswith(".zst") else "gzip-compressed data"
-                if name.endswith(".gz") else "xz-compressed data" if name.endswith(".xz") else None)
-    return f" (it looks like {kind}, not {expected})" if expected and kind != expected else ""
-
-
-def _check_file_format(path: Path, fmt: str) -> None:
-    """Refuse a single file whose bytes say it is not ``fmt``, naming what it appears to be."""
-    kind = sniff_format(path)
-    if kind in ("unreadable", "an empty file"):
-        return  # reading it reports the real problem (permission, or no documents)
-    if fmt == "parquet":
-        ok = kind == "parquet"
-    elif fmt == "jsonl":
-        hint = _looks_like(path)
-        if hint:
-            raise SourceError(f"{path}: cannot read it as jsonl{hint}{_suggest(kind)}")
-        ok = kind in ("JSON lines", "plain text", "zstd-compressed data", "gzip-compressed data")
-    elif fmt == "skylion":
-        ok = kind == "xz-compressed data"
-    else:  # text: any bytes are a document
-        ok = True
-    if not ok:
-        raise SourceError(f"{path}: not {'a ' + fmt if fmt != 'skylion' else 'an xz'} file: it looks like "
-                          f"{kind}{_suggest(kind)}")
-
-
 def _refuse_mixed_folder(path: Path, found: dict[str, tuple[str, int]]) -> None:
     """An auto-detected folder must hold one kind of corpus file: never pick one and drop the rest.
 
@@ -556,7 +474,7 @@ def open_source(
                     f"{path}: unsupported file type; expected .parquet, .jsonl[.zst|.gz], a Skylion "
                     "*_data.xz / openwebtext.tar.xz, or a folder"
                 )
-        _check_file_format(path, fmt)
+        check_file_format(path, fmt)
         if fmt == "parquet":
             return ParquetSource(path, [path], text_field)
         if fmt == "jsonl":

@@ -268,3 +268,33 @@ def test_open_source_errors() -> None:
     with pytest.raises(SourceError, match="--source-format"):
         open_source("x", source_format="csv")
     assert isinstance(open_source("someone/some-dataset"), HubSource)  # not loaded until read
+
+
+def test_sniff_format_recognises_files_written_by_their_own_libraries(tmp_path: Path) -> None:
+    import lzma
+
+    from pipeline.source_sniff import sniff_format
+
+    body = jsonl_bytes(DOCS[:3])
+    pq.write_table(pa.table({"text": DOCS[:3]}), tmp_path / "a.parquet")
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as tf:
+        info = tarfile.TarInfo("x.txt")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    files = {
+        "b.jsonl.gz": (gzip.compress(body), "gzip-compressed data"),
+        "c.jsonl.zst": (zstandard.ZstdCompressor().compress(body), "zstd-compressed data"),
+        "d_data.xz": (lzma.compress(body), "xz-compressed data"),
+        "e.jsonl": (b"\xef\xbb\xbf" + body, "JSON lines"),
+        "f.txt": ("naïve café\n".encode() * 3, "plain text"),
+        "g.bin": (bytes(range(256)) * 4, "binary data"),
+        "h.jsonl": (b"", "an empty file"),
+        "i.tar": (tar.getvalue(), "a tar archive"),
+        "j.json": (b'[{"text": "x"}]', "JSON (one array, not JSON lines)"),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert sniff_format(tmp_path / "a.parquet") == "parquet"
+    for name, (_, kind) in files.items():
+        assert sniff_format(tmp_path / name) == kind, name
