@@ -10,11 +10,14 @@ Contract
 * Attention goes through ``F.scaled_dot_product_attention(is_causal=True)``: on CUDA that is the
   fused flash / memory-efficient kernel, and the training path has no hand-written mask and no
   Python-level branching on data, so ``torch.compile`` captures it as one graph.
-* ``forward(idx, targets)`` returns logits over all ``padded_vocab_size`` columns and, given targets,
-  the mean cross-entropy in fp32. Targets are real ids (< ``vocab_size``), so the padded columns only
-  ever receive gradient pushing their logits down; that is harmless (they are masked out at sampling
-  time anyway) and keeps the loss a plain ``F.cross_entropy`` over a matmul-friendly width.
-  Target ``-1`` is ignored (nanoGPT's convention), for callers that mask positions.
+* ``forward(idx)`` returns ``(logits, None)``, logits over all ``padded_vocab_size`` columns.
+  ``forward(idx, targets)`` returns ``(None, loss)``: the mean cross-entropy in fp32, computed by
+  :func:`model.loss.linear_cross_entropy` in chunks of tokens, so the (B, T, V) logits are never built
+  and none outlive the call (at micro batch 32 they and their fp32 copies were ~20 GB). It equals
+  ``F.cross_entropy`` over the full logits. Targets are real ids (< ``vocab_size``), so the padded
+  columns only ever receive gradient pushing their logits down; that is harmless (they are masked out
+  at sampling time anyway) and keeps the LM head a matmul-friendly width. Target ``-1`` is ignored
+  (nanoGPT's convention), for callers that mask positions or pad a batch.
 * Initialisation is GPT-2's: every weight normal(0, 0.02), the two residual output projections
   (``attn.c_proj`` and ``mlp.c_proj``) normal(0, 0.02/sqrt(2*n_layer)) so the residual stream's
   variance does not grow with depth, biases zero, LayerNorm (1, 0).
@@ -32,6 +35,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.generate import KVCache, generate_stream
+from model.loss import linear_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -186,17 +190,15 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) int64 -> (logits (B, T, padded_vocab_size), mean CE loss in fp32 or None)."""
-        x = self.hidden_states(idx)
-        logits = self.lm_head(x)  # (B, T, V_padded)
-        loss = None
-        if targets is not None:
-            # fp32 softmax even under bf16 autocast: log-sum-exp over 50k columns loses digits in bf16
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-            )
-        return logits, loss
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx (B, T) int64 -> ``(logits (B, T, padded_vocab_size), None)``, or with targets (B, T)
+        ``(None, mean CE loss in fp32)``: the loss path never materialises the logits (see above)."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x), None  # (B, T, V_padded)
+        # fp32 log-sum-exp per chunk even under bf16 autocast: over 50k columns bf16 loses digits
+        loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        return None, loss
 
     # ------------------------------------------------------------------ generation
 

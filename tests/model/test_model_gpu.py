@@ -26,9 +26,36 @@ def test_bf16_autocast_loss_matches_fp32_cpu(pair):
     idx, targets = (torch.randint(0, VOCAB_SIZE, (4, 256), generator=g) for _ in range(2))
     _, want = cpu(idx, targets)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits, got = gpu(idx.cuda(), targets.cuda())
-    assert logits.dtype == torch.bfloat16 and got.dtype == torch.float32
+        logits, _ = gpu(idx.cuda())
+        no_logits, got = gpu(idx.cuda(), targets.cuda())
+    assert logits.dtype == torch.bfloat16 and got.dtype == torch.float32 and no_logits is None
     assert abs(got.item() - want.item()) < 0.02
+
+
+def test_chunked_loss_matches_full_logits_under_bf16_on_cuda():
+    """The fused chunked loss against torch's cross-entropy over the full bf16 logits, loss and grads."""
+    from model.loss import linear_cross_entropy
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    n, c, v = 4096, 256, 50304
+    h = torch.randn(n, c, device="cuda", generator=g, requires_grad=True)
+    w = (0.02 * torch.randn(v, c, device="cuda", generator=g)).requires_grad_()
+    t = torch.randint(0, v, (n,), device="cuda", generator=g)
+    t[::5] = -1
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want = torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-1)
+    want.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h, w, t, chunk_rows=1000)
+    got.backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+    # both sides round their matmuls to bf16; the chunked side sums its weight-gradient chunks in fp32
+    scale_h, scale_w = gh.abs().max().item(), gw.abs().max().item()
+    torch.testing.assert_close(h.grad, gh, rtol=2e-2, atol=1e-2 * scale_h)
+    torch.testing.assert_close(w.grad, gw, rtol=2e-2, atol=1e-2 * scale_w)
 
 
 def test_cached_greedy_equals_uncached_on_cuda(pair):
