@@ -57,6 +57,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # model.sdpa.CHOICES
 
 
 def flag(name: str) -> str:
@@ -114,6 +115,8 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_h("auto (CUDA when available), cpu or cuda"))
     precision: str = field(default="auto", metadata=_h("auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with GradScaler; CUDA only) or fp32"))
     compile: bool | None = field(default=None, metadata=_h("torch.compile the model (default: on for CUDA, off for CPU)"))
+    sdpa_backend: str = field(default="auto", metadata=_h("attention kernel: auto (CUDA: cuDNN on Hopper+, else flash, the first "
+                                                          "that runs; CPU: torch's choice), cudnn, flash, efficient or math"))
     # --- evaluation and logging
     eval_every: int = field(default=250, metadata=_h("evaluate on the fixed val windows every N steps and at the end (0 disables)"))
     eval_windows: int = field(default=512, metadata=_h("number of fixed val windows of --seq-len tokens"))
@@ -172,6 +175,8 @@ class TrainConfig:
             raise ConfigError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ConfigError(f"--sdpa-backend {self.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ConfigError(f"--peak-tflops {self.peak_tflops} must be > 0")
         if self.resume and self.overwrite:
@@ -385,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag(f.name), choices=PRECISIONS, help=help_text)
         elif f.name == "device":
             p.add_argument(flag(f.name), choices=DEVICES, help=help_text)
+        elif f.name == "sdpa_backend":
+            p.add_argument(flag(f.name), choices=SDPA_BACKENDS, help=help_text)
         else:
             metavar = {int: "N", float: "X", str: "TEXT", Path: "DIR"}[typ]
             p.add_argument(flag(f.name), type=typ, metavar=metavar, help=help_text)

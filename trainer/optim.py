@@ -7,8 +7,11 @@ Contract
   LayerNorm gains (decaying those only pulls them towards 0 for no regularisation benefit, as in
   nanoGPT/llm.c). Order inside each group is ``named_parameters`` order, so the optimizer's state
   indices are stable across processes (exact resume) and :func:`param_names` maps them back.
-* :func:`make_optimizer`: ``torch.optim.AdamW`` with ``fused=True`` on CUDA (one kernel for all
-  parameters instead of a multi-tensor loop) and the default foreach path on CPU.
+* :func:`make_optimizer`: ``torch.optim.AdamW`` with ``fused=True`` on CUDA and CPU (one kernel
+  for all parameters instead of a multi-tensor loop). Fused is also what lets the loop refuse a bad
+  update on the device: the kernel skips the update, moments and step count when the optimizer's
+  ``found_inf`` scalar is 1, so no host sync is needed to decide. CPU uses the same path, so the
+  CPU tests exercise it.
 * :func:`lr_at`: a pure function of the step, so a resumed run sets exactly the lr an
   uninterrupted run would have: ``lr * (step + 1) / warmup`` for ``step < warmup``, then cosine
   from ``lr`` to ``lr * min_lr_ratio`` at ``max_steps``; the floor holds past ``max_steps``.
@@ -49,8 +52,8 @@ def param_names(model: nn.Module) -> list[str]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, fused on CUDA. The lr is set per step by the loop."""
-    extra = {"fused": True} if device_type == "cuda" else {}
+    """AdamW over :func:`param_groups`, fused (CUDA and CPU). The lr is set per step by the loop."""
+    extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps, **extra,

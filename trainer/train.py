@@ -14,14 +14,26 @@ Contract
   from ``(seed, rank, s)`` each step. So a resumed run sees exactly the data, lr and dropout masks
   of an uninterrupted one (bit-identical on CPU fp32), with nothing to replay.
 * **Steps.** Loss is scaled by ``1/grad_accum``; DDP all-reduces gradients only on the last
-  micro-step (``no_sync``); the global norm is clipped to ``--grad-clip`` and the pre-clip value
-  logged. A non-finite loss or grad norm skips the update (grads zeroed, counted, logged); after
-  ``--max-bad-steps`` in a row :class:`NonFiniteError` names the step. Under fp16 an overflowing
-  *gradient* is the GradScaler's business (it skips and lowers the scale); only a non-finite
-  *loss* counts as bad there.
-* **Stopping.** SIGTERM/SIGINT set a flag; the current step completes, a checkpoint is written,
-  :func:`train` returns normally (exit 0). Ranks agree on the flag through the same all-reduce
-  that averages the loss, so no rank waits forever in a collective. A second SIGINT aborts at once.
+  micro-step (``no_sync``), into bucket views that are zeroed in place, never freed; the global norm
+  is clipped to ``--grad-clip`` and the pre-clip value logged. The loss never builds the (B, T, V)
+  logits (:mod:`model.loss`); eval runs the same (compiled) model on fixed-shape batches.
+* **Bad steps, without host syncs.** A non-finite loss or grad norm refuses the update *on the
+  device* (the fused AdamW's ``found_inf``: weights, moments and step count untouched), and is
+  counted and logged; after ``--max-bad-steps`` in a row :class:`NonFiniteError` names the step and
+  the step whose weights remain. Step s's scalars are read back while step s+1's forward/backward
+  runs and before its update is launched, so that statement is true when it is made; steps that
+  evaluate, sample or checkpoint read their own first. An update that leaves a weight non-finite
+  despite a finite loss and norm (an overflow; the config refuses the settings that cause one) stops
+  the run at once and is never saved. Under fp16 an overflowing *gradient* is the GradScaler's
+  business (it skips and lowers the scale); only a non-finite *loss* counts as bad there.
+* **Stopping.** SIGTERM/SIGINT set a flag; it reaches the device through a preallocated scalar and
+  the same all-reduce that averages the loss, so every rank learns of it at the same step; that step
+  and the one in flight complete, a checkpoint is written, and :func:`train` returns normally
+  (exit 0). A second SIGINT aborts at once. A rank that fails leaves the process group without
+  waiting for the others (:func:`trainer.dist.teardown`), so the job ends instead of hanging.
+* **Attention kernel.** ``--sdpa-backend`` (default ``auto``) is resolved once by
+  :func:`model.sdpa.choose_sdpa_backend` and held for training and eval; the choice is logged and
+  recorded in ``config.json``.
 * ``--init-from`` (:mod:`trainer.init_from`) replaces the random init by existing weights, and
   the model shape by theirs; everything else about the run is fresh.
 * Step numbers in logs, checkpoints and ``--debug-nan-at-step`` count *completed* optimizer steps
@@ -45,6 +57,8 @@ from torch import nn
 
 from model.checkpoint import clean_state_dict
 from model.gpt import GPT
+from model.loss import IGNORE_INDEX
+from model.sdpa import choose_sdpa_backend, sdpa_context
 from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.tokenizer import SOT_ID, decode, get_tokenizer, tokenizer_fingerprint
@@ -74,9 +88,10 @@ class TrainResult:
     bad_steps: int = 0
     stopped_by_signal: bool = False
     checkpoint: Path | None = None
-    tokens_per_s: float | None = None  # mean over this process's steps after warm-up
+    tokens_per_s: float | None = None  # tokens over time of this process's steps after warm-up
     mfu: float | None = None
     peak_mem_gib: float | None = None
+    sdpa_backend: str | None = None  # the attention kernel the run used (model.sdpa)
 
 
 def build_model(cfg: TrainConfig, model_config, device: torch.device, source=None) -> GPT:
@@ -119,16 +134,25 @@ class _StopFlag:
 
 
 def _evaluate(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> float:
-    """Mean loss over the fixed val windows, reduced over ranks (each window weighted equally)."""
+    """Mean loss over the fixed val windows, reduced over ranks (each window weighted equally).
+
+    Every batch has the training shape (micro_batch, T): a short last batch is padded with rows whose
+    targets are all -1 (ignored), so a compiled ``model`` runs one eval graph and never recompiles.
+    """
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=env.device)  # [sum of window losses, windows]
     with torch.no_grad():
         for x, y in val:
+            n = x.size(0)
+            if n < val.batch_size:
+                pad = val.batch_size - n
+                x = torch.cat([x, x.new_zeros(pad, x.size(1))])
+                y = torch.cat([y, y.new_full((pad, y.size(1)), IGNORE_INDEX)])
             with autocast():
-                _, loss = model(x, y)
-            total[0] += loss.double() * x.size(0)
-            total[1] += x.size(0)
+                _, loss = model(x, y)  # mean over the n real windows' tokens (all T of them count)
+            total[0] += loss.double() * n
+            total[1] += n
     all_reduce_(total, env)
     model.train(was_training)
     return float(total[0] / total[1])
@@ -162,7 +186,7 @@ def _sample(model: GPT, cfg: TrainConfig, device: torch.device, autocast) -> str
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     was_training = model.training
     model.eval()
-    with autocast():
+    with autocast(), sdpa_context("default"):  # cached attention with a mask: any kernel that takes one
         out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
     model.train(was_training)
     return decode(out[0, 1:].tolist(), enc)
@@ -265,11 +289,16 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
             del payload
 
     raw_model = model
-    fwd_model: nn.Module = torch.compile(model) if use_compile else model
+    compiled: nn.Module = torch.compile(model) if use_compile else model
+    fwd_model = compiled
     if env.distributed:
-        # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory)
+        # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory); the loop
+        # zeroes them in place (set_to_none=False) so the views survive from step to step
         fwd_model = nn.parallel.DistributedDataParallel(
-            fwd_model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+            compiled, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    eval_model = compiled  # eval runs compiled too (its own graph, fixed shape), never through DDP
+    sdpa = choose_sdpa_backend(cfg.sdpa_backend, device, amp_dtype or torch.float32, model_config.n_head,
+                               model_config.head_dim, cfg.seq_len, model_config.dropout)
 
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_tflops_for(device, cfg.peak_tflops)
@@ -277,7 +306,8 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
         write_run_info(cfg, {
             "model_config": model_config.to_dict(), "num_params": raw_model.num_params(non_embedding=False),
             "device": device_name(device), "world_size": env.world_size, "precision": precision,
-            "compile": use_compile, "grad_accum_steps": grad_accum, "flops_per_token": flops_per_token,
+            "compile": use_compile, "sdpa_backend": sdpa, "grad_accum_steps": grad_accum,
+            "flops_per_token": flops_per_token,
             "peak_tflops": peak, "dataset_fingerprint": dataset.dataset_fingerprint,
             "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
             "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
@@ -291,11 +321,13 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
     obs.info(
         f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else fresh}"
         f" | {raw_model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
-        f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | grad accum {grad_accum} | "
+        f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | attention kernel {sdpa} | "
+        f"grad accum {grad_accum} | "
         f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
     )
 
-    result = TrainResult(run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total)
+    result = TrainResult(run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total,
+                         sdpa_backend=sdpa)
 
     def save(step: int) -> None:
         if not env.is_main:
@@ -311,33 +343,122 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
         result.checkpoint = ckpt.save_checkpoint(cfg.out, step, payload, cfg.keep_last)
 
     try:
-        with _StopFlag(obs) as stop, make_profiler(cfg.profile, cfg.out, device, cfg.profile_wait,
-                                                   cfg.profile_active) as prof:
+        with sdpa_context(sdpa), _StopFlag(obs) as stop, make_profiler(
+                cfg.profile, cfg.out, device, cfg.profile_wait, cfg.profile_active) as prof:
             if val is not None and start_step == 0:
-                v = _evaluate(raw_model, val, autocast, env)
+                v = _evaluate(eval_model, val, autocast, env)
                 result.val_losses[0] = v
                 obs.eval(0, v)
             if tasks is not None and start_step == 0:
                 _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, 0)
-            _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast,
-                  stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks)
+            _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, scaler, sampler, val,
+                  autocast, stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks)
     finally:
         obs.close()
     return result
 
 
-def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler, val, autocast, stop, prof,
-          obs, result, save, flops_per_token, peak, start_step, tasks=None) -> None:
+class _Readback:
+    """One step's scalars, device -> host, without stalling the device.
+
+    ``put`` queues a copy into pinned host memory (non-blocking on CUDA) and records an event; ``get``
+    waits for that event only, not for the work queued after it, so reading step s's loss while step
+    s+1's forward/backward runs costs the device nothing. On CPU the copy is synchronous.
+    """
+
+    def __init__(self, device: torch.device, n: int):
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros(n, dtype=torch.float32, pin_memory=self.cuda)
+        self.event = torch.cuda.Event() if self.cuda else None
+
+    def put(self, t: torch.Tensor) -> None:
+        self.host.copy_(t, non_blocking=self.cuda)
+        if self.event is not None:
+            self.event.record()
+
+    def get(self) -> list[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
+def _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, scaler, sampler, val, autocast,
+          stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks=None) -> None:
+    """The steps. Nothing on the way to ``optimizer.step()`` waits for the device:
+
+    * the signal flag goes to the device by a fill kernel into a preallocated scalar, summed over
+      ranks in the same all-reduce as the loss;
+    * a non-finite loss or gradient norm refuses the update *on the device*: the flag is the fused
+      AdamW's ``found_inf``, so weights, moments and the step count stay as they were (under fp16 the
+      GradScaler does the same for an overflowing gradient);
+    * step s's loss, norm and flags are read back while step s+1's forward/backward runs, and before
+      step s+1's update is launched, so a run that must stop (a bad streak, a signal) stops with the
+      weights those flags describe. Steps that evaluate, sample or checkpoint read their own flags
+      first (and identically on every rank), so nothing unread is ever saved.
+    """
     device = env.device
     batches = sampler.batches(start_step * grad_accum)
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    stop_flag = torch.zeros((), device=device)  # 1 once this rank was signalled
+    found_inf = torch.zeros((), device=device)  # 1 = the fused AdamW refuses this step's update
+    if not scaler.is_enabled():
+        optimizer.found_inf = found_inf  # the GradScaler passes its own under fp16
+    readback = _Readback(device, 5)  # [mean loss, grad norm, bad, stop, weights non-finite]
     consecutive_bad = 0
-    timings: list[tuple[float, float | None]] = []  # (tokens/s, mfu) per step of this process
+    timings: list[float] = []  # seconds per step, as this process sees the steps complete
+    t_prev = time.perf_counter()
     nan = float("nan")
     step = start_step
+    pending: tuple[int, float] | None = None  # (step, lr) whose scalars wait in `readback`
+
+    def handle(done: int, lr: float) -> bool:
+        """Read back and log step ``done``; raise on a bad streak; True when some rank asked to stop."""
+        nonlocal consecutive_bad, t_prev
+        loss_f, norm_f, bad, stop_v, weights_bad = readback.get()
+        now = time.perf_counter()
+        dt, t_prev = now - t_prev, now
+        timings.append(dt)
+        tps = cfg.total_batch_tokens / dt
+        m = mfu(flops_per_token, tps / env.world_size, peak)
+        ok = bad == 0
+        if ok:
+            consecutive_bad = 0
+        else:
+            result.bad_steps += 1
+            consecutive_bad += 1
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        result.losses[done] = loss_f
+        result.final_step = done
+        obs.step(done, cfg.max_steps, {
+            "loss": loss_f, "lr": lr, "grad_norm": norm_f, "tokens_per_s": tps, "mfu": m,
+            "step_time_ms": 1000 * dt, "gpu_peak_mem_gib": peak_mem, "bad_steps": result.bad_steps,
+            "skipped": not ok,
+        })
+        if weights_bad:  # finite loss and grads, yet the update overflowed: nothing of it may be saved
+            raise NonFiniteError(
+                f"step {done}: the update made weights non-finite (loss {loss_f}, grad norm {norm_f}); "
+                f"they are not saved, the newest checkpoint is {result.checkpoint or 'none'}. Resume from "
+                "it with a lower --lr or a larger --eps."
+            )
+        if not ok:
+            obs.warn(f"step {done}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
+                     f"(loss {loss_f}, grad norm {norm_f}); update skipped "
+                     f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})")
+            if consecutive_bad >= cfg.max_bad_steps:
+                raise NonFiniteError(
+                    f"step {done}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
+                    f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
+                    f"{done - consecutive_bad}. Resume from the last checkpoint with a lower --lr, or "
+                    "check the data (`python -m pipeline verify`)."
+                )
+        return stop_v > 0
+
+    stop_now = False
     try:
         while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            set_lr(optimizer, lr_at(step, cfg))
+            lr = lr_at(step, cfg)
+            set_lr(optimizer, lr)
             if cfg.dropout > 0:
                 torch.manual_seed(_step_seed(cfg.seed, env.rank, step))
             inject_nan = cfg.debug_nan_at_step == step + 1
@@ -354,65 +475,56 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler
                         loss = loss * nan
                     scaler.scale(loss).backward()
                 loss_acc += loss.detach()
+            if pending is not None:  # the previous step's scalars, read while this step's work runs
+                stop_now = handle(*pending) or stop_now
+                pending = None
             if scaler.is_enabled():
                 scaler.unscale_(optimizer)
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-            # one collective per step: the mean loss over ranks and whether any rank was signalled
-            shared = torch.stack([loss_acc.float(), torch.tensor(float(stop.requested), device=device)])
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)  # pre-clip norm, a device scalar
+            if stop.requested:
+                stop_flag.fill_(1.0)
+            # one collective per step: the summed loss and whether any rank was signalled
+            shared = torch.stack([loss_acc.float(), stop_flag])
             all_reduce_(shared, env)
-            loss_f = float(shared[0]) / env.world_size
-            stop_now = bool(shared[1] > 0)
-            norm_f = float(norm)
-            ok = math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler.is_enabled())
-            if ok:
-                scaler.step(optimizer)  # a plain optimizer.step() when the scaler is disabled
+            loss_mean = shared[0] / env.world_size
+            bad = ~torch.isfinite(loss_mean)
+            if scaler.is_enabled():
+                scaler.step(optimizer)  # refuses an overflowing gradient's update on the device
                 scaler.update()
-                consecutive_bad = 0
             else:
-                result.bad_steps += 1
-                consecutive_bad += 1
-                if scaler.is_enabled():
-                    scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                bad = bad | ~torch.isfinite(norm)
+                found_inf.copy_(bad)
+                optimizer.step()
+            # one fused pass: a weight the update made non-finite makes its tensor's norm non-finite
+            weights_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(params)).sum())
+            optimizer.zero_grad(set_to_none=not env.distributed)
             step += 1
-            dt = time.perf_counter() - t0
-            tps = cfg.total_batch_tokens / dt
-            m = mfu(flops_per_token, tps / env.world_size, peak)
-            timings.append((tps, m))
-            peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            result.losses[step] = loss_f
-            result.final_step = step
-            obs.step(step, cfg.max_steps, {
-                "loss": loss_f, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm_f, "tokens_per_s": tps,
-                "mfu": m, "step_time_ms": 1000 * dt, "gpu_peak_mem_gib": peak_mem, "bad_steps": result.bad_steps,
-                "skipped": not ok,
-            })
-            if not ok:
-                obs.warn(f"step {step}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
-                         f"(loss {loss_f}, grad norm {norm_f}); update skipped "
-                         f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})")
-                if consecutive_bad >= cfg.max_bad_steps:
-                    raise NonFiniteError(
-                        f"step {step}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
-                        f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
-                        f"{step - consecutive_bad}. Resume from the last checkpoint with a lower --lr, or "
-                        "check the data (`python -m pipeline verify`)."
-                    )
+            readback.put(torch.stack([loss_mean, norm.float(), bad.float(), shared[1], weights_bad.float()]))
+            pending = (step, lr)
+            finished = step == cfg.max_steps
+            # rank-independent conditions: every rank reads its flags at the same steps
+            do_eval = val is not None and (step % cfg.eval_every == 0 or finished)
+            do_sample = bool(cfg.sample_every) and step % cfg.sample_every == 0
+            do_ckpt = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now
+            tasks_every = cfg.eval_tasks_every or cfg.eval_every
+            do_tasks = tasks is not None and ((tasks_every and step % tasks_every == 0) or finished)
+            if do_eval or do_tasks or do_sample or do_ckpt:
+                stop_now = handle(*pending) or stop_now
+                pending = None
             if prof is not None:
                 prof.step()
-            finished = step == cfg.max_steps
-            if val is not None and (step % cfg.eval_every == 0 or finished):
-                v = _evaluate(raw_model, val, autocast, env)
+            if do_eval:
+                v = _evaluate(eval_model, val, autocast, env)
                 result.val_losses[step] = v
                 obs.eval(step, v)
-            tasks_every = cfg.eval_tasks_every or cfg.eval_every
-            if tasks is not None and ((tasks_every and step % tasks_every == 0) or finished):
+            if do_tasks:
                 _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, step)
-            if env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+            if do_sample and env.is_main:
                 obs.sample(step, _sample(raw_model, cfg, device, autocast))
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now:
+            if do_ckpt or stop_now:
                 save(step)
+            if do_eval or do_tasks or do_sample or do_ckpt or stop_now:
+                t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving
             if stop_now:
                 result.stopped_by_signal = True
                 obs.info(f"stopped by signal after step {step}; checkpoint {result.checkpoint}")
@@ -420,16 +532,15 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, optimizer, scaler, sampler
     finally:
         with contextlib.suppress(Exception):
             batches.close()
-    _summarize(cfg, env, result, timings, obs)
+    _summarize(cfg, env, result, timings, flops_per_token, peak, obs)
 
 
-def _summarize(cfg, env, result: TrainResult, timings, obs: Observer) -> None:
+def _summarize(cfg, env, result: TrainResult, timings: list[float], flops_per_token, peak, obs: Observer) -> None:
     warm = min(3, len(timings) // 2)  # the first steps pay for compile and allocator warm-up
     steady = timings[warm:] or timings
-    if steady:
-        result.tokens_per_s = float(np.mean([t for t, _ in steady]))
-        ms = [m for _, m in steady if m is not None]
-        result.mfu = float(np.mean(ms)) if ms else None
+    if steady:  # total tokens over total time (not a mean of per-step rates, which over-weighs fast steps)
+        result.tokens_per_s = len(steady) * cfg.total_batch_tokens / sum(steady)
+        result.mfu = mfu(flops_per_token, result.tokens_per_s / env.world_size, peak)
     if env.device.type == "cuda":
         result.peak_mem_gib = torch.cuda.max_memory_allocated(env.device) / 2**30
     last_loss = result.losses.get(result.final_step)

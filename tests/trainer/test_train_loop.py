@@ -3,7 +3,9 @@ forward pass, protects run folders, and writes config.json, TensorBoard scalars/
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,79 @@ def test_resume_falls_back_past_a_truncated_newest_checkpoint(gen_shards: Path, 
     assert "step-00000004.pt could not be loaded" in err and "falling back to step-00000002.pt" in err
     assert (res.start_step, res.final_step) == (2, 4)
     assert torch.load(newest, weights_only=True)["step"] == 4  # rewritten whole
+
+
+def test_a_bad_streak_stops_with_the_weights_it_names(gen_shards: Path, tmp_path: Path, monkeypatch):
+    """Steps 3 and 4 get a NaN loss (the loss function is wrapped here, 2 micro-steps per step). Both
+    updates are refused on the device, so the step-3 checkpoint holds step 2's weights, and the error
+    at step 4 (read back before step 5's update is launched) names step 2 truthfully."""
+    import model.gpt
+
+    real = model.gpt.linear_cross_entropy
+    calls = {"n": 0}
+
+    def nan_on_steps_3_and_4(*args, **kwargs):
+        step = calls["n"] // 2 + 1  # 2 micro-steps per optimizer step, no eval
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if step in (3, 4) else loss
+
+    monkeypatch.setattr(model.gpt, "linear_cross_entropy", nan_on_steps_3_and_4)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"step 4: 2 consecutive.*the weights are those of step 2"):
+        run(gen_shards, out, "--max-steps", "8", "--ckpt-every", "1", "--eval-every", "0", "--max-bad-steps", "2")
+    s2, s3 = _weights(out, 2), _weights(out, 3)
+    for k in s2["model"]:
+        assert torch.equal(s2["model"][k], s3["model"][k]), k
+    assert s3["counters"]["bad_steps"] == 1
+    assert not checkpoint_path(out, 4).exists()  # the failing step's read-back came before its save
+    assert calls["n"] == 8  # steps 1-4 ran; step 5's forward never started
+
+
+def test_an_update_that_makes_weights_non_finite_is_never_saved(gen_shards: Path, tmp_path: Path, monkeypatch):
+    """An infinite learning rate from step 2 on (patched in here: the config refuses --lr inf) gives a
+    finite loss and gradient norm but non-finite weights: the run stops at step 2 and saves nothing of it."""
+    import trainer.train
+
+    real = trainer.train.lr_at
+    monkeypatch.setattr(trainer.train, "lr_at", lambda step, cfg: math.inf if step >= 1 else real(step, cfg))
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"step 2: the update made weights non-finite.*step-00000001\.pt"):
+        run(gen_shards, out, "--max-steps", "4", "--ckpt-every", "1", "--eval-every", "0")
+    assert not checkpoint_path(out, 2).exists()
+    s1 = _weights(out, 1)
+    assert all(torch.isfinite(t).all() for t in s1["model"].values())
+
+
+def test_eval_pads_the_last_batch_and_weighs_every_window_once(gen_shards: Path):
+    """5 windows in batches of 2: the last batch is padded to 2 rows of ignored targets; the result is
+    the plain mean of the 5 windows' losses computed here with torch's cross-entropy on full logits."""
+    import torch.nn.functional as F
+
+    from pipeline.sampler import ValWindows
+    from trainer.dist import DistEnv
+    from trainer.train import _evaluate
+
+    torch.manual_seed(0)
+    from model.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig.from_preset("tiny", n_layer=2, n_head=2, n_embd=32))
+    val = ValWindows(gen_shards, seq_len=32, num_windows=5, batch_size=2)
+    seen: list[tuple[int, ...]] = []
+    real_forward = model.forward
+
+    def spy(x, y=None):
+        seen.append(tuple(x.shape))
+        return real_forward(x, y)
+
+    model.forward = spy
+    got = _evaluate(model, val, contextlib.nullcontext, DistEnv())
+    assert seen == [(2, 32)] * 3  # fixed shape: the 5th window's batch was padded
+    model.forward = real_forward
+    losses = []
+    with torch.no_grad():
+        for x, y in val:
+            logits, _ = model(x)
+            losses += [F.cross_entropy(logits[i], y[i]).item() for i in range(x.size(0))]
+    assert len(losses) == 5
+    assert got == pytest.approx(sum(losses) / 5, rel=1e-6)

@@ -42,7 +42,39 @@ def test_optimizer_is_adamw_with_config(model: GPT):
     opt = make_optimizer(model, cfg, "cpu")
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6
-    assert not opt.defaults.get("fused")  # fused is requested only on CUDA
+    assert opt.defaults.get("fused")  # fused on CPU too: the loop's device-side skip needs found_inf
+
+
+def test_fused_adamw_found_inf_refuses_the_whole_update(model: GPT):
+    """The loop's device-side skip: with ``found_inf`` = 1 weights, moments and the step count stay put;
+    with 0 the update equals a plain (unfused, for-loop) AdamW's."""
+    torch.manual_seed(1)
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    ref = GPT(model.config)
+    ref.load_state_dict(model.state_dict())
+    opt, ref_opt = make_optimizer(model, cfg, "cpu"), torch.optim.AdamW(
+        param_groups(ref, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False)
+    found_inf = torch.zeros(())
+    opt.found_inf = found_inf
+    idx = torch.randint(0, 50000, (2, 16))
+    for m in (model, ref):
+        m(idx, idx)[1].backward()
+    for o in (opt, ref_opt):
+        for g in o.param_groups:
+            g["lr"] = cfg.lr
+    opt.step()
+    ref_opt.step()
+    for (name, a), b in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    found_inf.fill_(1.0)
+    opt.step()  # same gradients again, but refused
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    for p, m in zip(model.parameters(), moments, strict=True):
+        assert torch.equal(opt.state[p]["exp_avg"], m) and opt.state[p]["step"].item() == 1
+    opt.zero_grad()
 
 
 def test_schedule_warmup_cosine_floor():
