@@ -132,3 +132,44 @@ def test_killed_build_releases_the_lock_and_the_rerun_completes(tmp_path: Path) 
     for n in names:
         assert (out / n).read_bytes() == (clean / n).read_bytes(), n
     assert os.path.exists(out / MANIFEST_NAME)
+
+
+def test_two_builds_started_together_exactly_one_succeeds(tmp_path: Path) -> None:
+    """Issue 11: both used to exit 0 while the folder held one corpus. Whichever wins, the other is
+    refused (by the lock while the winner runs, or by the settings check once it has finished)."""
+    docs = {k: make_docs(80, seed=s, max_words=120) for k, s in (("a", 41), ("b", 42))}
+    srcs = {k: write_jsonl(tmp_path / f"{k}.jsonl", [{"text": d} for d in v]) for k, v in docs.items()}
+    out = (tmp_path / "shards").resolve()
+    procs = {
+        k: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "build",
+                str(src),
+                "--out",
+                str(out),
+                *FLAGS,
+                "--workers",
+                "1",
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, src in srcs.items()
+    }
+    results = {k: (p.wait(timeout=300), p.communicate()[1]) for k, p in procs.items()}
+    winners = [k for k, (rc, _) in results.items() if rc == 0]
+    assert len(winners) == 1, results
+    (loser,) = set(results) - set(winners)
+    rc, err = results[loser]
+    assert rc == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "another build" in err or "different settings" in err, err
+    assert run_cli("verify", out, "--no-progress").returncode == 0
+    ds = ShardDataset(out)
+    assert ds.manifest.source == f"jsonl:{srcs[winners[0]].resolve()}"
+    assert ds.num_docs("train") + ds.num_docs("val") == len(docs[winners[0]])
