@@ -15,10 +15,18 @@ Contract
   first, with a warning naming each one it skipped.
 * State dicts of ``torch.compile``'d or DDP-wrapped models (``_orig_mod.``/``module.`` prefixes)
   are accepted: the prefixes are stripped, and :func:`save_model` unwraps before saving.
+* **Only finite weights.** :func:`write_checkpoint` (the one writer, used by the trainer too)
+  refuses a state dict holding a NaN/inf (one fused max-abs over all tensors, on the save path
+  only), and :func:`load_model` refuses one naming the first bad tensor (a run directory falls
+  back to its newest finite checkpoint). A write that fails (full disk, read-only folder, a
+  second Ctrl-C) leaves the previous file and no temp file, and surfaces the *cause*
+  (``OSError``/``KeyboardInterrupt``) instead of torch's zip-writer error chained onto it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import warnings
@@ -41,6 +49,75 @@ T = TypeVar("T")
 
 class CheckpointError(ValueError):
     """A checkpoint file or run directory that cannot be loaded; the message names the path."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A state dict holds NaN/inf values: it is never written, and never loaded for use."""
+
+
+def first_nonfinite(state: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding a NaN/inf, else None.
+
+    One fused ``_foreach_norm(ord=inf)`` (max |x| per tensor; NaN propagates, finite values cannot
+    overflow) and one host sync over the whole state; names are looked up only on failure.
+    """
+    items = [(k, v) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not items or items[0][1].device.type == "meta":
+        return None
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, v) in enumerate(items):
+        by_device.setdefault(v.device, []).append(i)
+    bad: list[int] = []
+    for idx in by_device.values():
+        norms = torch._foreach_norm([items[i][1] for i in idx], float("inf"))
+        ok = torch.stack([n.float() for n in norms]).isfinite()
+        if not bool(ok.all()):
+            bad += [idx[j] for j in torch.nonzero(~ok).flatten().tolist()]
+    return items[min(bad)][0] if bad else None
+
+
+def check_finite(state: dict[str, Any], what: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``what`` and the first non-finite tensor."""
+    name = first_nonfinite(state)
+    if name is not None:
+        raise NonFiniteWeightsError(f"{what}: tensor {name} holds NaN or inf values (the weights diverged)")
+
+
+def _cause(e: BaseException) -> BaseException | None:
+    """A KeyboardInterrupt or OSError in ``e``'s chain (torch's zip writer wraps them in RuntimeError)."""
+    seen: set[int] = set()
+    c: BaseException | None = e
+    while c is not None and id(c) not in seen:
+        if isinstance(c, (KeyboardInterrupt, OSError)):
+            return c
+        seen.add(id(c))
+        c = c.__cause__ or c.__context__
+    return None
+
+
+def write_checkpoint(path: str | os.PathLike[str], obj: dict[str, Any]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, only when ``obj["model"]`` is all finite.
+
+    On failure the previous file at ``path`` is untouched and the temp file is gone; the error
+    raised is the cause: :class:`NonFiniteWeightsError`, the ``OSError`` (with ``path`` as its
+    filename, so :func:`pipeline.errors.describe_oserror` names it) or ``KeyboardInterrupt``.
+    """
+    path = Path(path)
+    check_finite(obj.get("model", {}), f"refusing to write {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as f:
+            torch.save(obj, f)
+    except BaseException as e:
+        cause = _cause(e)
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # a second Ctrl-C: no chained torch traceback
+        if isinstance(cause, OSError):
+            if cause.filename is None:
+                cause.filename = str(path)
+            raise cause from None
+        raise
+    return path
 
 
 def checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:
@@ -132,10 +209,7 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, extra: dict[str, 
     if clash:
         raise ValueError(f"extra must not override the checkpoint keys {sorted(clash)}")
     ckpt = {"model": base.state_dict(), "model_config": base.config.to_dict(), **extra}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        torch.save(ckpt, f)
+    write_checkpoint(path, ckpt)
 
 
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> GPT:
@@ -165,31 +239,72 @@ def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> GPT:
     return model
 
 
-def _load_file(path: Path, map_location: Any) -> tuple[GPT, dict[str, Any]]:
+_UNSAFE_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_error_reason(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in owtgpt's words.
+
+    torch's own message advises retrying with ``weights_only=False``: wrong for an untrusted file
+    (that would run its code), so it is never relayed.
+    """
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            return f"{path}: the file is empty (0 bytes): a copy or download that never finished"
+    text = str(e)
+    unsafe = _UNSAFE_RE.search(text)
+    if unsafe or "weights_only" in text.replace(" ", "_").lower() or "Weights only load failed" in text:
+        what = f"an object of type {unsafe.group(1)}" if unsafe else "objects other than tensors and plain values"
+        return (f"{path}: unsafe to load: it holds {what}, and owtgpt loads only tensors and plain "
+                "containers (a pickle can run code); it is not an owtgpt checkpoint")
+    first = text.splitlines()[0].split(". ")[0][:160] if text.strip() else "no detail"
+    return f"{path}: not an owtgpt checkpoint, or truncated/corrupt (torch.load: {type(e).__name__}: {first})"
+
+
+def torch_load_weights(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; a failure is a :class:`CheckpointError` (see :func:`load_error_reason`)."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except Exception as e:  # truncated zip, wrong format, non-weights-only pickle, ...
-        raise CheckpointError(f"{path}: cannot be loaded with torch.load(weights_only=True): {e}") from e
+    except Exception as e:  # truncated zip, wrong format, non-weights-only pickle, empty file, ...
+        raise CheckpointError(load_error_reason(path, e)) from None
+
+
+def _load_file(path: Path, map_location: Any) -> tuple[GPT, dict[str, Any]]:
+    ckpt = torch_load_weights(path, "cpu" if str(map_location) != "meta" else "meta")
     model = build_model(ckpt, str(path))
-    return model, {**ckpt, "checkpoint_path": str(path)}
+    check_finite(model.state_dict(), f"{path}: not usable")
+    # keep only the weights (now in ``model``) and the metadata: the optimizer state of a training
+    # checkpoint is twice the model's size and no use to sampling or export
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    del ckpt
+    if str(map_location) not in ("cpu", "meta"):
+        model = model.to(map_location)
+    return model, {**meta, "checkpoint_path": str(path)}
+
+
+def _warn_runtime(msg: str) -> None:
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
 def load_model(
-    path_or_run_dir: str | os.PathLike[str], map_location: Any = "cpu"
+    path_or_run_dir: str | os.PathLike[str], map_location: Any = "cpu", warn: Callable[[str], None] = _warn_runtime
 ) -> tuple[GPT, dict[str, Any]]:
     """Load ``(model, checkpoint dict)`` from a ``.pt`` file or a run directory's newest good checkpoint.
 
-    The returned dict is the checkpoint plus ``"checkpoint_path"`` (the file actually loaded). On a
-    run directory, checkpoints that fail to load are skipped with a ``warnings.warn``; if none
-    loads, :class:`CheckpointError` lists every failure.
+    The file is always read on the CPU and the model moved to ``map_location`` afterwards, so a
+    training checkpoint's optimizer state never reaches the device. The returned dict is the
+    checkpoint's metadata (no weights, no optimizer state) plus ``"checkpoint_path"`` (the file
+    actually loaded). Non-finite weights are refused naming the tensor. On a run directory,
+    checkpoints that fail to load are skipped through ``warn``; if none loads,
+    :class:`CheckpointError` lists every failure.
     """
     path = Path(path_or_run_dir)
     if path.is_file():
         return _load_file(path, map_location)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file or a run directory)")
+        raise FileNotFoundError(errno.ENOENT, "does not exist (give a .pt file or a run folder)", str(path))
     candidates = list_checkpoints(path)
     if not candidates:
         raise CheckpointError(
@@ -200,7 +315,7 @@ def load_model(
         candidates,
         lambda p: _load_file(p, map_location),
         catch=CheckpointError,
-        warn=lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=4),
+        warn=warn,
         fail=lambda tried: CheckpointError(f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(tried)),
     )
     return model, ckpt

@@ -12,6 +12,13 @@ Commands
   folder's val split, scored as lm-evaluation-harness 0.4 scores them; see :mod:`model.evaluate`.
 * ``info [--checkpoint PATH]``: the presets (or one checkpoint) with parameter counts and
   training FLOPs per token (llm.c's 6N + 6LCT), computed on the meta device (no memory).
+
+Failures go through :func:`pipeline.errors.run_command`: one stderr line naming the flag or file,
+exit 1 for a bad file or folder, 2 for a bad flag, 130 for Ctrl-C; ``--debug`` (or
+``OWTGPT_DEBUG=1``) adds the traceback. A checkpoint holding NaN/inf weights is refused naming the
+tensor (a run folder falls back to its newest finite checkpoint, with a warning). A prompt longer
+than the model's context is not refused: generation conditions on the last tokens that fit (as it
+does once the output outgrows the context), and a one-line warning says how many were dropped.
 """
 
 from __future__ import annotations
@@ -28,10 +35,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from model.checkpoint import checkpoint_path, load_model, save_model
+from model.checkpoint import (
+    CKPT_DIRNAME,
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_model,
+    save_model,
+)
 from model.config import PRESETS, GPTConfig
+from model.generate import _check_sampling_args, context_start
 from model.gpt import GPT
-from pipeline.errors import UserError
+from pipeline.errors import UsageError, UserError, run_command
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,12 +62,32 @@ def _err() -> Console:
     return _console(stderr=True)
 
 
+def _warn(msg: str) -> None:
+    print("warning: " + " ".join(msg.split()), file=sys.stderr, flush=True)
+
+
+def _table(title: str, columns: tuple[str, ...], justify: str = "left") -> Table:
+    """A summary table whose cells fold (never cut) long values such as checkpoint paths."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=False)  # type: ignore[arg-type]
+    return table
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name}: CUDA is not available here; use --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: only cpu and cuda are supported; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -89,22 +124,36 @@ class TokenStreamDecoder:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipeline.tokenizer import get_tokenizer, tokenizer_fingerprint
 
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples {args.num_samples} must be >= 1")
+    try:
+        _check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     device = _resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, map_location=device)
+    # read on the CPU (weights only, no optimizer state), then the model alone moves to the device
+    model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     if model.config.vocab_size != VOCAB_SIZE:
-        raise SystemExit(
-            f"error: {ckpt['checkpoint_path']} has vocab_size {model.config.vocab_size}, but the owtgpt "
+        raise UserError(
+            f"{ckpt['checkpoint_path']} has vocab_size {model.config.vocab_size}, but the owtgpt "
             f"tokenizer has {VOCAB_SIZE} ids; this checkpoint was not trained on owtgpt shards"
         )
     enc = get_tokenizer()
     fp = ckpt.get("tokenizer_fingerprint")
     if fp is not None and fp != tokenizer_fingerprint():
-        raise SystemExit(
-            f"error: {ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
+        raise UserError(
+            f"{ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
             f"{tokenizer_fingerprint()}; its ids would decode to the wrong text"
         )
     model.eval()
     prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
+    dropped = context_start(len(prompt_ids), model.config.block_size)
+    if dropped:
+        _warn(
+            f"--prompt is {len(prompt_ids)} tokens (with <|startoftext|>), longer than the model's context of "
+            f"{model.config.block_size}: its first {dropped} tokens are dropped and generation conditions on "
+            f"the last {len(prompt_ids) - dropped}"
+        )
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = None
     if args.seed is not None:
@@ -133,9 +182,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         out.write(decoder.flush() + "\n")
         out.flush()
         stats.append((n, time.perf_counter() - t0))
-    table = Table(title="sample")
-    for col in ("checkpoint", "device", "prompt tokens", "new tokens", "tokens/s"):
-        table.add_column(col)
+    table = _table("sample", ("checkpoint", "device", "prompt tokens", "new tokens", "tokens/s"))
     for n, dt in stats:
         table.add_row(
             ckpt["checkpoint_path"], str(device), str(len(prompt_ids)), str(n), f"{n / max(dt, 1e-9):.1f}"
@@ -152,8 +199,10 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     target = out if out.suffix == ".pt" else checkpoint_path(out, 0)
+    if out.suffix != ".pt":
+        _refuse_training_run(out)
     if target.exists() and not args.overwrite:
-        raise SystemExit(f"error: {target} exists; pass --overwrite to replace it")
+        raise UserError(f"--out {target} exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
     model = import_hf(args.dir)
     source_vocab = json.loads((Path(args.dir) / "config.json").read_text())["vocab_size"]
@@ -165,9 +214,7 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
 
             extra["tokenizer_fingerprint"] = tokenizer_fingerprint()
     save_model(target, model, extra)
-    table = Table(title="import-hf")
-    for col in ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds"):
-        table.add_column(col)
+    table = _table("import-hf", ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds"))
     vocab = f"{source_vocab} -> {cfg.vocab_size}" if source_vocab != cfg.vocab_size else str(cfg.vocab_size)
     table.add_row(
         str(args.dir), str(target), str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
@@ -177,26 +224,39 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_training_run(out: Path) -> None:
+    """``import-hf --out RUN`` must not slip a step-0 checkpoint in beside a training run's own."""
+    steps = [p.name for p in list_checkpoints(out) if p != checkpoint_path(out, 0)]
+    if (out / "config.json").is_file() or steps:
+        held = ", ".join(["config.json"] * (out / "config.json").is_file() + steps[:2])
+        raise UserError(
+            f"--out {out} holds a training run ({held}); importing there would add {CKPT_DIRNAME}/"
+            "step-00000000.pt beside its checkpoints. Pass a new folder or a .pt file"
+        )
+
+
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from model.hf import export_hf
     from pipeline.tokenizer import TokenizerUnavailableError, tokenizer_fingerprint
 
     t0 = time.perf_counter()
-    model, ckpt = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint, warn=_warn)
     with_tokenizer = model.config.vocab_size == VOCAB_SIZE
     try:
         fp = ckpt.get("tokenizer_fingerprint")
         if with_tokenizer and fp is not None and fp != tokenizer_fingerprint():
-            raise SystemExit(
-                f"error: {ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
+            raise UserError(
+                f"{ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
                 f"{tokenizer_fingerprint()}; the exported tokenizer files would not match its ids"
             )
         out = export_hf(model, args.out, overwrite=args.overwrite)
     except TokenizerUnavailableError as e:
-        raise SystemExit(f"error: export-hf writes the tokenizer files: {e}") from e
-    table = Table(title="export-hf")
-    for col in ("from", "to", "vocab_size", "tokenizer", "seconds"):
-        table.add_column(col)
+        raise UserError(f"export-hf writes the tokenizer files: {e}") from None
+    except FileExistsError as e:
+        if e.errno is None:  # export_hf's own "already holds an export; pass --overwrite" refusals
+            raise UserError(str(e)) from None
+        raise
+    table = _table("export-hf", ("from", "to", "vocab_size", "tokenizer", "seconds"))
     tokenizer = "GPT-2 BPE + owtgpt specials" if with_tokenizer else "none (not owtgpt's vocabulary)"
     table.add_row(
         ckpt["checkpoint_path"], str(out), str(model.config.vocab_size), tokenizer,
@@ -218,12 +278,13 @@ def _meta_model(cfg: GPTConfig) -> GPT:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    table = Table(title="owtgpt model presets" if args.checkpoint is None else "checkpoint")
-    for col in ("name", "layers", "heads", "width", "ctx", "vocab", "padded", "params",
-                "non-emb", "GFLOP/tok"):  # fmt: skip
-        table.add_column(col, justify="right")
+    table = _table(
+        "owtgpt model presets" if args.checkpoint is None else "checkpoint",
+        ("name", "layers", "heads", "width", "ctx", "vocab", "padded", "params", "non-emb", "GFLOP/tok"),
+        justify="right",
+    )
     if args.checkpoint is not None:
-        model, ckpt = load_model(args.checkpoint, map_location="meta")
+        model, ckpt = load_model(args.checkpoint, warn=_warn)  # on the CPU: the weights are checked finite
         rows = [(ckpt["checkpoint_path"], model)]
     else:
         rows = [(name, _meta_model(GPTConfig.from_preset(name))) for name in PRESETS]
@@ -259,7 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     device = _resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, map_location=device)
+    model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     fp = ckpt.get("tokenizer_fingerprint")
     if model.config.vocab_size != VOCAB_SIZE or (fp is not None and fp != tokenizer_fingerprint()):
         raise UserError(f"{ckpt['checkpoint_path']}: not trained with the owtgpt tokenizer (vocab_size "
@@ -293,15 +354,22 @@ def _nonneg_int(s: str) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="print the full traceback of an error (or OWTGPT_DEBUG=1)"
+    )
     parser = argparse.ArgumentParser(
         prog="python -m model",
+        parents=[common],
         description="owtgpt's GPT-2: sample, import/export Hugging Face checkpoints, list presets. "
         "Run `python -m model COMMAND --help` for each command's flags.",
+        epilog="exit status: 0 ok, 1 bad file or folder, 2 bad flag, 130 interrupted; errors are one line.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "sample",
+        parents=[common],
         help="stream a continuation of --prompt from a checkpoint",
         description="Generate text from a checkpoint (KV-cached), printing it as it is produced.",
     )
@@ -345,6 +413,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import-hf",
+        parents=[common],
         help="convert a local Hugging Face GPT-2 folder to an owtgpt checkpoint",
         description="Read config.json + model.safetensors|pytorch_model.bin (the hub's gpt2 layout) "
         "and write an owtgpt checkpoint. 50257-row models gain <|startoftext|> (:= EOT's row) and "
@@ -359,6 +428,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export-hf",
+        parents=[common],
         help="write a checkpoint as a Hugging Face GPT-2 folder",
         description="Write config.json + model.safetensors loadable by "
         "transformers.GPT2LMHeadModel.from_pretrained (vocab_size 50260, padded rows dropped), and the "
@@ -373,6 +443,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "info",
+        parents=[common],
         help="presets (or a checkpoint): sizes, parameter counts, FLOPs/token",
         description="Show each preset's shape, parameter counts (tied embedding once) and "
         "training FLOPs per token at full context (6N + 6LCT).",
@@ -382,6 +453,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
+        parents=[common],
         help="zero-shot tasks (hellaswag, lambada, wikitext2/103) or a shard folder's val split",
         description="Score a checkpoint as lm-evaluation-harness 0.4 does: hellaswag (acc, acc_norm), "
         "lambada (acc, perplexity), wikitext2 / wikitext103 (word/byte perplexity, bits per byte), "
@@ -410,15 +482,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model.hf import HFFormatError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser().parse_args(argv)
     if getattr(args, "top_k", None) == 0:
         args.top_k = None
-    if getattr(args, "num_samples", 1) < 1:
-        raise SystemExit("error: --num-samples must be >= 1")
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:  # the eval command's one-line errors (exit 2 for usage, 1 for data)
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        raise SystemExit(f"error: {e}") from e
+    return run_command(
+        lambda: args.func(args), debug=args.debug or "--debug" in argv, user_errors=(CheckpointError, HFFormatError)
+    )

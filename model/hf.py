@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import unwrap_model
+from model.checkpoint import load_error_reason, unwrap_model
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.hf_tokenizer import TOKENIZER_FILES, write_tokenizer
@@ -84,6 +84,8 @@ def _hf_keys(n_layer: int) -> list[str]:
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPTConfig, int]:
     """(our config, the checkpoint's own vocab size) from a GPT-2 ``config.json`` dict."""
+    if not isinstance(hf, dict):
+        raise HFFormatError(f"{source}: not a GPT-2 config (a JSON object), found a JSON {type(hf).__name__}")
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise HFFormatError(f"{source}: model_type is {model_type!r}; only GPT-2 ('gpt2') checkpoints import")
@@ -92,6 +94,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
         n_positions, vocab = int(hf["n_positions"]), int(hf["vocab_size"])
     except KeyError as e:
         raise HFFormatError(f"{source}: missing GPT-2 config field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise HFFormatError(f"{source}: a GPT-2 size field is not an integer ({e})") from e
     checks = {
         "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
         "n_inner": (hf.get("n_inner"), (None, 4 * n_embd)),
@@ -112,34 +116,49 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
             n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=n_positions, vocab_size=ours,
             layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)), bias=True, dropout=0.0,
         )  # fmt: skip
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise HFFormatError(f"{source}: {e}") from e
     return cfg, vocab
 
 
-def _read_state(folder: Path) -> dict[str, torch.Tensor]:
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFFormatError(f"{path}: not valid JSON ({e}); re-download it") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise HFFormatError(f"{path}: not a valid safetensors file ({e}); re-download it") from None
+
+
+def _read_state(folder: Path) -> dict[str, torch.Tensor]:
     single, index, bin_file = (
         folder / "model.safetensors",
         folder / "model.safetensors.index.json",
         folder / "pytorch_model.bin",
     )
     if single.is_file():
-        return load_file(single)
+        return _load_safetensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index)
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise HFFormatError(f"{index}: has no 'weight_map' object; re-download it")
         state: dict[str, torch.Tensor] = {}
-        for name in shards:
-            state.update(load_file(folder / name))
+        for name in sorted(set(map(str, weight_map["weight_map"].values()))):
+            state.update(_load_safetensors(folder / name))
         return state
     if bin_file.is_file():
         try:
             return torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise HFFormatError(
-                f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}"
-            ) from e
+            raise HFFormatError(load_error_reason(bin_file, e)) from None
     raise HFFormatError(
         f"{folder}: no weights found; expected model.safetensors, model.safetensors.index.json "
         "or pytorch_model.bin next to config.json"
@@ -152,13 +171,11 @@ def import_hf(folder: str | os.PathLike[str]) -> GPT:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise HFFormatError(f"{folder}: no config.json; expected a Hugging Face GPT-2 checkpoint folder")
-    hf_config = json.loads(config_file.read_text())
+    hf_config = _read_json(config_file)
     config_from_hf(hf_config, str(config_file))  # refuse an unsupported config before reading weights
     padded = None
     if (folder / PADDED_ROWS_FILE).is_file():
-        from safetensors.torch import load_file
-
-        padded = load_file(folder / PADDED_ROWS_FILE).get(PADDED_ROWS_KEY)
+        padded = _load_safetensors(folder / PADDED_ROWS_FILE).get(PADDED_ROWS_KEY)
         if padded is None:
             raise HFFormatError(f"{folder / PADDED_ROWS_FILE}: has no {PADDED_ROWS_KEY!r} tensor")
     return model_from_hf_state(hf_config, _read_state(folder), str(folder), padded_rows=padded)

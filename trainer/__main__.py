@@ -1,8 +1,10 @@
 """``python -m trainer``: pretrain GPT-2 on owtgpt shards (single process, or one rank under torchrun).
 
-Exit status: 0 when the run finished or was stopped by SIGTERM/SIGINT after saving a checkpoint;
-2 for a setting, data or resume problem found before training (the message names the flag or file);
-1 when training itself failed (e.g. too many non-finite steps).
+Exit status (README, "When things go wrong"): 0 when the run finished or was stopped by
+SIGTERM/SIGINT after saving a checkpoint; 1 for a data, shard, resume or filesystem problem, or a
+failed run (too many non-finite steps); 2 for a bad flag or flag combination; 130 when a second
+Ctrl-C aborted it. Errors are one line naming the flag or file; ``--debug`` or ``OWTGPT_DEBUG=1``
+adds the traceback.
 """
 
 from __future__ import annotations
@@ -12,26 +14,42 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import UserError, run_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prefix = f"error (rank {os.environ['RANK']}): " if "RANK" in os.environ else "error: "
+
+    def body() -> int:
+        from trainer.config import config_from_args
+        from trainer.train import train
+
+        try:
+            train(config_from_args(argv))
+        except OSError as e:
+            if e.errno is None and e.args:  # raised with a message of ours (e.g. "no manifest in DIR"), not by the OS
+                raise UserError(str(e)) from None
+            raise
+        return 0
+
+    return run_command(
+        body, debug="--debug" in argv, prefix=prefix, user_errors=_user_errors(),
+        on_interrupt="interrupted: the current step was not checkpointed; rerun with --resume to continue "
+        "from the newest checkpoint",
+    )  # fmt: skip
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The package errors whose message is already the whole story (exit 1, or their ``exit_code``)."""
+    from model.checkpoint import CheckpointError
     from pipeline.format import ShardFormatError
     from pipeline.sampler_index import SamplerError
     from pipeline.tokenizer import TokenizerUnavailableError
     from trainer.checkpoint import ResumeError
-    from trainer.config import ConfigError, config_from_args
-    from trainer.train import NonFiniteError, train
+    from trainer.train import NonFiniteError
 
-    rank = int(os.environ.get("RANK", "0"))
-    prefix = f"error (rank {rank}): " if "RANK" in os.environ else "error: "
-    try:
-        cfg = config_from_args(argv)
-        train(cfg)
-    except (ConfigError, SamplerError, ResumeError, ShardFormatError, FileNotFoundError,
-            TokenizerUnavailableError) as e:
-        print(prefix + str(e), file=sys.stderr, flush=True)
-        return int(getattr(e, "exit_code", 2))  # SamplerError is a pipeline UserError: data, exit 1
-    except NonFiniteError as e:
-        print(prefix + str(e), file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return (
+        SamplerError, ResumeError, ShardFormatError, TokenizerUnavailableError, NonFiniteError, CheckpointError,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,17 +19,17 @@ Contract
   wrong schema) is reported through ``warn`` and skipped, so the run falls back to the previous.
 * :func:`check_compatible` refuses a resume across a different dataset, vocabulary or model shape
   unless ``--force``.
-
-Testing aid: ``OWTGPT_TEST_KILL=during-ckpt:N`` makes the process SIGKILL itself halfway through
-writing the checkpoint of step ``N`` (a real kill, no cleanup), to prove the previous survives.
+* Non-finite weights are never written (:func:`model.checkpoint.write_checkpoint` checks them on
+  the save path) and never resumed from: :func:`load_latest` skips such a checkpoint with a
+  warning naming the tensor and falls back to the newest finite one.
+* A save that fails (full disk, read-only ``checkpoints/``) raises :class:`CheckpointWriteError`,
+  one line naming the file and the fix; the temp file is removed and older checkpoints stay.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import random
-import signal
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +38,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import CKPT_DIRNAME, checkpoint_path, list_checkpoints, newest_loadable
-from pipeline.fsutil import atomic_open, remove_stale_temps
+from model.checkpoint import (
+    CKPT_DIRNAME,
+    NonFiniteWeightsError,
+    check_finite,
+    checkpoint_path,
+    list_checkpoints,
+    newest_loadable,
+    torch_load_weights,
+    write_checkpoint,
+)
+from pipeline.errors import UserError, describe_oserror
+from pipeline.fsutil import remove_stale_temps
 
 FORMAT = "owtgpt-train-v1"
 REQUIRED_KEYS = ("model", "model_config", "optimizer", "step", "train_config", "format")
-KILL_ENV = "OWTGPT_TEST_KILL"
 
 
 class ResumeError(RuntimeError):
@@ -54,15 +63,8 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (unreadable) or a forced resume crossed a mismatch."""
 
 
-def kill_point() -> tuple[str, int] | None:
-    """``(when, step)`` from ``OWTGPT_TEST_KILL=after-ckpt:N|during-ckpt:N``, else None."""
-    value = os.environ.get(KILL_ENV)
-    if not value:
-        return None
-    when, _, step = value.partition(":")
-    if when not in ("after-ckpt", "during-ckpt") or not step.isdigit():
-        raise ValueError(f"{KILL_ENV}={value!r}: expected after-ckpt:N or during-ckpt:N")
-    return when, int(step)
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, no permission, non-finite weights); nothing was."""
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -97,23 +99,23 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike[str], step: int, payload: dict[str, Any], keep_last: int) -> Path:
-    """Atomically write ``payload`` as the checkpoint of ``step``, then prune to ``keep_last``."""
+    """Atomically write ``payload`` as the checkpoint of ``step``, then prune to ``keep_last``.
+
+    Raises :class:`CheckpointWriteError` (nothing written, older checkpoints intact) when the
+    weights hold a NaN/inf or the filesystem refuses the write.
+    """
     path = checkpoint_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kill = kill_point()
-    with atomic_open(path) as f:
-        if kill == ("during-ckpt", step):
-            buf = io.BytesIO()
-            torch.save(payload, buf)
-            data = buf.getvalue()
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.save(payload, f)
+    resume = "rerun with --resume to continue from the newest checkpoint"
+    try:
+        write_checkpoint(path, payload)
+    except NonFiniteWeightsError as e:
+        raise CheckpointWriteError(
+            f"step {step}: {e}; no checkpoint written, the older ones are kept. Resume from the newest with "
+            "a lower --lr, or check the data (`python -m pipeline verify`)"
+        ) from None
+    except OSError as e:
+        raise CheckpointWriteError(f"checkpoint of step {step} not written: {describe_oserror(e)}; {resume}") from None
     prune(run_dir, keep_last, keep=path)
-    if kill == ("after-ckpt", step):
-        os.kill(os.getpid(), signal.SIGKILL)
     return path
 
 
@@ -142,7 +144,7 @@ def _warn(msg: str) -> None:
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and schema-check one training checkpoint (``weights_only=True``)."""
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = torch_load_weights(Path(path), map_location)
     if not isinstance(payload, dict):
         raise ResumeError(f"{path}: not a training checkpoint (top level is {type(payload).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
@@ -153,6 +155,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         )
     if payload["format"] != FORMAT:
         raise ResumeError(f"{path}: checkpoint format {payload['format']!r}, this trainer reads {FORMAT!r}")
+    check_finite(payload["model"], f"{path}: cannot be resumed from")
     return payload
 
 

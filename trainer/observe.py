@@ -240,7 +240,8 @@ class Observer:
             return
         table = Table(title=title, show_header=False)
         table.add_column("what", style="bold")
-        table.add_column("value", justify="right")
+        # long values (checkpoint paths) fold onto more lines, never cut with an ellipsis
+        table.add_column("value", justify="right", overflow="fold", no_wrap=False)
         for k, v in rows:
             table.add_row(k, v)
         self.console.print(table)

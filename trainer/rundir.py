@@ -6,6 +6,10 @@ Contract
   only touched with ``--resume`` (continue it) or ``--overwrite`` (start over). ``--overwrite``
   deletes only the trainer's own artifacts, never anything else in the folder, so a mistaken
   ``--out .`` cannot wipe a source tree.
+* One writer per run folder: :func:`run_folder_lock` holds ``pipeline.fsutil.folder_lock`` on
+  ``--out`` for the whole run (rank 0 only under torchrun), so a second run or a ``--resume`` into
+  the same folder is refused at once, naming the holder's pid. The kernel drops the lock of a killed
+  run, so a stale lock never blocks a resume.
 * :func:`write_run_info` writes ``config.json`` atomically at start: the resolved config, the
   model config, git SHA (``"unknown"`` outside a checkout), library versions, device, world
   size, precision and the dataset/tokenizer fingerprints.
@@ -13,18 +17,20 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from model.checkpoint import CKPT_DIRNAME
-from pipeline.fsutil import atomic_write_text
+from pipeline.fsutil import LOCK_NAME, atomic_write_text, folder_lock
 from trainer.config import ConfigError, TrainConfig
 
 CONFIG_NAME = "config.json"
@@ -39,6 +45,30 @@ def run_artifacts(out: Path) -> list[Path]:
         return []
     found = [out / n for n in (CONFIG_NAME, METRICS_NAME, CKPT_DIRNAME, PROFILE_DIRNAME) if (out / n).exists()]
     return found + sorted(out.glob(_EVENTS_GLOB))
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path, is_main: bool = True) -> Iterator[None]:
+    """Hold ``out``'s writer lock for the ``with`` body (on rank 0; other ranks get a no-op).
+
+    Creates ``out`` when needed (the lock lives in it) and removes it again when the run failed
+    before writing anything, so a refused start leaves no empty folder behind.
+    """
+    if not is_main:
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder; pass a folder path")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "training run"):
+        try:
+            yield
+        finally:
+            if created and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+                with contextlib.suppress(OSError):  # still under the lock: nobody else is in the folder
+                    (out / LOCK_NAME).unlink()
+                    out.rmdir()
 
 
 def check_run_dir(cfg: TrainConfig) -> None:

@@ -68,7 +68,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
 from trainer.optim import lr_at, make_optimizer, set_lr
-from trainer.rundir import check_run_dir, prepare_run_dir, write_run_info
+from trainer.rundir import check_run_dir, prepare_run_dir, run_folder_lock, write_run_info
 
 
 class NonFiniteError(RuntimeError):
@@ -196,7 +196,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training job of ``cfg`` in this process; see the module docstring."""
     env = setup(cfg)
     try:
-        result = _train(cfg, env)
+        with run_folder_lock(cfg.out, env.is_main):  # one writer per run folder (rank 0 holds it)
+            result = _train(cfg, env)
     except BaseException:
         teardown(env, failed=True)  # never wait on ranks that may be blocked in a collective
         raise

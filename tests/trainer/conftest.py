@@ -38,3 +38,11 @@ def run_trainer(args: list[str], timeout: float = 300, **env: str) -> subprocess
     """``python -m trainer ARGS`` in a new process; returns the completed process (output captured)."""
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO, env=child_env(**env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_faulty(faults: list[str], args: list[str], cli: str = "trainer", timeout: float = 300,
+               **env: str) -> subprocess.CompletedProcess:
+    """``python -m trainer ARGS`` (or ``model``) with ``faults`` (``KIND:STEP``) monkeypatched in; see faults.py."""
+    spec = [x for f in faults for x in ("--fault", f)]
+    return subprocess.run([sys.executable, "-m", "tests.trainer.faults", *spec, "--", cli, *args], cwd=REPO,
+                          env=child_env(**env), capture_output=True, text=True, timeout=timeout)

@@ -119,3 +119,28 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path):
     (folder / ".step-00000005.pt.tmp-123").write_bytes(b"partial")
     assert [p.name for p in ckpt.clean_temps(tmp_path)] == [".step-00000005.pt.tmp-123"]
     assert list_checkpoints(tmp_path) == []
+
+
+def test_nonfinite_weights_are_never_written(tmp_path: Path):
+    good = ckpt.save_checkpoint(tmp_path, 5, _payload(5), keep_last=5)
+    before = good.read_bytes()
+    bad = _payload(10)
+    bad["model"]["transformer.h.0.mlp.c_fc.weight"][3, 1] = float("nan")
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"step 10: refusing to write .*step-00000010\.pt: tensor "
+                       r"transformer\.h\.0\.mlp\.c_fc\.weight holds NaN or inf"):
+        ckpt.save_checkpoint(tmp_path, 10, bad, keep_last=1)
+    assert list_checkpoints(tmp_path) == [good] and good.read_bytes() == before  # nothing written or pruned
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_resume_falls_back_past_a_nonfinite_checkpoint(tmp_path: Path):
+    ckpt.save_checkpoint(tmp_path, 5, _payload(5), keep_last=5)
+    newer = _payload(10)
+    newer["model"]["lm_head.weight"][0, 0] = float("-inf")  # tied: wte holds it too
+    path = checkpoint_path(tmp_path, 10)
+    torch.save(newer, path)  # bypassing the checked writer, as an older version could have
+    seen: list[str] = []
+    payload, used = ckpt.load_latest(tmp_path, warn=seen.append)
+    assert payload["step"] == 5 and used.name == "step-00000005.pt"
+    assert len(seen) == 1 and "step-00000010.pt" in seen[0] and "holds NaN or inf" in seen[0]
+    assert "falling back to step-00000005.pt" in seen[0]

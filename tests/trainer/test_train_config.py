@@ -119,14 +119,33 @@ def test_cli_flags_parse_to_fields():
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
 
 
-def test_cli_errors_exit_2_with_the_flag(capsys, tmp_path: Path):
+def test_cli_errors_name_the_flag_and_exit_by_kind(capsys, tmp_path: Path):
     from trainer.__main__ import main
 
     rc = main(["--data", str(tmp_path), "--preset", "tiny", "--micro-batch", "3", "--out", str(tmp_path / "r")])
     assert rc == 2
     assert "--total-batch-tokens 256 is not divisible by --micro-batch 3" in capsys.readouterr().err
     rc = main(["--data", str(tmp_path / "nowhere"), "--preset", "tiny", "--out", str(tmp_path / "r")])
-    assert rc == 2
+    assert rc == 1  # a data problem, not a flag problem
     assert "no manifest" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: unknown flag
         main(["--micro-bach", "3"])
+
+
+@pytest.mark.parametrize(("flag", "value", "why"), [
+    ("--lr", "inf", "finite"), ("--lr", "nan", "finite"), ("--lr", "0", "(0, inf)"), ("--weight-decay", "nan", "finite"),
+    ("--weight-decay", "-0.1", "[0, inf)"), ("--eps", "0", "(0, inf)"), ("--eps", "inf", "finite"),
+    ("--grad-clip", "nan", "finite"), ("--grad-clip", "inf", "finite"), ("--beta1", "1", "[0, 1)"),
+    ("--beta2", "nan", "finite"), ("--min-lr-ratio", "1.5", "[0, 1]"), ("--dropout", "1", "[0, 1)"),
+    ("--peak-tflops", "0", "(0, inf)"), ("--peak-tflops", "inf", "finite"),
+])  # fmt: skip
+def test_float_flags_must_be_finite_and_in_range(flag: str, value: str, why: str):
+    with pytest.raises(ConfigError) as e:
+        config_from_args(["--preset", "tiny", flag, value])
+    assert str(e.value).startswith(f"{flag} ") and why in str(e.value)
+
+
+def test_float_flags_accept_their_edges():
+    cfg = config_from_args(["--preset", "tiny", "--min-lr-ratio", "1", "--weight-decay", "0", "--grad-clip", "0",
+                            "--beta1", "0", "--dropout", "0"])
+    assert cfg.min_lr_ratio == 1.0 and cfg.grad_clip == 0.0

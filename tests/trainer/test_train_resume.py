@@ -17,7 +17,7 @@ import torch
 
 from model.checkpoint import checkpoint_path, list_checkpoints
 from tests.conftest import REPO
-from tests.trainer.conftest import child_env, fast, run_trainer
+from tests.trainer.conftest import child_env, fast, run_faulty, run_trainer
 from trainer.checkpoint import load_latest
 from trainer.observe import read_metrics
 
@@ -48,7 +48,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 def test_sigkill_after_checkpoint_then_resume_is_exact(gen_shards: Path, straight: Path, tmp_path: Path):
     out = tmp_path / "run"
-    killed = run_trainer(fast(gen_shards, out, *ARGS), OWTGPT_TEST_KILL="after-ckpt:10")
+    killed = run_faulty(["kill-after-ckpt:10"], fast(gen_shards, out, *ARGS))
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in list_checkpoints(out)] == ["step-00000010.pt", "step-00000005.pt"]
     resumed = run_trainer(fast(gen_shards, out, *ARGS, "--resume"))
@@ -60,7 +60,7 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(gen_shards: Path, straigh
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write_keeps_previous(gen_shards: Path, straight: Path, tmp_path: Path):
     out = tmp_path / "run"
-    killed = run_trainer(fast(gen_shards, out, *ARGS), OWTGPT_TEST_KILL="during-ckpt:10")
+    killed = run_faulty(["kill-during-ckpt:10"], fast(gen_shards, out, *ARGS))
     assert killed.returncode == -signal.SIGKILL
     folder = out / "checkpoints"
     temps = [p for p in folder.iterdir() if p.name.startswith(".step-00000010.pt.tmp-")]
