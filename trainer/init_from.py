@@ -217,6 +217,12 @@ def plan(cfg: TrainConfig) -> InitPlan:
             return InitPlan(dataclasses.replace(have, dropout=cfg.dropout), record=info["init_from"])
     if cfg.init_from is None:
         return InitPlan(cfg.model_config())
+    src, out = Path(cfg.init_from).expanduser().resolve(), cfg.out.resolve()
+    if cfg.overwrite and (src == out or out in src.parents):
+        raise ConfigError(
+            f"--init-from {cfg.init_from} is inside --out {cfg.out}, whose checkpoints --overwrite deletes; "
+            "fine-tune into another --out"
+        )
     source = load_source(cfg.init_from)
     _check_shape(cfg, source.config, f"--init-from {cfg.init_from}")
     model_config = dataclasses.replace(source.config, dropout=cfg.dropout)

@@ -18,7 +18,7 @@ import torch
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, list_checkpoints, load_model
 from model.hf import export_hf
-from tests.trainer.conftest import fast
+from tests.trainer.conftest import fast, run_trainer
 from tests.trainer.trainshards import make_shards
 from trainer.config import ConfigError, config_from_args
 from trainer.init_from import InitFromError
@@ -194,3 +194,15 @@ def test_refusals_name_the_flag(gen_shards, source, hf_export, tmp_path):
     with pytest.raises(ConfigError, match="--preset finetune needs --init-from"):
         config_from_args(["--preset", "finetune", "--data", str(small)])
     assert not (tmp_path / "x").exists() or not list_checkpoints(tmp_path / "x")
+
+
+def test_cli_refusals_are_one_line_usage_errors(gen_shards, source, tmp_path):
+    src_dir, _ = source
+    missing = tmp_path / "missing.pt"
+    proc = run_trainer(fast(gen_shards, tmp_path / "ft", "--init-from", str(missing)))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: --init-from {missing}: no such file or folder"
+    # fine-tuning a run into its own folder with --overwrite would delete the source first
+    proc = run_trainer(fast(gen_shards, src_dir, "--init-from", str(src_dir), "--overwrite"))
+    assert proc.returncode == 2 and "whose checkpoints --overwrite deletes" in proc.stderr
+    assert checkpoint_path(src_dir, SOURCE_STEPS).is_file()
