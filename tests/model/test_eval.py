@@ -30,7 +30,7 @@ from model.eval_tasks import (
 )
 from model.evaluate import Scorer, task_metrics, task_sums
 from pipeline.errors import UsageError
-from pipeline.tokenizer import SOT_ID, VOCAB_SIZE, get_tokenizer
+from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 HELLA, LAMBADA, WIKI = FIXTURES / "hellaswag.jsonl", FIXTURES / "lambada.jsonl", FIXTURES / "wikitext.jsonl"
@@ -110,6 +110,9 @@ def test_encode_pair_moves_trailing_space_to_the_continuation():
     ctx, cont = encode_pair(enc.encode_ordinary, "The cat sat ", "on", SOT_ID)
     assert ctx == enc.encode_ordinary("The cat sat") and cont == enc.encode_ordinary(" on")
     assert encode_pair(enc.encode_ordinary, "", " hello", SOT_ID) == ([SOT_ID], enc.encode_ordinary(" hello"))
+    # a literal special-token string in the data is text, as owtgpt trains (never the special id)
+    ctx, cont = encode_pair(enc.encode_ordinary, "a <|endoftext|> b", " c", SOT_ID)
+    assert EOT_ID not in ctx + cont and enc.decode(ctx + cont) == "a <|endoftext|> b c"
 
 
 def test_rolling_windows_by_hand():
