@@ -127,3 +127,30 @@ def test_cuda_graph_under_bf16_autocast_equals_eager_static(pair):
         graph = _stream(gpu, idx, 48, "graph")
         eager = _stream(gpu, idx, 48, "static")
     assert torch.equal(graph, eager)
+
+
+def test_cuda_graph_capture_while_the_sampler_prefetches(pair, tmp_path):
+    """The trainer samples text while the sampler's thread keeps copying batches to the GPU: the
+    capture (thread_local error mode) must neither fail nor change the tokens."""
+    import numpy as np
+
+    from pipeline.sampler import TokenSampler
+    from tests.pipeline.test_sampler import T, doc_lengths, write_dataset
+
+    _, gpu = pair
+    root = tmp_path / "shards"
+    rng = np.random.default_rng(0)
+    write_dataset(
+        root, {"train": [doc_lengths(n, rng) for n in (6000, 9000)], "val": [doc_lengths(3000, rng)]}
+    )
+    idx = torch.randint(0, VOCAB_SIZE, (1, 7), generator=torch.Generator().manual_seed(6)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want = _stream(gpu, idx, 32, "static")
+    with TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=4) as s:
+        it = s.batches(0)
+        for _ in range(3):
+            next(it)  # the producer is now busy refilling the queue
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                got = _stream(gpu, idx, 32, "graph")
+            assert torch.equal(got, want)
+        it.close()
