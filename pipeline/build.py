@@ -13,12 +13,14 @@ Contract
 * **Shards.** Documents of a split fill its current shard in source order; a shard is closed
   when the next document would take it past ``shard_tokens`` (a document never straddles two
   shards; a document longer than ``shard_tokens`` gets a shard of its own).
-* **Parallel and deterministic.** The main process only reads/decompresses and writes; worker
-  processes decode (UTF-8, JSON) and tokenize whole chunks; results are consumed in submission
-  order, so the output bytes are identical for any ``--workers``. At most ``2 * workers + 2``
-  chunks are in flight, so memory is bounded whatever the corpus size.
-* **Resumable.** After every finished shard, ``build-state.json`` (atomic) records the settings
-  and, per split, the finished shards with the source position where each ended. A rerun with
+* **Parallel and deterministic.** A reader process (:mod:`pipeline.readahead`) decompresses and
+  frames local sources into a shared-memory ring; worker processes decode (UTF-8, JSON) and
+  tokenize whole chunks; the main process only hands out slot numbers and writes shards. Results
+  are consumed in submission order, so the output bytes are identical for any ``--workers``. At
+  most ``2 * workers + 2`` chunks are in flight, so memory is bounded whatever the corpus size.
+* **Resumable.** After every finished shard, one line appended to ``build-state.jsonl``
+  (:mod:`pipeline.build_state`: O(1) per shard) records it, with the source position where it
+  ended; the log's first line holds the settings. A rerun with
   the same settings keeps finished shards whose headers still match, re-reads the source and
   tokenizes only documents of each split past its last finished shard. ``manifest.json`` is
   written last and marks completion; rerunning on a finished output is a no-op. A different
@@ -55,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tokenizer as tk
+from pipeline.build_state import LEGACY_STATE_NAME, STATE_NAME, StateLog, read_state, state_path
 from pipeline.build_view import BuildProgress
 from pipeline.errors import ConfigError, UserError, describe_oserror
 from pipeline.format import (
@@ -68,7 +71,8 @@ from pipeline.format import (
     read_header,
     shard_name,
 )
-from pipeline.fsutil import LOCK_NAME, TMP_MARKER, atomic_write_text, folder_lock, remove_stale_temps
+from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
+from pipeline.readahead import ReadAhead, SlotRef, resolve
 from pipeline.sources import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TEXT_GLOB,
@@ -79,7 +83,6 @@ from pipeline.sources import (
     open_source,
 )
 
-STATE_NAME = "build-state.json"
 BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
 
 
@@ -249,8 +252,9 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-def encode_chunk(chunk: RawChunk, plan: SkipPlan) -> EncodedChunk:
+def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     """Decode and tokenize one chunk (runs in a worker process)."""
+    chunk = resolve(item)  # from the reader's shared-memory ring (pipeline/readahead.py)
     dec = decode_chunk(chunk)
     count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
     keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""
@@ -298,7 +302,7 @@ def _shard_files(out: Path) -> list[Path]:
 
 def _clear_output(out: Path) -> None:
     """Remove what a previous build wrote (only our own files; anything else is left alone)."""
-    for p in [out / MANIFEST_NAME, out / STATE_NAME, *_shard_files(out)]:
+    for p in [out / MANIFEST_NAME, out / STATE_NAME, out / LEGACY_STATE_NAME, *_shard_files(out)]:
         p.unlink(missing_ok=True)
 
 
@@ -313,13 +317,9 @@ def _shard_ok(out: Path, rec: dict) -> bool:
 
 
 def _load_resume_state(out: Path, settings: dict) -> dict | None:
-    path = out / STATE_NAME
-    if not path.is_file():
+    state = read_state(out)
+    if state is None:
         return None
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # torn writes cannot happen (atomic), but never trust a bad file: start over
     if state.get("settings") != settings:
         raise BuildError(
             f"{out}: holds an unfinished build with different settings "
@@ -490,7 +490,7 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
         if not bad:
             ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
             return m
-        if not (out / STATE_NAME).is_file():
+        if state_path(out) is None:
             raise BuildError(f"{out}: shards {bad} are damaged and there is no {STATE_NAME} to repair "
                              "from; pass --overwrite to rebuild")
         ui.message(f"{out}: shards {bad} are damaged; rebuilding from the first damaged shard.")
@@ -507,15 +507,18 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
         state = {"settings": settings, "forced_val": None, "splits": {s: [] for s in SPLITS}}
     resumed = {s: len(state["splits"][s]) for s in SPLITS}
 
-    def save_state() -> None:
-        atomic_write_text(out / STATE_NAME, json.dumps(state, indent=1, sort_keys=True) + "\n")
-
-    writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], save_state) for s in SPLITS}
+    log = StateLog(out, state)  # one appended line per finished shard: O(1) each, not a rewrite
+    writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], lambda s=s: log.append(s))
+               for s in SPLITS}  # fmt: skip
     resume_at = {s: (state["splits"][s][-1]["end_pos"] if state["splits"][s] else 0) for s in SPLITS}
     plan = SkipPlan(cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"])
     counts = {"docs_read": 0, "docs_dropped_empty": 0, "docs_skipped_bad": 0, "docs_invalid_utf8": 0}
     forced_val = state["forced_val"]
 
+    # the source reader is forked first: before the pool and the progress thread exist
+    in_flight = 2 * cfg.workers + 2  # chunks submitted and not yet consumed, at most
+    # +1 submitted before the oldest is consumed, +2 the reader may fill ahead
+    reader = ReadAhead(src, cfg.chunk_bytes, slots=in_flight + 3)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
     pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
@@ -541,10 +544,11 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))
                     writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, res.tokens, idx)
             ui.advance(res.count, int(res.lengths.sum()), int(res.src_bytes.sum()), res.input_bytes)
+            reader.release()  # the chunk's slot in the reader's ring may be reused
 
-        for chunk in src.chunks(cfg.chunk_bytes):
+        for chunk in reader:
             pending.append(pool.submit(encode_chunk, chunk, plan))
-            while len(pending) > 2 * cfg.workers + 2:
+            while len(pending) > in_flight:
                 consume(pending.popleft().result())
         while pending:
             consume(pending.popleft().result())
@@ -557,9 +561,13 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
             tmp.unlink(missing_ok=True)
         # wait for the workers (each finishes at most one chunk): they hold a copy of the folder lock
         pool.shutdown(wait=True, cancel_futures=True)
+        reader.close()
+        log.close()
         ui.stop()
         raise
     pool.shutdown()
+    reader.close()
+    log.close()
     ui.stop()
 
     recs = [r for s in SPLITS for r in state["splits"][s]]
@@ -581,7 +589,7 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
         special_tokens=dict(tk.SPECIAL_TOKENS), source=src.describe(), settings=settings,
         shards=entries, counts=counts,
     )
-    manifest.save(out)  # last: its presence marks a finished build (build-state.json stays for repair)
+    manifest.save(out)  # last: its presence marks a finished build (build-state.jsonl stays for repair)
     ui.summary(out, manifest, time.perf_counter() - t0, resumed)
     if counts["docs_train"] == 0:
         ui.warn(f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "

@@ -281,14 +281,16 @@ class ShardWriter:
         if int(lengths.sum()) != len(tokens):
             raise ValueError(f"lengths sum to {int(lengths.sum())} but {len(tokens)} tokens were given")
         if len(tokens):
-            lo, hi = int(tokens.min()), int(tokens.max())
+            # unsigned ids cannot be negative: one pass over them, not two (this is the build's main process)
+            lo = 0 if np.issubdtype(tokens.dtype, np.unsignedinteger) else int(tokens.min())
+            hi = int(tokens.max())
             if lo < 0 or hi >= self.vocab_size:
                 bad = hi if hi >= self.vocab_size else lo
                 raise ValueError(
                     f"{self.path}: token id {bad} is outside the vocabulary [0, {self.vocab_size}); "
                     "refusing to write it (it would be stored wrapped or invalid)"
                 )
-        data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
+        data = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).data  # no copy for contiguous uint16 input
         self._f.write(data)
         self._sha.update(data)
         self._lengths.append(lengths)

@@ -19,6 +19,7 @@ import tiktoken
 import zstandard
 
 from pipeline.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
+from pipeline.build_state import read_state
 from pipeline.format import MANIFEST_NAME, ShardDataset, ShardHeader, open_shard
 from pipeline.fsutil import LOCK_NAME
 from pipeline.sources import SourceError
@@ -196,7 +197,7 @@ def test_resume_keeps_finished_shards_and_matches_clean_build(reference_build: P
     """An interrupted build as a kill leaves it: state + some shards, no manifest, a stale temp."""
     out = tmp_path / "s"
     build(corpus[0], out, shard_tokens=3000, val_fraction=0.1, seed=5)
-    state = json.loads((out / STATE_NAME).read_text())
+    state = read_state(out)
     train = state["splits"]["train"]
     keep = len(train) // 2
     (out / MANIFEST_NAME).unlink()
@@ -282,7 +283,7 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path, sig: int = signal.SIG
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    # build-state.json appears (atomically) right after the first finished shard
+    # build-state.jsonl appears (atomically) right after the first finished shard
     while not (out / STATE_NAME).exists():
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no shard finished in 120 s"
@@ -302,7 +303,7 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     rc = _kill_when_first_shard_done([sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)], out)
     assert rc == -signal.SIGKILL
     assert not (out / MANIFEST_NAME).exists(), "the build finished before it could be killed"
-    kept = json.loads((out / STATE_NAME).read_text())["splits"]["train"]
+    kept = read_state(out)["splits"]["train"]
     assert kept
     res = subprocess.run([sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)],
                          cwd=REPO, capture_output=True, text=True)
@@ -325,4 +326,4 @@ def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path: Path, sig: int) -> None:
     assert _kill_when_first_shard_done(cmd, out, sig) == 130
     assert not (out / MANIFEST_NAME).exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # the open shard was dropped, not left
-    assert json.loads((out / STATE_NAME).read_text())["splits"]["train"]
+    assert read_state(out)["splits"]["train"]

@@ -127,8 +127,8 @@ def test_killed_build_releases_the_lock_and_the_rerun_completes(tmp_path: Path) 
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     clean = tmp_path / "clean"
     assert run_cli("build", src, "--out", clean, *FLAGS, "--workers", "1").returncode == 0
-    names = sorted(p.name for p in clean.iterdir() if p.name not in (LOCK_NAME, "build-state.json"))
-    assert names == sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, "build-state.json"))
+    names = sorted(p.name for p in clean.iterdir() if p.name not in (LOCK_NAME, "build-state.jsonl"))
+    assert names == sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, "build-state.jsonl"))
     for n in names:
         assert (out / n).read_bytes() == (clean / n).read_bytes(), n
     assert os.path.exists(out / MANIFEST_NAME)

@@ -1,0 +1,188 @@
+"""Read a local source in a child process, so the build's main process does no decompression or framing.
+
+Contract
+--------
+:class:`ReadAhead` forks one *reader* process when it is made (before the worker pool and the
+progress thread exist) that iterates ``src.chunks(chunk_bytes)``. Iterating the
+:class:`ReadAhead` yields, in source order, one item per chunk: a :class:`SlotRef` (the chunk,
+pickled by the reader into a slot of a shared-memory ring that the workers, forked later, can read:
+:func:`resolve` turns it back into the :class:`RawChunk` in the worker) or, for a chunk too big for
+a slot, the :class:`RawChunk` itself through the pipe. The caller must call :meth:`ReadAhead.release`
+once per item, in order, when the item's chunk has been fully used (the build: after consuming its
+worker's result); the reader reuses a slot only after that, and blocks while all ``slots`` are in
+use, so at most ``slots`` chunks exist at once (bounded memory). Because the order is kept, the
+build's output is byte-identical to reading in-process.
+
+An exception in the reader (a corrupt or truncated file: :class:`~pipeline.sources.SourceError`)
+is re-raised in the main process with its message; a reader that dies without a word is a
+:class:`SourceError` naming the source. ``close()`` (or leaving the ``with`` block) kills the
+reader; a reader whose parent died exits (it checks every half second), and it ignores SIGINT
+(Ctrl-C is the main process's to handle).
+
+Why: decompressing and cutting a jsonl stream cost the main process ~23 of its ~33 CPU-s per
+billion tokens, and pickling the raw text to the workers most of the rest, which capped a build at
+~9 workers (``bench/build_cpu.py``). Now the main process handles a few dozen bytes per chunk on
+the way in. Hub and Skylion sources are read in-process: ``datasets`` manages its own threads and
+cache (forking it is not safe), and Skylion chunks are whole compressed files that the workers
+decompress anyway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.sources import RawChunk, Source, SourceError
+
+FORKED_FORMATS = ("jsonl", "parquet", "text")  # local sources whose reading is main-process work
+
+
+# Shared-memory rings by id, filled in the main process before the workers are forked: each worker
+# inherits the mapping and finds its ring here. Entries are removed by ReadAhead.close().
+_RINGS: dict[int, tuple[mmap.mmap, int]] = {}
+_RING_IDS = itertools.count()
+
+
+class _Done:
+    """Sent after the last chunk."""
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """A chunk pickled into slot ``slot`` (``size`` bytes) of ring ``ring``: what travels to a worker."""
+
+    ring: int
+    slot: int
+    size: int
+
+
+def resolve(item: SlotRef | RawChunk) -> RawChunk:
+    """The chunk an item from :class:`ReadAhead` stands for (call it in the worker)."""
+    if not isinstance(item, SlotRef):
+        return item
+    ring, slot_bytes = _RINGS[item.ring]
+    start = item.slot * slot_bytes
+    return pickle.loads(ring[start : start + item.size])
+
+
+def slot_bytes_for(chunk_bytes: int) -> int:
+    """Slot size: a chunk's text plus room for a line longer than usual and pickle framing."""
+    return chunk_bytes + chunk_bytes // 2 + (64 << 10)
+
+
+class ReadAhead:
+    """Iterate ``src.chunks(chunk_bytes)`` from a reader process (in-process where forking is unsafe)."""
+
+    def __init__(self, src: Source, chunk_bytes: int, slots: int):
+        self.src = src
+        self.chunk_bytes = chunk_bytes
+        self._proc = None
+        self._recv = None
+        self._free = None
+        self._ring_id: int | None = None
+        forked = src.format in FORKED_FORMATS and "fork" in mp.get_all_start_methods()
+        if forked:
+            ctx = mp.get_context("fork")
+            slot_bytes = slot_bytes_for(chunk_bytes)
+            self._ring_id = next(_RING_IDS)
+            _RINGS[self._ring_id] = (mmap.mmap(-1, slots * slot_bytes), slot_bytes)  # MAP_SHARED: inherited
+            self._free = ctx.Semaphore(slots)
+            recv, send = ctx.Pipe(duplex=False)
+            self._proc = ctx.Process(
+                target=_reader, args=(src, chunk_bytes, send, recv, os.getpid(), self._ring_id, slots, self._free),
+                name="owtgpt-source-reader", daemon=True,
+            )  # fmt: skip
+            self._proc.start()
+            send.close()  # the child holds the only write end: its exit is our EOF
+            self._recv = recv
+
+    def release(self) -> None:
+        """The oldest unreleased item's chunk is no longer needed: its slot may be reused."""
+        if self._free is not None:
+            self._free.release()
+
+    def __iter__(self) -> Iterator[RawChunk]:
+        if self._proc is None:
+            yield from self.src.chunks(self.chunk_bytes)
+            return
+        while True:
+            try:
+                item = self._recv.recv()
+            except EOFError:
+                self._proc.join()
+                raise SourceError(
+                    f"{self.src.describe()}: the source reader process exited (code {self._proc.exitcode}) "
+                    "before the end of the data; rerun the same command to resume"
+                ) from None
+            if isinstance(item, _Done):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._recv.close()
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join()
+            self._proc = None
+        if self._ring_id is not None:
+            ring, _ = _RINGS.pop(self._ring_id)
+            ring.close()
+            self._ring_id = None
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _reader(
+    src: Source, chunk_bytes: int, send, recv, parent_pid: int, ring_id: int, slots: int, free
+) -> None:
+    """The reader process: every chunk into the next free slot (or the pipe), then ``_Done``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    recv.close()  # only the parent reads; when it is gone, send() fails with EPIPE
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    ring, slot_bytes = _RINGS[ring_id]
+    try:
+        for n, chunk in enumerate(src.chunks(chunk_bytes)):
+            data = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+            free.acquire()  # slot n % slots: released by the parent once chunk n - slots was used
+            if len(data) <= slot_bytes:
+                k = n % slots
+                ring[k * slot_bytes : k * slot_bytes + len(data)] = data
+                send.send(SlotRef(ring_id, k, len(data)))
+            else:  # a chunk larger than a slot (one very long line): through the pipe, same order
+                send.send(chunk)
+        send.send(_Done())
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the parent closed the pipe: nobody wants the rest
+    except BaseException as e:  # handed to the parent, which raises it with its message
+        try:
+            send.send(e)
+        except Exception:  # unpicklable: keep the message
+            send.send(SourceError(f"{src.describe()}: {type(e).__name__}: {e}"))
+    finally:
+        send.close()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A SIGKILLed parent leaves a reader blocked in send() only if a worker still holds the read
+    # end (workers are forked after us and inherit it); leave as soon as the parent is gone.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+__all__ = ["FORKED_FORMATS", "ReadAhead", "SlotRef", "resolve", "slot_bytes_for"]
