@@ -6,13 +6,14 @@ The same generated rows (random ASCII text, incompressible, ``--mb`` MB in all) 
 * one file, row groups of ``--rows-per-group`` rows;
 * four files, one row group each (the issue's comparison: the same tokens split into 4 files).
 
-For each layout a fresh child process iterates :meth:`pipeline.sources.Source.chunks` over it (the
-source reading that the build's main process does; tokenizing happens in the workers and is left
-out) and reports its peak anonymous memory (``RssAnon`` sampled at every chunk) and peak RSS
+For each layout a fresh child process iterates :meth:`pipeline.sources.Source.chunks` over it,
+set up as the build's reader process is (:func:`pipeline.readahead.prepare_reader`; before
+:mod:`pipeline.readahead` this reading ran in the build's main process; tokenizing happens in the
+workers and is left out), and reports its peak anonymous memory (``RssAnon`` sampled at every chunk) and peak RSS
 (``VmHWM``), minus the same figures right after the imports. The headline is the largest peak
 over the smallest, as a ratio (target: within 1.5x, i.e. independent of file and row-group size).
 ``before`` runs the same reader with pyarrow's defaults (``pre_buffer=True``, whole column chunks read
-at once), as it was before this change; ``after`` the reader as it is.
+at once, the default memory pool), as it was before this change; ``after`` the reader as it is.
 
     .venv/bin/python bench/parquet_memory.py --mb 300
 """
@@ -40,15 +41,19 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1])
 
+from pipeline.readahead import prepare_reader
 from pipeline.sources import open_source
 import pyarrow, pyarrow.parquet as pq  # imported before the baseline is taken
 
+src = open_source(sys.argv[1])
 if sys.argv[2] == "before":  # the reader as it was: pyarrow's defaults (pre_buffer=True, unbuffered column reads)
     _ParquetFile = pq.ParquetFile
     pq.ParquetFile = lambda path, **kw: _ParquetFile(path)
+else:
+    prepare_reader(src)  # as the build's reader process does
 base_anon, base_hwm = status("RssAnon"), status("VmHWM")
 peak, rows = base_anon, 0
-for chunk in open_source(sys.argv[1]).chunks():
+for chunk in src.chunks():
     rows += chunk.count
     peak = max(peak, status("RssAnon"))
 print(json.dumps({"rows": rows, "anon_peak_kib": peak - base_anon, "hwm_kib": status("VmHWM") - base_hwm}))
