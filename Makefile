@@ -15,6 +15,7 @@ RUN     ?= runs/$(PRESET)
 RESUME  ?=
 FT_RUN  ?= runs/finetune
 CKPT    ?= $(RUN)
+SCALE_SOURCE ?= ../shared/corpora/imdb-reviews.jsonl.zst
 PROMPT  ?= The meaning of life is
 TRAIN_ARGS ?=
 TASKS   ?= hellaswag,lambada,wikitext2,wikitext103
@@ -60,9 +61,12 @@ bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against 
 	$(PY) bench/sampler.py
 	$(PY) bench/generate.py
 
-bench-scale:  ## scale benchmarks on 1B random tokens (2 GB in /tmp): stats peak memory, cold-cache sampler
+bench-scale:  ## scale benchmarks (issue 13): stats memory and cold sampler on 1B random tokens (2 GB in /tmp), build CPU split, parquet memory, 5,000 shards
 	$(PY) bench/stats_rss.py --tokens 1000000000 --shards 10 --keep
 	$(PY) bench/sampler_cold.py --tokens 1000000000 --shards 10
+	$(PY) bench/build_cpu.py --source $(SCALE_SOURCE)
+	$(PY) bench/parquet_memory.py --mb 300
+	$(PY) bench/many_shards.py --source $(SCALE_SOURCE)
 
 bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 	$(PY) bench/train_gpu.py
