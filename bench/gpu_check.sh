@@ -206,7 +206,10 @@ if want generate; then
     rc=$?
     fig=$("$PY" -c "
 import json; r = json.load(open('$OUT/generate.json'))
-print(f\"cached {r['cached_tok_s']:,.1f} tok/s vs uncached {r['uncached_tok_s']:,.1f}: {r['ratio']:.2f}x, same tokens: {r['same_tokens']}\")" 2>/dev/null)
+s = f\"cached {r['cached_tok_s']:,.1f} tok/s vs uncached {r['uncached_tok_s']:,.1f}: {r['ratio']:.2f}x\"
+if r.get('graph_tok_s'):
+    s += f\"; CUDA graph {r['graph_decode_tok_s']:,.1f} tok/s decode ({r['graph_over_cached']:.2f}x cached)\"
+print(s + f\", same tokens: {r['same_tokens']}\")" 2>/dev/null)
     record generate "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
 fi
 
