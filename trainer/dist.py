@@ -71,11 +71,13 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
                 "(pass --precision fp32 or auto)"
             )
         return "fp32"
+    # including_emulation=False: a V100 or T4 "supports" bf16 only by emulation, far slower than fp16
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     if cfg.precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "bf16" if native_bf16 else "fp16"
+    if cfg.precision == "bf16" and not native_bf16:
         raise ConfigError(
-            f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --precision fp16"
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 support; use --precision fp16"
         )
     return cfg.precision
 

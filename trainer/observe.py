@@ -17,8 +17,9 @@ Contract
   machine-readable record tests and scripts read. After a crash and resume a step can appear
   twice; readers keep the last line per step.
 * MFU = ``flops_per_token(T) x tokens/s per device / peak``. The peak comes from ``--peak-tflops``
-  or :data:`PEAK_TFLOPS` (dense bf16 tensor-core figures from the vendors' data sheets, matched
-  against ``torch.cuda.get_device_name``); on CPU, or for an unknown GPU, MFU is not reported.
+  or :data:`PEAK_TFLOPS` (dense bf16 tensor-core figures from the vendors' data sheets, matched as
+  whole words against ``torch.cuda.get_device_name``); on CPU, or for an unknown GPU, MFU is not
+  reported.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-# Dense bf16/fp16 tensor-core TFLOP/s (no sparsity). First match wins, so specific names go first.
+# Dense bf16/fp16 tensor-core TFLOP/s per GPU (no sparsity), from the vendors' data sheets. A key
+# matches the device name as a whole word (``GB200`` is not a ``B200``, ``A100`` not an ``A10``), and
+# the first match wins, so the specific variants (PCIe, NVL) come before their family.
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989.0),
-    ("H200", 989.0),
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),  # SXM
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.0),  # SXM
     ("H800", 989.0),
+    ("GB200", 2500.0),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("A800", 312.0),
@@ -60,6 +66,15 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("T4", 65.0),
 )
 
+
+def peak_tflops_for_name(name: str) -> float | None:
+    """The :data:`PEAK_TFLOPS` entry whose key occurs in ``name`` as a whole word, or None."""
+    for key, tflops in PEAK_TFLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return tflops
+    return None
+
+
 TB_SCALARS = ("train/loss", "train/ppl", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
               "step_time_ms", "gpu_peak_mem_gib", "bad_steps")
 
@@ -70,11 +85,7 @@ def peak_tflops_for(device: torch.device, override: float | None = None) -> floa
         return override
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS:
-        if key in name:
-            return tflops
-    return None
+    return peak_tflops_for_name(torch.cuda.get_device_name(device))
 
 
 def mfu(flops_per_token: int, tokens_per_s_per_device: float, peak_tflops: float | None) -> float | None:

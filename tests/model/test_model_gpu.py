@@ -154,3 +154,22 @@ def test_cuda_graph_capture_while_the_sampler_prefetches(pair, tmp_path):
                 got = _stream(gpu, idx, 32, "graph")
             assert torch.equal(got, want)
         it.close()
+
+
+def test_sdpa_auto_choice_on_cuda_is_a_fused_kernel_that_matches_math():
+    """``auto`` picks a fused kernel from the preference of this GPU generation (never the math
+    fallback on a GPU torch has fused kernels for), and that kernel's output equals the math path's."""
+    import torch.nn.functional as F
+
+    from model.sdpa import choose_sdpa_backend, preferred_backends, sdpa_context
+
+    dev = torch.device("cuda")
+    name = choose_sdpa_backend("auto", dev, torch.bfloat16, 12, 64, 1024)
+    assert name in preferred_backends(torch.cuda.get_device_capability(dev))
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(2, 12, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    with sdpa_context(name):
+        got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with sdpa_context("math"):
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)

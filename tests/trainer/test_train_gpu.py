@@ -32,6 +32,25 @@ def test_cuda_bf16_compile_trains(gen_shards: Path, tmp_path: Path):
 
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert info["precision"] in ("bf16", "fp16") and info["compile"] is True
+    assert info["sdpa_backend"] in ("cudnn", "flash", "efficient")  # a fused kernel, chosen and recorded
+    assert res.sdpa_backend == info["sdpa_backend"]
+
+
+@pytest.mark.gpu
+def test_cuda_nan_step_is_refused_on_the_device(gen_shards: Path, tmp_path: Path):
+    """The fused AdamW's found_inf skip on CUDA: step 3's NaN loss leaves weights, moments and the
+    step count of step 2 (read back a step later, yet nothing of step 3 landed)."""
+    out = tmp_path / "run"
+    res = _run(gen_shards, out, "--device", "cuda", "--no-compile", "--max-steps", "4", "--ckpt-every", "1",
+               "--eval-every", "0", "--debug-nan-at-step", "3")
+    assert res.bad_steps == 1 and res.final_step == 4
+    s2, s3, s4 = (torch.load(checkpoint_path(out, k), weights_only=True) for k in (2, 3, 4))
+    for k in s2["model"]:
+        assert torch.equal(s2["model"][k], s3["model"][k]), k
+    for i, st in s2["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg"], s3["optimizer"]["state"][i]["exp_avg"])
+        assert float(st["step"]) == float(s3["optimizer"]["state"][i]["step"]) == 2.0
+    assert not torch.equal(s3["model"]["lm_head.weight"], s4["model"]["lm_head.weight"])
 
 
 @pytest.mark.gpu
