@@ -24,7 +24,7 @@ DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-eval bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench-scale:  ## scale benchmarks (issue 13): stats memory and cold sampler on 1
 	$(PY) bench/build_cpu.py --source $(SCALE_SOURCE)
 	$(PY) bench/parquet_memory.py --mb 300
 	$(PY) bench/many_shards.py --source $(SCALE_SOURCE)
+
+bench-eval:  ## `model eval` vs lm-evaluation-harness on the same CPU, model and items (needs pip install lm-eval)
+	$(PY) bench/eval.py
 
 bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 	$(PY) bench/train_gpu.py

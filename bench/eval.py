@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the median is reported")
     p.add_argument("--batch-size", type=int, default=16, help="batch size of both (default 16)")
+    p.add_argument("--corpus", type=Path, default=CORPUS, help=f"OpenWebText parquet (default {CORPUS})")
     p.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads (default 0: torch's default)"
     )
