@@ -22,7 +22,9 @@ Contract
   the weights whatever file format carried them.
 * ``--resume`` continues a fine-tuning run from its own checkpoints (model shape and ``init_from``
   from them) and never reloads the source. ``--init-from`` with ``--resume`` is refused when
-  ``--out`` already holds checkpoints; in a folder without any it starts the fine-tune.
+  ``--out`` already holds checkpoints; in a folder without any it starts the fine-tune. A
+  ``--preset finetune --resume`` with neither checkpoints nor ``--init-from`` is refused: it would
+  fine-tune a random init.
 See README.md, "Fine-tuning".
 """
 
@@ -216,6 +218,11 @@ def plan(cfg: TrainConfig) -> InitPlan:
             _check_shape(cfg, have, f"the fine-tuning run in --out {cfg.out}")
             return InitPlan(dataclasses.replace(have, dropout=cfg.dropout), record=info["init_from"])
     if cfg.init_from is None:
+        if cfg.preset == "finetune" and not checkpoints:  # --resume of a fine-tune that never started
+            raise ConfigError(
+                f"--preset finetune --resume: --out {cfg.out} has no checkpoints to continue; pass "
+                "--init-from SOURCE to start the fine-tune"
+            )
         return InitPlan(cfg.model_config())
     src, out = Path(cfg.init_from).expanduser().resolve(), cfg.out.resolve()
     if cfg.overwrite and (src == out or out in src.parents):

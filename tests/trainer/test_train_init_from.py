@@ -193,6 +193,12 @@ def test_refusals_name_the_flag(gen_shards, source, hf_export, tmp_path):
         run(small, tmp_path / "x", "--init-from", str(tmp_path / "empty"), *ONE_STEP)
     with pytest.raises(ConfigError, match="--preset finetune needs --init-from"):
         config_from_args(["--preset", "finetune", "--data", str(small)])
+    with pytest.raises(ConfigError, match=r"--preset finetune --resume: --out .* has no checkpoints"):
+        train(
+            config_from_args(
+                ["--preset", "finetune", "--data", str(small), "--out", str(tmp_path / "x"), "--resume"]
+            )
+        )
     assert not (tmp_path / "x").exists() or not list_checkpoints(tmp_path / "x")
 
 
