@@ -131,3 +131,13 @@ def test_first_nonfinite_matches_a_per_tensor_check():
         assert first_nonfinite(state) == expected
     big = {"w": torch.full((4,), 3e38)}  # finite values near the fp32 limit must not overflow into "inf"
     assert first_nonfinite(big) is None
+
+
+def test_load_model_keeps_only_the_weights_of_a_training_checkpoint(tmp_path):
+    model = small_model(6)
+    opt_state = {"state": {0: {"exp_avg": torch.ones(1000)}}, "param_groups": []}
+    save_model(tmp_path / "t.pt", model, extra={"optimizer": opt_state, "step": 3, "rng": {"x": torch.zeros(2)}})
+    loaded, meta = load_model(tmp_path / "t.pt", map_location="cpu")
+    assert "optimizer" not in meta and "model" not in meta and "rng" not in meta  # nothing for the device
+    assert meta["step"] == 3 and meta["checkpoint_path"] == str(tmp_path / "t.pt")
+    assert same_weights(loaded, model)
