@@ -72,7 +72,7 @@ from pipeline.format import (
     shard_name,
 )
 from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
-from pipeline.readahead import ReadAhead, SlotRef, resolve
+from pipeline.readahead import ReadAhead, SlotRef, TokensRef, fetch_tokens, resolve, stash_tokens
 from pipeline.sources import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TEXT_GLOB,
@@ -201,7 +201,7 @@ class EncodedChunk:
     positions: np.ndarray  # (k,) int64 source positions of the non-empty docs
     lengths: np.ndarray  # (k,) int64 tokens per doc incl. SOT/EOT; 0 when skipped (resume)
     src_bytes: np.ndarray  # (k,) int64 UTF-8 bytes of each doc's text
-    tokens: np.ndarray  # (sum(lengths),) uint16, the docs back to back
+    tokens: np.ndarray | TokensRef  # (sum(lengths),) uint16, the docs back to back (or where they are)
     empty: int
     invalid_utf8: int
     bad: int = 0  # records whose text is not a string
@@ -269,7 +269,7 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     lengths = np.zeros(len(texts), dtype=np.int64)
     lengths[need] = todo_lengths
     return EncodedChunk(
-        chunk.start, count, chunk.input_bytes, positions, lengths, src_bytes, tokens,
+        chunk.start, count, chunk.input_bytes, positions, lengths, src_bytes, stash_tokens(item, tokens),
         empty=count - len(keep) - len(dec.bad), invalid_utf8=sum(dec.invalid_utf8),
         bad=len(dec.bad), first_bad=dec.bad[0][1] if dec.bad else "",
     )
@@ -540,9 +540,10 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
                     forced_val = state["forced_val"] = int(res.positions[0])
                 is_val = split_is_val(res.positions, cfg.seed, cfg.val_fraction, forced_val)
                 offsets = np.cumsum(res.lengths) - res.lengths
+                tokens = fetch_tokens(res.tokens)  # a view of the chunk's slot: used before release()
                 for split, mask in (("train", ~is_val), ("val", is_val)):
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))
-                    writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, res.tokens, idx)
+                    writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, tokens, idx)
             ui.advance(res.count, int(res.lengths.sum()), int(res.src_bytes.sum()), res.input_bytes)
             reader.release()  # the chunk's slot in the reader's ring may be reused
 

@@ -7,7 +7,9 @@ progress thread exist) that iterates ``src.chunks(chunk_bytes)``. Iterating the
 :class:`ReadAhead` yields, in source order, one item per chunk: a :class:`SlotRef` (the chunk,
 pickled by the reader into a slot of a shared-memory ring that the workers, forked later, can read:
 :func:`resolve` turns it back into the :class:`RawChunk` in the worker) or, for a chunk too big for
-a slot, the :class:`RawChunk` itself through the pipe. The caller must call :meth:`ReadAhead.release`
+a slot, the :class:`RawChunk` itself through the pipe. The worker writes its uint16 tokens back
+into the same slot (:func:`stash_tokens`; the main process reads them with :func:`fetch_tokens`),
+so neither the text nor the tokens go through a pipe. The caller must call :meth:`ReadAhead.release`
 once per item, in order, when the item's chunk has been fully used (the build: after consuming its
 worker's result); the reader reuses a slot only after that, and blocks while all ``slots`` are in
 use, so at most ``slots`` chunks exist at once (bounded memory). Because the order is kept, the
@@ -29,6 +31,7 @@ decompress anyway.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import multiprocessing as mp
@@ -39,6 +42,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from pipeline.sources import RawChunk, Source, SourceError
 
@@ -71,6 +76,38 @@ def resolve(item: SlotRef | RawChunk) -> RawChunk:
     ring, slot_bytes = _RINGS[item.ring]
     start = item.slot * slot_bytes
     return pickle.loads(ring[start : start + item.size])
+
+
+@dataclass(frozen=True)
+class TokensRef:
+    """A worker's uint16 tokens, written back into the slot its chunk came in: what travels back."""
+
+    ring: int
+    slot: int
+    count: int
+
+
+def stash_tokens(item: SlotRef | RawChunk, tokens: np.ndarray) -> np.ndarray | TokensRef:
+    """In the worker, once ``item``'s chunk was read: put ``tokens`` into its slot when they fit.
+
+    The slot is not reused before the main process has consumed this result (it releases it
+    only then), so the tokens cross to the main process with no pipe and no pickle.
+    """
+    if not isinstance(item, SlotRef):
+        return tokens
+    ring, slot_bytes = _RINGS[item.ring]
+    if tokens.nbytes > slot_bytes:
+        return tokens
+    np.frombuffer(ring, dtype=np.uint16, count=len(tokens), offset=item.slot * slot_bytes)[:] = tokens
+    return TokensRef(item.ring, item.slot, len(tokens))
+
+
+def fetch_tokens(tokens: np.ndarray | TokensRef) -> np.ndarray:
+    """In the main process: the tokens; for a :class:`TokensRef` a view of the slot, valid until release()."""
+    if not isinstance(tokens, TokensRef):
+        return tokens
+    ring, slot_bytes = _RINGS[tokens.ring]
+    return np.frombuffer(ring, dtype=np.uint16, count=tokens.count, offset=tokens.slot * slot_bytes)
 
 
 def slot_bytes_for(chunk_bytes: int) -> int:
@@ -137,7 +174,9 @@ class ReadAhead:
             self._proc = None
         if self._ring_id is not None:
             ring, _ = _RINGS.pop(self._ring_id)
-            ring.close()
+            # a token view still referenced (by an exception's frame) keeps it mapped until it is freed
+            with contextlib.suppress(BufferError):
+                ring.close()
             self._ring_id = None
 
     def __enter__(self) -> ReadAhead:
@@ -202,4 +241,14 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-__all__ = ["FORKED_FORMATS", "ReadAhead", "SlotRef", "prepare_reader", "resolve", "slot_bytes_for"]
+__all__ = [
+    "FORKED_FORMATS",
+    "ReadAhead",
+    "SlotRef",
+    "TokensRef",
+    "fetch_tokens",
+    "prepare_reader",
+    "resolve",
+    "slot_bytes_for",
+    "stash_tokens",
+]
