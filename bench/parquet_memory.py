@@ -11,7 +11,7 @@ set up as the build's reader process is (:func:`pipeline.readahead.prepare_reade
 :mod:`pipeline.readahead` this reading ran in the build's main process; tokenizing happens in the
 workers and is left out), and reports its peak anonymous memory (``RssAnon`` sampled at every chunk) and peak RSS
 (``VmHWM``), minus the same figures right after the imports. The headline is the largest peak
-over the smallest, as a ratio (target: within 1.5x, i.e. independent of file and row-group size).
+over the smallest (each the median of 3 processes), as a ratio (target: within 1.5x, i.e. independent of file and row-group size).
 ``before`` runs the same reader with pyarrow's defaults (``pre_buffer=True``, whole column chunks read
 at once, the default memory pool), as it was before this change; ``after`` the reader as it is.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,13 @@ def write_layouts(root: Path, rows: list[str], rows_per_group: int) -> dict[str,
     return out
 
 
-def peak_memory(source: Path, side: str) -> dict:
+def peak_memory(source: Path, side: str, repeats: int = 3) -> dict:
+    """Median over ``repeats`` fresh processes (the allocator's footprint varies by a few MB run to run)."""
+    runs = [_peak_memory_once(source, side) for _ in range(repeats)]
+    return {k: statistics.median(r[k] for r in runs) if k != "rows" else runs[0][k] for k in runs[0]}
+
+
+def _peak_memory_once(source: Path, side: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, str(source), side], capture_output=True, text=True, check=True,
                           cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
