@@ -88,3 +88,22 @@ def test_rich_progress_display_runs(gen_shards: Path, tmp_path: Path, capsys):
     assert res.final_step == 2
     out = capsys.readouterr().out
     assert "training summary" in out and "tok/s" in out
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own use of torch.jit
+def test_compiled_run_with_evals_compiles_two_graphs_and_never_recompiles(gen_shards: Path, tmp_path: Path):
+    """A compiled CPU run that evaluates at step 0, 2 and 4 (5 windows in batches of 2, so the last
+    batch is padded) and trains in between: exactly one graph for eval and one for training, so
+    neither the padded batch nor the switches between train and eval ever recompiled."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        res = _run(gen_shards, tmp_path / "run", "--compile", "--max-steps", "4", "--eval-every", "2",
+                   "--eval-windows", "5")
+        assert sorted(res.val_losses) == [0, 2, 4]
+        assert counters["stats"]["unique_graphs"] == 2
+    finally:
+        torch._dynamo.reset()
