@@ -46,6 +46,7 @@ from model.eval_tasks import (
     wikitext_counts,
     wikitext_detokenize,
 )
+from pipeline.errors import UserError
 from pipeline.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
@@ -81,8 +82,11 @@ class Scorer:
         for ctx, cont in requests:
             if not cont:
                 raise ValueError("a request has an empty continuation; nothing to score")
-            if len(cont) > L:
-                raise ValueError(f"a continuation of {len(cont)} tokens exceeds the model's context of {L}")
+            if len(cont) > L:  # nothing left to condition on: a data problem, not a bug
+                raise UserError(
+                    f"a continuation of {len(cont)} tokens exceeds the model's context of {L} tokens; "
+                    "evaluate a model with a longer context (--block-size) or drop the row"
+                )
             inputs.append((list(ctx) + list(cont))[-(L + 1) :][:-1])  # (<= L,) model input
         order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
@@ -280,8 +284,6 @@ def load_task_docs(task: str, data=None, limit: int | None = None, vocab_size: i
         return load_docs(task, data, limit)
     dataset, docs = load_shard_docs(data, limit)
     if vocab_size is not None and dataset.vocab_size != vocab_size:
-        from pipeline.errors import UserError
-
         raise UserError(
             f"--data {data}: shards have vocab_size {dataset.vocab_size} but the model has {vocab_size}; "
             "evaluate a checkpoint trained on this tokenizer"
