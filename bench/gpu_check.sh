@@ -4,7 +4,8 @@
 #   bench/gpu_check.sh prepare            # here, with network to PyPI: fills .gpu-carry/ (git-ignored)
 #   bench/gpu_check.sh                    # on the GPU machine: all stages, results under $OUT
 #   bench/gpu_check.sh --dry-run          # any machine: the same stages on CPU as far as they go
-#   bench/gpu_check.sh --stages "train ddp"   # a subset (facts gputests train sampler generate ddp)
+#   bench/gpu_check.sh --stages "train ddp"   # a subset (facts gputests train sampler generate ddp;
+#                                             # opt-in: sdpa, flash vs the auto kernel, after train)
 #
 # Each stage runs under its own `timeout`, so one hang cannot eat the lease; the caps add up to
 # 475 s (under 8 minutes). Every stage appends a JSON line to $OUT/summary.jsonl, its output goes to
@@ -133,13 +134,13 @@ if want gputests; then
 fi
 
 # ------------------------------------------------------------------ 3. trainer speed, gpt2 124M
+if [ "$DRY" = 1 ]; then
+    targs=(--device cpu --preset tiny --steps 3 --micro-batch 2 --seq-len 32 --precision fp32
+           --train-tokens 50000 --total-batch-tokens 128)
+else
+    targs=(--steps 8)
+fi
 if want train; then
-    if [ "$DRY" = 1 ]; then
-        targs=(--device cpu --preset tiny --steps 3 --micro-batch 2 --seq-len 32 --precision fp32
-               --train-tokens 50000 --total-batch-tokens 128)
-    else
-        targs=(--steps 8)
-    fi
     stage train 140 "$PY" bench/train_gpu.py "${targs[@]}" --json "$OUT/train.json"
     rc=$?
     fig=$("$PY" -c "
@@ -164,6 +165,20 @@ import json; c = json.load(open('$OUT/train_mb64.json'))['compile']
 print(f\"compile {c['tokens_per_s']:,.0f} tok/s MFU {100 * (c['mfu'] or 0):.1f}% peak {c['peak_mem_gib'] or 0:.1f} GiB\")" 2>/dev/null)
         record train_mb64 "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
     fi
+fi
+
+# ------------------------------------------------------------------ 3b. (opt-in) flash attention vs auto
+if want sdpa; then
+    stage sdpa 80 "$PY" bench/train_gpu.py "${targs[@]}" --no-baseline --sdpa-backend flash --json "$OUT/sdpa_flash.json"
+    rc=$?
+    fig=$("$PY" -c "
+import json
+f = json.load(open('$OUT/sdpa_flash.json'))['compile']
+a = json.load(open('$OUT/train.json'))
+s = f\"flash {f['tokens_per_s']:,.0f} tok/s peak {f['peak_mem_gib'] or 0:.1f} GiB\"
+s += f\"; {a['compile'].get('sdpa_backend', 'auto')} {a['compile']['tokens_per_s']:,.0f} tok/s: auto/flash {a['compile']['tokens_per_s'] / f['tokens_per_s']:.3f}x\"
+print(s)" 2>/dev/null)
+    record sdpa "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
 fi
 
 # ------------------------------------------------------------------ 4. data wait per step
