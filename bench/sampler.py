@@ -83,13 +83,19 @@ def random_shards(out: Path, tokens: int, shards: int, seed: int = 0) -> None:
         offs = np.concatenate(([0], np.cumsum(lens)))
         toks[offs[:-1]] = SOT_ID
         toks[offs[1:] - 1] = EOT_ID
-        w = ShardWriter(out / shard_name("train", i), vocab_size=VOCAB_SIZE, tokenizer_fingerprint="bench-random")
+        w = ShardWriter(
+            out / shard_name("train", i), vocab_size=VOCAB_SIZE, tokenizer_fingerprint="bench-random"
+        )
         w.add_documents(toks, lens)
         h = w.finish()
         entries.append(ShardEntry(shard_name("train", i), "train", per, len(lens), h.payload_sha256))
     Manifest(
-        tokenizer_fingerprint="bench-random", vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
-        source="random", settings={"tokens": tokens, "shards": shards, "seed": seed}, shards=entries,
+        tokenizer_fingerprint="bench-random",
+        vocab_size=VOCAB_SIZE,
+        special_tokens=dict(SPECIAL_TOKENS),
+        source="random",
+        settings={"tokens": tokens, "shards": shards, "seed": seed},
+        shards=entries,
     ).save(out)
 
 
@@ -102,7 +108,9 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
         except ImportError:
             console.print("[yellow]pipeline.build is not available; using random tokens[/]")
         else:
-            cfg = ShardConfig(source=str(source), out=out, shard_tokens=args.shard_tokens, val_fraction=0.0005)
+            cfg = ShardConfig(
+                source=str(source), out=out, shard_tokens=args.shard_tokens, val_fraction=0.0005
+            )
             build_shards(cfg, progress=True)
             return out, f"{source.name} via build_shards"
     random_shards(out, args.tokens, args.shards)
@@ -232,15 +240,24 @@ def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
     console.print(f"sampler / loop = {ratio:.1f}x ({verdict} the >= 8x target)")
     check = med["sampler, no id check"] / med["sampler"]
     check_us = time_id_check(root, b, t)
-    console.print(f"id check cost: (no check) / (checked) batches/s = {check:.3f}x; the check alone "
-                  f"(one max over a ({b}, {t + 1}) uint16 buffer) takes {check_us:.1f} us = "
-                  f"{100 * check_us * 1e-6 * med['sampler']:.1f}% of a checked get_batch")
+    console.print(
+        f"id check cost: (no check) / (checked) batches/s = {check:.3f}x; the check alone "
+        f"(one max over a ({b}, {t + 1}) uint16 buffer) takes {check_us:.1f} us = "
+        f"{100 * check_us * 1e-6 * med['sampler']:.1f}% of a checked get_batch"
+    )
     policy = med["sampler+prefetch, no madvise"] / med["sampler+prefetch"]
     console.print(f"page policy on warm cache: (no madvise) / (madvise) batches/s = {policy:.3f}x")
     return {
-        "mode": "cpu", "batch_size": b, "seq_len": t, "data": what,
-        "batches_per_s": med, "mtok_per_s": {k: r * b * t / 1e6 for k, r in med.items()},
-        "sampler_over_loop": ratio, "id_check_cost": check, "id_check_us": check_us, "madvise_warm_cost": policy,
+        "mode": "cpu",
+        "batch_size": b,
+        "seq_len": t,
+        "data": what,
+        "batches_per_s": med,
+        "mtok_per_s": {k: r * b * t / 1e6 for k, r in med.items()},
+        "sampler_over_loop": ratio,
+        "id_check_cost": check,
+        "id_check_us": check_us,
+        "madvise_warm_cost": policy,
     }
 
 
@@ -277,27 +294,45 @@ def bench_busy(args: argparse.Namespace, root: Path, what: str) -> dict:
             steps[prefetch] += st
     res = {
         f"prefetch={k}": {
-            "wait_ms_mean": 1e3 * statistics.mean(waits[k]), "wait_ms_median": 1e3 * statistics.median(waits[k]),
+            "wait_ms_mean": 1e3 * statistics.mean(waits[k]),
+            "wait_ms_median": 1e3 * statistics.median(waits[k]),
             "wait_ms_p90": 1e3 * statistics.quantiles(waits[k], n=10)[-1],
             "step_ms_mean": 1e3 * statistics.mean(steps[k]),
         }
         for k in (0, 2)
     }
     off, on = res["prefetch=0"], res["prefetch=2"]
-    table = Table(title=f"consumer wait per next(), busy consumer ({args.ops} small torch ops + "
-                        f"{args.device_wait_ms:g} ms GIL-free wait per step), B={args.batch_size} "
-                        f"T={args.seq_len}, {what}, {args.rounds} x {args.steps} steps each")
+    table = Table(
+        title=f"consumer wait per next(), busy consumer ({args.ops} small torch ops + "
+        f"{args.device_wait_ms:g} ms GIL-free wait per step), B={args.batch_size} "
+        f"T={args.seq_len}, {what}, {args.rounds} x {args.steps} steps each"
+    )
     for col in ("prefetch", "wait ms mean", "median", "p90", "step ms"):
         table.add_column(col, justify="right")
     for k, r in res.items():
-        table.add_row(k, f"{r['wait_ms_mean']:.3f}", f"{r['wait_ms_median']:.3f}", f"{r['wait_ms_p90']:.3f}",
-                      f"{r['step_ms_mean']:.2f}")
+        table.add_row(
+            k,
+            f"{r['wait_ms_mean']:.3f}",
+            f"{r['wait_ms_median']:.3f}",
+            f"{r['wait_ms_p90']:.3f}",
+            f"{r['step_ms_mean']:.2f}",
+        )
     console.print(table)
     ratio = off["wait_ms_mean"] / on["wait_ms_mean"]
-    console.print(f"wait without / with prefetch = {ratio:.1f}x (mean), "
-                  f"{off['wait_ms_median'] / on['wait_ms_median']:.1f}x (median)")
-    return {"mode": "busy-consumer", "batch_size": args.batch_size, "seq_len": args.seq_len, "data": what,
-            "ops": args.ops, "device_wait_ms": args.device_wait_ms, "results": res, "wait_ratio": ratio}
+    console.print(
+        f"wait without / with prefetch = {ratio:.1f}x (mean), "
+        f"{off['wait_ms_median'] / on['wait_ms_median']:.1f}x (median)"
+    )
+    return {
+        "mode": "busy-consumer",
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "data": what,
+        "ops": args.ops,
+        "device_wait_ms": args.device_wait_ms,
+        "results": res,
+        "wait_ratio": ratio,
+    }
 
 
 # ----------------------------------------------------------------------------- CUDA mode
@@ -316,7 +351,9 @@ def bench_cuda(args: argparse.Namespace, root: Path, what: str) -> dict:
     step_fn = torch.compile(model) if args.compile else model
     results = {}
     for prefetch in (0, 2):
-        with TokenSampler(root, batch_size=args.batch_size, seq_len=args.seq_len, device=dev, prefetch=prefetch) as s:
+        with TokenSampler(
+            root, batch_size=args.batch_size, seq_len=args.seq_len, device=dev, prefetch=prefetch
+        ) as s:
             it = s.batches(0)
             waits, steps = [], []
             for i in range(args.warmup + args.steps):
@@ -334,28 +371,53 @@ def bench_cuda(args: argparse.Namespace, root: Path, what: str) -> dict:
                     waits.append(t1 - t0)
                     steps.append(t2 - t0)
         wait_ms, step_ms = 1e3 * statistics.mean(waits), 1e3 * statistics.mean(steps)
-        results[f"prefetch={prefetch}"] = {"wait_ms": wait_ms, "step_ms": step_ms, "wait_pct": 100 * wait_ms / step_ms}
-    table = Table(title=f"data wait per step, GPT-2 124M, B={args.batch_size} T={args.seq_len}, "
-                        f"{torch.cuda.get_device_name()}, {what}")
+        results[f"prefetch={prefetch}"] = {
+            "wait_ms": wait_ms,
+            "step_ms": step_ms,
+            "wait_pct": 100 * wait_ms / step_ms,
+        }
+    table = Table(
+        title=f"data wait per step, GPT-2 124M, B={args.batch_size} T={args.seq_len}, "
+        f"{torch.cuda.get_device_name()}, {what}"
+    )
     for col in ("prefetch", "wait ms/step", "step ms", "wait % of step"):
         table.add_column(col, justify="right")
     for k, r in results.items():
         table.add_row(k, f"{r['wait_ms']:.3f}", f"{r['step_ms']:.1f}", f"{r['wait_pct']:.2f}%")
     console.print(table)
-    return {"mode": "cuda", "device": torch.cuda.get_device_name(), "batch_size": args.batch_size,
-            "seq_len": args.seq_len, "data": what, "results": results}
+    return {
+        "mode": "cuda",
+        "device": torch.cuda.get_device_name(),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "data": what,
+        "results": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: throughput against the baselines; cuda: data wait per GPT-2 124M step")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu: throughput against the baselines; cuda: data wait per GPT-2 124M step",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="rows per batch (B)")
     p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (T)")
-    p.add_argument("--source", default=str(DEFAULT_SOURCE),
-                   help="corpus to build shards from with build_shards; '' or a missing path: random tokens")
-    p.add_argument("--shard-tokens", type=int, default=8_000_000,
-                   help="shard size for --source builds (small, so batches span several shards)")
+    p.add_argument(
+        "--source",
+        default=str(DEFAULT_SOURCE),
+        help="corpus to build shards from with build_shards; '' or a missing path: random tokens",
+    )
+    p.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=8_000_000,
+        help="shard size for --source builds (small, so batches span several shards)",
+    )
     p.add_argument("--tokens", type=int, default=50_000_000, help="random-data size in tokens")
     p.add_argument("--shards", type=int, default=4, help="random-data shard count")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (CPU)")
@@ -363,13 +425,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="timed training steps per setting (CUDA)")
     p.add_argument("--warmup", type=int, default=10, help="untimed training steps per setting (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--busy-consumer", action="store_true",
-                   help="CPU: time next() with a consumer that holds the GIL like an eager training step, "
-                        "prefetch 0 vs 2 (uses --steps, --warmup, --rounds, --ops, --device-wait-ms)")
-    p.add_argument("--ops", type=int, default=2000,
-                   help="busy consumer: small torch ops per step, standing in for kernel launches")
-    p.add_argument("--device-wait-ms", type=float, default=20.0,
-                   help="busy consumer: GIL-free wait per step, standing in for the GPU sync")
+    p.add_argument(
+        "--busy-consumer",
+        action="store_true",
+        help="CPU: time next() with a consumer that holds the GIL like an eager training step, "
+        "prefetch 0 vs 2 (uses --steps, --warmup, --rounds, --ops, --device-wait-ms)",
+    )
+    p.add_argument(
+        "--ops",
+        type=int,
+        default=2000,
+        help="busy consumer: small torch ops per step, standing in for kernel launches",
+    )
+    p.add_argument(
+        "--device-wait-ms",
+        type=float,
+        default=20.0,
+        help="busy consumer: GIL-free wait per step, standing in for the GPU sync",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="owtgpt-bench-sampler-") as tmp:

@@ -119,15 +119,19 @@ def run_raw_proc(texts: list[str], workers: int) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="corpus (default: imdb-reviews.jsonl.zst)")
+    ap.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help="corpus (default: imdb-reviews.jsonl.zst)"
+    )
     ap.add_argument("--workers", type=int, default=2, help="worker count for all three (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of each; best kept (default 2)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     source = args.source.resolve()
     if not source.exists():
-        print(f"{source}: not found (the benchmark corpus lives in ../shared/corpora); pass --source FILE",
-              file=sys.stderr)
+        print(
+            f"{source}: not found (the benchmark corpus lives in ../shared/corpora); pass --source FILE",
+            file=sys.stderr,
+        )
         return 2
 
     from rich.console import Console
@@ -158,31 +162,59 @@ def main(argv: list[str] | None = None) -> int:
     ntok = ntoks["pipeline"]
     rate = {k: ntok / v for k, v in best.items()}
     res = {
-        "source": str(source), "workers": args.workers, "docs": ndocs, "tokens": ntok,
-        "pipeline_tok_s": rate["pipeline"], "raw_tok_s": rate["raw"], "raw_threads_tok_s": rate["raw-threads"],
+        "source": str(source),
+        "workers": args.workers,
+        "docs": ndocs,
+        "tokens": ntok,
+        "pipeline_tok_s": rate["pipeline"],
+        "raw_tok_s": rate["raw"],
+        "raw_threads_tok_s": rate["raw-threads"],
         "raw_proc_tok_s": rate["raw-proc"],
-        "ratio_vs_raw": rate["pipeline"] / rate["raw"], "ratio_vs_raw_proc": rate["pipeline"] / rate["raw-proc"],
-        "peak_rss_main_mb": rss_main / 1024, "peak_rss_worker_mb": rss_worker / 1024,
+        "ratio_vs_raw": rate["pipeline"] / rate["raw"],
+        "ratio_vs_raw_proc": rate["pipeline"] / rate["raw-proc"],
+        "peak_rss_main_mb": rss_main / 1024,
+        "peak_rss_worker_mb": rss_worker / 1024,
     }
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    t = Table(title=f"tokenize {source.name}: {ntok:,} tokens, {ndocs:,} docs, {args.workers} workers, "
-                    f"best of {args.repeats}")
+    t = Table(
+        title=f"tokenize {source.name}: {ntok:,} tokens, {ndocs:,} docs, {args.workers} workers, "
+        f"best of {args.repeats}"
+    )
     t.add_column("path")
     t.add_column("seconds", justify="right")
     t.add_column("Mtok/s", justify="right")
     t.add_column("pipeline / this", justify="right")
-    t.add_row("pipeline (build_shards, file -> shards)", f"{best['pipeline']:.2f}", f"{rate['pipeline'] / 1e6:.2f}", "1.00")
-    t.add_row(f"raw encode_ordinary_batch(num_threads={args.workers})", f"{best['raw']:.2f}",
-              f"{rate['raw'] / 1e6:.2f}", f"{res['ratio_vs_raw']:.2f}")
-    t.add_row(f"raw encode_to_numpy in {args.workers} threads", f"{best['raw-threads']:.2f}",
-              f"{rate['raw-threads'] / 1e6:.2f}", f"{rate['pipeline'] / rate['raw-threads']:.2f}")
-    t.add_row(f"raw encode_ordinary in {args.workers} processes", f"{best['raw-proc']:.2f}",
-              f"{rate['raw-proc'] / 1e6:.2f}", f"{res['ratio_vs_raw_proc']:.2f}")
+    t.add_row(
+        "pipeline (build_shards, file -> shards)",
+        f"{best['pipeline']:.2f}",
+        f"{rate['pipeline'] / 1e6:.2f}",
+        "1.00",
+    )
+    t.add_row(
+        f"raw encode_ordinary_batch(num_threads={args.workers})",
+        f"{best['raw']:.2f}",
+        f"{rate['raw'] / 1e6:.2f}",
+        f"{res['ratio_vs_raw']:.2f}",
+    )
+    t.add_row(
+        f"raw encode_to_numpy in {args.workers} threads",
+        f"{best['raw-threads']:.2f}",
+        f"{rate['raw-threads'] / 1e6:.2f}",
+        f"{rate['pipeline'] / rate['raw-threads']:.2f}",
+    )
+    t.add_row(
+        f"raw encode_ordinary in {args.workers} processes",
+        f"{best['raw-proc']:.2f}",
+        f"{rate['raw-proc'] / 1e6:.2f}",
+        f"{res['ratio_vs_raw_proc']:.2f}",
+    )
     Console().print(t)
-    Console().print(f"peak RSS: main process {res['peak_rss_main_mb']:.0f} MB, largest worker "
-                    f"{res['peak_rss_worker_mb']:.0f} MB (during the pipeline run)")
+    Console().print(
+        f"peak RSS: main process {res['peak_rss_main_mb']:.0f} MB, largest worker "
+        f"{res['peak_rss_worker_mb']:.0f} MB (during the pipeline run)"
+    )
     return 0
 
 

@@ -60,10 +60,23 @@ def write_synthetic_shards(out: Path, train_tokens: int, val_tokens: int, seed: 
                 toks[:, 0], toks[:, -1] = SOT_ID, EOT_ID
                 w.add_documents(toks.reshape(-1), np.full(k, doc_len))
         h = read_header(path)
-        entries.append(ShardEntry(file=path.name, split=split, num_tokens=h.num_tokens, num_docs=h.num_docs,
-                                  payload_sha256=h.payload_sha256))
-    Manifest(tokenizer_fingerprint=fp, vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
-             source="bench/train_gpu.py synthetic", settings={"seed": seed}, shards=entries).save(out)
+        entries.append(
+            ShardEntry(
+                file=path.name,
+                split=split,
+                num_tokens=h.num_tokens,
+                num_docs=h.num_docs,
+                payload_sha256=h.payload_sha256,
+            )
+        )
+    Manifest(
+        tokenizer_fingerprint=fp,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=dict(SPECIAL_TOKENS),
+        source="bench/train_gpu.py synthetic",
+        settings={"seed": seed},
+        shards=entries,
+    ).save(out)
     return out
 
 
@@ -71,11 +84,38 @@ def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> 
     from trainer.config import config_from_args
     from trainer.train import train
 
-    argv = ["--data", str(data), "--out", str(out), "--preset", args.preset, "--max-steps", str(args.steps),
-            "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--precision", args.precision,
-            "--device", args.device, "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "0",
-            "--no-tensorboard", "--no-progress", "--log-every", "1", "--overwrite",
-            "--sdpa-backend", args.sdpa_backend, "--compile" if compile_ else "--no-compile"]
+    argv = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        args.preset,
+        "--max-steps",
+        str(args.steps),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--seq-len",
+        str(args.seq_len),
+        "--precision",
+        args.precision,
+        "--device",
+        args.device,
+        "--eval-every",
+        "0",
+        "--sample-every",
+        "0",
+        "--ckpt-every",
+        "0",
+        "--no-tensorboard",
+        "--no-progress",
+        "--log-every",
+        "1",
+        "--overwrite",
+        "--sdpa-backend",
+        args.sdpa_backend,
+        "--compile" if compile_ else "--no-compile",
+    ]
     if args.total_batch_tokens:
         argv += ["--total-batch-tokens", str(args.total_batch_tokens)]
     if args.peak_tflops:
@@ -89,38 +129,69 @@ def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> 
     cfg = config_from_args(argv)
     res = train(cfg)
     steps = res.final_step - res.start_step
-    return {"tokens_per_s": res.tokens_per_s, "mfu": res.mfu, "peak_mem_gib": res.peak_mem_gib,
-            "step_ms": 1000 * (cfg.total_batch_tokens / res.tokens_per_s) if res.tokens_per_s else None,
-            "steps": steps, "tokens": steps * cfg.total_batch_tokens, "final_loss": res.losses.get(res.final_step),
-            "losses": {str(k): v for k, v in sorted(res.losses.items())}, "sdpa_backend": res.sdpa_backend}
+    return {
+        "tokens_per_s": res.tokens_per_s,
+        "mfu": res.mfu,
+        "peak_mem_gib": res.peak_mem_gib,
+        "step_ms": 1000 * (cfg.total_batch_tokens / res.tokens_per_s) if res.tokens_per_s else None,
+        "steps": steps,
+        "tokens": steps * cfg.total_batch_tokens,
+        "final_loss": res.losses.get(res.final_step),
+        "losses": {str(k): v for k, v in sorted(res.losses.items())},
+        "sdpa_backend": res.sdpa_backend,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="gpt2", help="trainer preset (default gpt2 = 124M)")
     p.add_argument("--steps", type=int, default=13, help="optimizer steps per run; the first 3 are warm-up")
-    p.add_argument("--micro-batch", type=int, default=32,
-                   help="micro batch (default 32, the gpt2 preset's; try 64 on an 80 GB card)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=32,
+        help="micro batch (default 32, the gpt2 preset's; try 64 on an 80 GB card)",
+    )
     p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--train-tokens", type=int, default=64 * 2**20,
-                   help="synthetic train tokens (default 64Mi = 128 MB, so batches are not cache-resident)")
+    p.add_argument(
+        "--train-tokens",
+        type=int,
+        default=64 * 2**20,
+        help="synthetic train tokens (default 64Mi = 128 MB, so batches are not cache-resident)",
+    )
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
-    p.add_argument("--total-batch-tokens", type=int, default=None,
-                   help="tokens per optimizer step (default: the preset's, 2^19 for gpt2)")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                   help="cuda (the benchmark) or cpu: a smoke run of this script's own logic with a tiny "
-                        "preset, for machines without a GPU (its figures mean nothing)")
+    p.add_argument(
+        "--total-batch-tokens",
+        type=int,
+        default=None,
+        help="tokens per optimizer step (default: the preset's, 2^19 for gpt2)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cuda (the benchmark) or cpu: a smoke run of this script's own logic with a tiny "
+        "preset, for machines without a GPU (its figures mean nothing)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the eager (--no-compile) baseline run")
-    p.add_argument("--sdpa-backend", default="auto", choices=["auto", "cudnn", "flash", "efficient", "math"],
-                   help="attention kernel of both runs (default auto: cuDNN on Hopper, flash on Ampere; the one "
-                        "used is reported)")
+    p.add_argument(
+        "--sdpa-backend",
+        default="auto",
+        choices=["auto", "cudnn", "flash", "efficient", "math"],
+        help="attention kernel of both runs (default auto: cuDNN on Hopper, flash on Ampere; the one "
+        "used is reported)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("SKIP bench/train_gpu.py: no CUDA device (torch sees none). It measures the trainer on a GPU; "
-              "run it where one is present.")
+        print(
+            "SKIP bench/train_gpu.py: no CUDA device (torch sees none). It measures the trainer on a GPU; "
+            "run it where one is present."
+        )
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -143,9 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in (("compile", "trainer (compile)"), ("eager", "trainer (eager, baseline)")):
         r = results.get(key)
         if r:
-            table.add_row(label, r["sdpa_backend"], f"{r['tokens_per_s']:,.0f}",
-                          f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a", f"{r['step_ms']:.0f}",
-                          f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-")
+            table.add_row(
+                label,
+                r["sdpa_backend"],
+                f"{r['tokens_per_s']:,.0f}",
+                f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a",
+                f"{r['step_ms']:.0f}",
+                f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-",
+            )
     console = Console()
     console.print(table)
     if "eager" in results:
@@ -153,11 +229,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"compile / eager: {ratio:.2f}x")
         results["ratio_compile_over_eager"] = ratio
     tps = results["compile"]["tokens_per_s"]
-    console.print(f"target >= 550,000 tokens/s on one H100: {'MET' if tps >= 550_000 else 'not met'} "
-                  f"({tps:,.0f} on {name}; peak {peak_tflops_for(device, args.peak_tflops)} TFLOP/s)")
-    results.update(device=name, torch=torch.__version__, date=datetime.date.today().isoformat(),
-                   preset=args.preset, micro_batch=args.micro_batch, seq_len=args.seq_len, precision=args.precision,
-                   sdpa_backend_requested=args.sdpa_backend)
+    console.print(
+        f"target >= 550,000 tokens/s on one H100: {'MET' if tps >= 550_000 else 'not met'} "
+        f"({tps:,.0f} on {name}; peak {peak_tflops_for(device, args.peak_tflops)} TFLOP/s)"
+    )
+    results.update(
+        device=name,
+        torch=torch.__version__,
+        date=datetime.date.today().isoformat(),
+        preset=args.preset,
+        micro_batch=args.micro_batch,
+        seq_len=args.seq_len,
+        precision=args.precision,
+        sdpa_backend_requested=args.sdpa_backend,
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -266,9 +266,15 @@ def load_error_reason(path: Path, e: BaseException) -> str:
     text = str(e)
     unsafe = _UNSAFE_RE.search(text)
     if unsafe or "weights_only" in text.replace(" ", "_").lower() or "Weights only load failed" in text:
-        what = f"an object of type {unsafe.group(1)}" if unsafe else "objects other than tensors and plain values"
-        return (f"{path}: unsafe to load: it holds {what}, and owtgpt loads only tensors and plain "
-                "containers (a pickle can run code); it is not an owtgpt checkpoint")
+        what = (
+            f"an object of type {unsafe.group(1)}"
+            if unsafe
+            else "objects other than tensors and plain values"
+        )
+        return (
+            f"{path}: unsafe to load: it holds {what}, and owtgpt loads only tensors and plain "
+            "containers (a pickle can run code); it is not an owtgpt checkpoint"
+        )
     first = text.splitlines()[0].split(". ")[0][:160] if text.strip() else "no detail"
     return f"{path}: not an owtgpt checkpoint, or truncated/corrupt (torch.load: {type(e).__name__}: {first})"
 
@@ -301,7 +307,9 @@ def _warn_runtime(msg: str) -> None:
 
 
 def load_model(
-    path_or_run_dir: str | os.PathLike[str], map_location: Any = "cpu", warn: Callable[[str], None] = _warn_runtime
+    path_or_run_dir: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    warn: Callable[[str], None] = _warn_runtime,
 ) -> tuple[GPT, dict[str, Any]]:
     """Load ``(model, checkpoint dict)`` from a ``.pt`` file or a run directory's newest good checkpoint.
 
@@ -328,6 +336,8 @@ def load_model(
         lambda p: _load_file(p, map_location),
         catch=CheckpointError,
         warn=warn,
-        fail=lambda tried: CheckpointError(f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(tried)),
+        fail=lambda tried: CheckpointError(
+            f"{path}: no loadable checkpoint; tried:\n  " + "\n  ".join(tried)
+        ),
     )
     return model, ckpt

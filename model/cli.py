@@ -214,7 +214,9 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
 
             extra["tokenizer_fingerprint"] = tokenizer_fingerprint()
     save_model(target, model, extra)
-    table = _table("import-hf", ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds"))
+    table = _table(
+        "import-hf", ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds")
+    )
     vocab = f"{source_vocab} -> {cfg.vocab_size}" if source_vocab != cfg.vocab_size else str(cfg.vocab_size)
     table.add_row(
         str(args.dir), str(target), str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
@@ -314,7 +316,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data} is one task's file, but {len(tasks)} tasks were given; run one "
                          "task per --data, or drop --data to read the hub datasets")  # fmt: skip
     if "shards" in tasks and args.data is None:
-        raise UsageError("--task shards needs --data DIR, a shard folder written by `python -m pipeline build`")
+        raise UsageError(
+            "--task shards needs --data DIR, a shard folder written by `python -m pipeline build`"
+        )
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit} must be >= 1")
     if args.batch_size < 1:
@@ -489,5 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "top_k", None) == 0:
         args.top_k = None
     return run_command(
-        lambda: args.func(args), debug=args.debug or "--debug" in argv, user_errors=(CheckpointError, HFFormatError)
+        lambda: args.func(args),
+        debug=args.debug or "--debug" in argv,
+        user_errors=(CheckpointError, HFFormatError),
     )

@@ -231,7 +231,8 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """
     enc = tk.get_tokenizer()
     ids = [
-        np.asarray(enc.encode_ordinary(t), dtype=np.uint32) if "<|" in t
+        np.asarray(enc.encode_ordinary(t), dtype=np.uint32)
+        if "<|" in t
         else enc.encode_to_numpy(t, disallowed_special=())
         for t in texts
     ]
@@ -262,16 +263,25 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     is_val = plan.is_val(positions)
     need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
     texts = [dec.texts[i] for i in keep]
-    src_bytes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
-                            dtype=np.int64, count=len(texts))
+    src_bytes = np.fromiter(
+        (len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)
+    )
     todo = [t for t, n in zip(texts, need.tolist(), strict=True) if n]
     tokens, todo_lengths = encode_texts(todo)
     lengths = np.zeros(len(texts), dtype=np.int64)
     lengths[need] = todo_lengths
     return EncodedChunk(
-        chunk.start, count, chunk.input_bytes, positions, lengths, src_bytes, stash_tokens(item, tokens),
-        empty=count - len(keep) - len(dec.bad), invalid_utf8=sum(dec.invalid_utf8),
-        bad=len(dec.bad), first_bad=dec.bad[0][1] if dec.bad else "",
+        chunk.start,
+        count,
+        chunk.input_bytes,
+        positions,
+        lengths,
+        src_bytes,
+        stash_tokens(item, tokens),
+        empty=count - len(keep) - len(dec.bad),
+        invalid_utf8=sum(dec.invalid_utf8),
+        bad=len(dec.bad),
+        first_bad=dec.bad[0][1] if dec.bad else "",
     )
 
 
@@ -280,15 +290,19 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
 
 def build_settings(cfg: ShardConfig, src: Source) -> dict:
     """Everything the output bytes depend on (compared on rerun; stored in the manifest)."""
-    return json.loads(json.dumps({
-        "build_version": BUILD_VERSION,
-        "source": src.identity(),
-        "shard_tokens": cfg.shard_tokens,
-        "val_fraction": cfg.val_fraction,
-        "seed": cfg.seed,
-        "tokenizer_fingerprint": tk.tokenizer_fingerprint(),
-        "vocab_size": tk.VOCAB_SIZE,
-    }))
+    return json.loads(
+        json.dumps(
+            {
+                "build_version": BUILD_VERSION,
+                "source": src.identity(),
+                "shard_tokens": cfg.shard_tokens,
+                "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed,
+                "tokenizer_fingerprint": tk.tokenizer_fingerprint(),
+                "vocab_size": tk.VOCAB_SIZE,
+            }
+        )
+    )
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -313,7 +327,11 @@ def _shard_ok(out: Path, rec: dict) -> bool:
         return False
     size = (out / rec["file"]).stat().st_size
     return (h.num_tokens, h.num_docs, h.payload_sha256, size) == (
-        rec["num_tokens"], rec["num_docs"], rec["payload_sha256"], h.file_size)
+        rec["num_tokens"],
+        rec["num_docs"],
+        rec["payload_sha256"],
+        h.file_size,
+    )
 
 
 def _load_resume_state(out: Path, settings: dict) -> dict | None:
@@ -351,8 +369,15 @@ class _SplitWriter:
         self.start_pos = self.end_pos = 0
         self.src_bytes = 0
 
-    def add(self, positions: np.ndarray, lengths: np.ndarray, src_bytes: np.ndarray,
-            offsets: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> None:
+    def add(
+        self,
+        positions: np.ndarray,
+        lengths: np.ndarray,
+        src_bytes: np.ndarray,
+        offsets: np.ndarray,
+        tokens: np.ndarray,
+        idx: np.ndarray,
+    ) -> None:
         """Append docs ``idx`` (indices into the chunk arrays, ascending) in order."""
         i = 0
         while i < len(idx):
@@ -380,8 +405,9 @@ class _SplitWriter:
     def _writer(self, pos: int) -> ShardWriter:
         if self.writer is None:
             name = shard_name(self.split, len(self.done))
-            self.writer = ShardWriter(self.out / name, vocab_size=tk.VOCAB_SIZE,
-                                      tokenizer_fingerprint=tk.tokenizer_fingerprint())
+            self.writer = ShardWriter(
+                self.out / name, vocab_size=tk.VOCAB_SIZE, tokenizer_fingerprint=tk.tokenizer_fingerprint()
+            )
             self.start_pos, self.src_bytes = pos, 0
         return self.writer
 
@@ -394,7 +420,9 @@ class _SplitWriter:
             return
         h = w.finish()  # self.writer stays set until here, so an interrupt can still abort() it
         self.writer = None
-        entry = ShardEntry(w.path.name, self.split, h.num_tokens, h.num_docs, h.payload_sha256, self.src_bytes)
+        entry = ShardEntry(
+            w.path.name, self.split, h.num_tokens, h.num_docs, h.payload_sha256, self.src_bytes
+        )
         self.done.append({**asdict(entry), "start_pos": self.start_pos, "end_pos": self.end_pos})
         self.on_finish()
 
@@ -416,9 +444,15 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
     tk.get_tokenizer()  # fail early (TIKTOKEN_CACHE_DIR hint); forked workers inherit it
     out = cfg.out.resolve()
     src = open_source(
-        cfg.source, source_format=cfg.source_format, text_glob=cfg.text_glob, text_field=cfg.text_field,
-        hf_config=cfg.hf_config, hf_split=cfg.hf_split, hf_revision=cfg.hf_revision,
-        streaming=cfg.streaming, exclude=[out],
+        cfg.source,
+        source_format=cfg.source_format,
+        text_glob=cfg.text_glob,
+        text_field=cfg.text_field,
+        hf_config=cfg.hf_config,
+        hf_split=cfg.hf_split,
+        hf_revision=cfg.hf_revision,
+        streaming=cfg.streaming,
+        exclude=[out],
     )
     settings = build_settings(cfg, src)
     created = _make_out(out)
@@ -442,7 +476,9 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
 def _make_out(out: Path) -> bool:
     """Create ``--out`` if missing; True when this call created it."""
     if out.exists() and not out.is_dir():
-        raise BuildError(f"--out {out}: is a file, not a folder; pass a folder path (it is created if missing)")
+        raise BuildError(
+            f"--out {out}: is a file, not a folder; pass a folder path (it is created if missing)"
+        )
     if out.is_dir():
         return False
     try:
@@ -466,13 +502,16 @@ def _write_error(e: OSError, out: Path) -> BuildError:
     """A write into ``out`` failed: one line naming the folder (and, for a full disk, how to resume)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
-        return BuildError(f"{out}: {what} (the filesystem holding this folder is full); finished shards are "
-                          "kept: free space, then rerun the same command to resume")
+        return BuildError(
+            f"{out}: {what} (the filesystem holding this folder is full); finished shards are "
+            "kept: free space, then rerun the same command to resume"
+        )
     return BuildError(describe_oserror(e, out))
 
 
-def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress,
-                  t0: float) -> Manifest:
+def _build_locked(
+    cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress, t0: float
+) -> Manifest:
     """:func:`build_shards` once this process holds ``out``'s lock."""
     remove_stale_temps(out)  # only under the lock: no other writer's temp files can be live here
 
@@ -491,8 +530,10 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
             ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
             return m
         if state_path(out) is None:
-            raise BuildError(f"{out}: shards {bad} are damaged and there is no {STATE_NAME} to repair "
-                             "from; pass --overwrite to rebuild")
+            raise BuildError(
+                f"{out}: shards {bad} are damaged and there is no {STATE_NAME} to repair "
+                "from; pass --overwrite to rebuild"
+            )
         ui.message(f"{out}: shards {bad} are damaged; rebuilding from the first damaged shard.")
         (out / MANIFEST_NAME).unlink()
     if cfg.overwrite:
@@ -529,8 +570,10 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
         def consume(res: EncodedChunk) -> None:
             nonlocal forced_val
             if res.bad and not cfg.skip_bad_records:
-                raise BuildError(f"{res.first_bad}; fix the record, or pass --skip-bad-records to skip "
-                                 "such records (they are counted in the manifest)")
+                raise BuildError(
+                    f"{res.first_bad}; fix the record, or pass --skip-bad-records to skip "
+                    "such records (they are counted in the manifest)"
+                )
             counts["docs_read"] += res.count
             counts["docs_skipped_bad"] += res.bad
             counts["docs_dropped_empty"] += res.empty
@@ -586,14 +629,20 @@ def _build_locked(cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: 
     counts["docs_written"] = counts["docs_train"] + counts["docs_val"]
     counts["source_bytes"] = sum(e.source_bytes for e in entries)
     manifest = Manifest(
-        tokenizer_fingerprint=tk.tokenizer_fingerprint(), vocab_size=tk.VOCAB_SIZE,
-        special_tokens=dict(tk.SPECIAL_TOKENS), source=src.describe(), settings=settings,
-        shards=entries, counts=counts,
+        tokenizer_fingerprint=tk.tokenizer_fingerprint(),
+        vocab_size=tk.VOCAB_SIZE,
+        special_tokens=dict(tk.SPECIAL_TOKENS),
+        source=src.describe(),
+        settings=settings,
+        shards=entries,
+        counts=counts,
     )
     manifest.save(out)  # last: its presence marks a finished build (build-state.jsonl stays for repair)
     ui.summary(out, manifest, time.perf_counter() - t0, resumed)
     if counts["docs_train"] == 0:
-        ui.warn(f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "
-                f"{counts['docs_val']:,} documents are in val); training reads train: lower --val-fraction "
-                "or add documents")
+        ui.warn(
+            f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "
+            f"{counts['docs_val']:,} documents are in val); training reads train: lower --val-fraction "
+            "or add documents"
+        )
     return manifest

@@ -99,9 +99,17 @@ class ShardHeader:
         if len(fp) > FINGERPRINT_BYTES:
             raise ValueError(f"tokenizer fingerprint longer than {FINGERPRINT_BYTES} bytes: {fp!r}")
         body = _HEADER_STRUCT.pack(
-            MAGIC, self.version, self.dtype_code, self.vocab_size, HEADER_SIZE,
-            self.num_tokens, self.num_docs, self.index_offset,
-            bytes.fromhex(self.payload_sha256), bytes.fromhex(self.index_sha256), fp,
+            MAGIC,
+            self.version,
+            self.dtype_code,
+            self.vocab_size,
+            HEADER_SIZE,
+            self.num_tokens,
+            self.num_docs,
+            self.index_offset,
+            bytes.fromhex(self.payload_sha256),
+            bytes.fromhex(self.index_sha256),
+            fp,
         )
         body += _CRC_STRUCT.pack(zlib.crc32(body))
         return body + b"\0" * (HEADER_SIZE - len(body))
@@ -138,10 +146,14 @@ class ShardHeader:
                 f"num_tokens={ntok}; the header is corrupt."
             )
         return cls(
-            vocab_size=vocab, num_tokens=ntok, num_docs=ndocs,
-            payload_sha256=psha.hex(), index_sha256=isha.hex(),
+            vocab_size=vocab,
+            num_tokens=ntok,
+            num_docs=ndocs,
+            payload_sha256=psha.hex(),
+            index_sha256=isha.hex(),
             tokenizer_fingerprint=fp.rstrip(b"\0").decode("ascii"),
-            version=version, dtype_code=dtype_code,
+            version=version,
+            dtype_code=dtype_code,
         )
 
 
@@ -176,7 +188,8 @@ class Shard:
         check_file_size(self.path, h)
         self.tokens = (
             np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_SIZE, shape=(h.num_tokens,))
-            if h.num_tokens else np.empty(0, dtype=TOKEN_DTYPE)
+            if h.num_tokens
+            else np.empty(0, dtype=TOKEN_DTYPE)
         )
         self.doc_offsets = np.memmap(
             self.path, dtype=INDEX_DTYPE, mode="r", offset=h.index_offset, shape=(h.num_docs + 1,)
@@ -195,7 +208,9 @@ class Shard:
         ``advice`` is an ``mmap.MADV_*`` constant. No-op for an empty shard or where the platform has
         no ``madvise``: advice changes performance, never results.
         """
-        _advise(self.tokens, HEADER_SIZE, TOKEN_DTYPE.itemsize, advice, start, len(self) if stop is None else stop)
+        _advise(
+            self.tokens, HEADER_SIZE, TOKEN_DTYPE.itemsize, advice, start, len(self) if stop is None else stop
+        )
 
     def payload_map(self) -> tuple[mmap.mmap | None, int]:
         """(the payload's ``mmap``, byte offset of token 0 in it); ``(None, 0)`` for an empty shard.
@@ -216,8 +231,14 @@ class Shard:
     def release(self) -> None:
         """Drop the pages of the whole payload and index from this process (see :meth:`drop_pages`)."""
         self.drop_pages()
-        _advise(self.doc_offsets, self.header.index_offset, INDEX_DTYPE.itemsize,
-                getattr(mmap, "MADV_DONTNEED", -1), 0, self.num_docs + 1)
+        _advise(
+            self.doc_offsets,
+            self.header.index_offset,
+            INDEX_DTYPE.itemsize,
+            getattr(mmap, "MADV_DONTNEED", -1),
+            0,
+            self.num_docs + 1,
+        )
 
     def doc(self, i: int) -> np.ndarray:
         """Tokens of document ``i`` (markers included), as a memmap view."""
@@ -310,7 +331,9 @@ class ShardWriter:
         index_bytes = index.tobytes()
         self._f.write(index_bytes)
         header = ShardHeader(
-            vocab_size=self.vocab_size, num_tokens=self.num_tokens, num_docs=self.num_docs,
+            vocab_size=self.vocab_size,
+            num_tokens=self.num_tokens,
+            num_docs=self.num_docs,
             payload_sha256=self._sha.hexdigest(),
             index_sha256=hashlib.sha256(index_bytes).hexdigest(),
             tokenizer_fingerprint=self.tokenizer_fingerprint,

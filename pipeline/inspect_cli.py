@@ -72,8 +72,10 @@ class Span:
 def _split_entries(ds: ShardDataset, split: str):
     entries = ds.manifest.split(split)
     if not entries:
-        raise ValueError(f"{ds.directory}: the {split!r} split has no shards (choose --split "
-                         f"{' or '.join(s for s in SPLITS if s != split)})")
+        raise ValueError(
+            f"{ds.directory}: the {split!r} split has no shards (choose --split "
+            f"{' or '.join(s for s in SPLITS if s != split)})"
+        )
     return entries
 
 
@@ -88,8 +90,10 @@ def doc_tokens(ds: ShardDataset, split: str, doc: int) -> tuple[np.ndarray, int,
     entries = _split_entries(ds, split)
     total = sum(e.num_docs for e in entries)
     if not 0 <= doc < total:
-        raise ValueError(f"--doc {doc} is out of range: the {split} split of {ds.directory} has "
-                         f"{total:,} documents (0..{total - 1:,})")
+        raise ValueError(
+            f"--doc {doc} is out of range: the {split} split of {ds.directory} has "
+            f"{total:,} documents (0..{total - 1:,})"
+        )
     base_doc = base_tok = 0
     for e in entries:
         if doc < base_doc + e.num_docs:
@@ -109,8 +113,10 @@ def token_window(ds: ShardDataset, split: str, offset: int, length: int) -> tupl
     if length <= 0:
         raise ValueError(f"--length must be positive, got {length}")
     if not 0 <= offset < total:
-        raise ValueError(f"--offset {offset} is out of range: the {split} split of {ds.directory} has "
-                         f"{total:,} tokens (0..{total - 1:,})")
+        raise ValueError(
+            f"--offset {offset} is out of range: the {split} split of {ds.directory} has "
+            f"{total:,} tokens (0..{total - 1:,})"
+        )
     end = min(offset + length, total)
     parts, spans, base = [], [], 0
     for e in entries:
@@ -140,8 +146,10 @@ def _progress(console: Console, *, bytes_mode: bool, disable: bool) -> Progress:
     if bytes_mode:
         cols += [DownloadColumn(), TransferSpeedColumn()]
     else:
-        cols += [TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-                 TextColumn("{task.fields[rate]}")]
+        cols += [
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+            TextColumn("{task.fields[rate]}"),
+        ]
     cols += [TimeElapsedColumn(), TimeRemainingColumn()]
     return Progress(*cols, console=console, transient=True, disable=disable)
 
@@ -163,8 +171,9 @@ def _friendly(fn):
         try:
             return fn(args)
         except ShardFormatError as e:
-            raise UserError(f"{e} (run `python -m pipeline verify {args.dir}` for a report of every "
-                            "problem)") from e
+            raise UserError(
+                f"{e} (run `python -m pipeline verify {args.dir}` for a report of every problem)"
+            ) from e
         except FileNotFoundError as e:
             if e.errno is None:  # ours: the message is complete (e.g. "no manifest; ... Build one with")
                 raise UserError(str(e)) from e
@@ -192,8 +201,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             speed = prog.tasks[0].speed
             prog.update(task, rate=f"{speed / 1e6:,.0f} Mtok/s" if speed else "")
 
-        st = compute_stats(ds, splits=splits, top_k=args.top, chunk_tokens=args.chunk_tokens,
-                           progress=advance)
+        st = compute_stats(
+            ds, splits=splits, top_k=args.top, chunk_tokens=args.chunk_tokens, progress=advance
+        )
     if args.json:
         print(json.dumps(st.to_dict(), indent=2))
     else:
@@ -208,18 +218,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with _progress(err, bytes_mode=True, disable=args.no_progress) as prog:
         task = prog.add_task("verify", total=planned_bytes(args.dir))
-        problems = verify_dataset(args.dir, chunk_tokens=args.chunk_tokens,
-                                  progress=lambda n: prog.advance(task, n))
+        problems = verify_dataset(
+            args.dir, chunk_tokens=args.chunk_tokens, progress=lambda n: prog.advance(task, n)
+        )
     n_err = len(errors(problems))
     n_warn = len(problems) - n_err
     if args.json:
-        print(json.dumps({"ok": n_err == 0, "errors": n_err, "warnings": n_warn,
-                          "problems": [p.to_dict() for p in problems]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": n_err == 0,
+                    "errors": n_err,
+                    "warnings": n_warn,
+                    "problems": [p.to_dict() for p in problems],
+                },
+                indent=2,
+            )
+        )
         return 1 if n_err else 0
     out = Console()
     for p in problems:  # one line per problem with the full path: greppable, never wrapped
-        out.print(Text(f"{p.severity.upper()}: {p}", style="red" if p.severity == "error" else "yellow"),
-                  soft_wrap=True)
+        out.print(
+            Text(f"{p.severity.upper()}: {p}", style="red" if p.severity == "error" else "yellow"),
+            soft_wrap=True,
+        )
     out.print(_verify_table(Path(args.dir), problems))
     ds_summary = _verified_summary(Path(args.dir))
     if n_err:
@@ -236,8 +258,9 @@ def _verify_table(d: Path, problems: list) -> Table:
     by_file: dict[str, list] = {}
     for p in problems:
         by_file.setdefault(Path(p.file).name, []).append(p)
-    names = sorted({p.name for p in d.glob(f"*{SHARD_SUFFIX}")}
-                   | {n for n in by_file if n.endswith(SHARD_SUFFIX)})
+    names = sorted(
+        {p.name for p in d.glob(f"*{SHARD_SUFFIX}")} | {n for n in by_file if n.endswith(SHARD_SUFFIX)}
+    )
     t = Table(title=f"verify {d}")
     for col in ("file", "docs", "tokens", "bytes", "verdict"):
         t.add_column(col, justify="left" if col in ("file", "verdict") else "right", no_wrap=col == "file")
@@ -251,8 +274,13 @@ def _verify_table(d: Path, problems: list) -> Table:
         size = f"{path.stat().st_size:,}" if path.is_file() else "missing"
         found = by_file.get(name, [])
         n_err = sum(p.severity == "error" for p in found)
-        verdict = (Text(f"{n_err} error(s)", style="red") if n_err else
-                   Text(f"{len(found)} warning(s)", style="yellow") if found else Text("ok", style="green"))
+        verdict = (
+            Text(f"{n_err} error(s)", style="red")
+            if n_err
+            else Text(f"{len(found)} warning(s)", style="yellow")
+            if found
+            else Text("ok", style="green")
+        )
         t.add_row(name, docs, toks, size, verdict)
     return t
 
@@ -262,8 +290,10 @@ def _verified_summary(d: Path) -> str:
         ds = ShardDataset(d)
     except (OSError, ShardFormatError):
         return str(d)
-    parts = [f"{s}: {len(ds.manifest.split(s))} shards, {ds.num_docs(s):,} docs, {ds.num_tokens(s):,} tokens"
-             for s in SPLITS]
+    parts = [
+        f"{s}: {len(ds.manifest.split(s))} shards, {ds.num_docs(s):,} docs, {ds.num_tokens(s):,} tokens"
+        for s in SPLITS
+    ]
     return f"{d} ({'; '.join(parts)})"
 
 
@@ -289,12 +319,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     vocab = ds.vocab_size
     # out-of-vocabulary ids (a corrupt shard) decode as U+FFFD instead of crashing the viewer
     piece = [enc.decode_single_token_bytes(int(i)) if int(i) < vocab else b"\xef\xbf\xbd" for i in ids]
-    text_bytes = b"".join(enc.decode_single_token_bytes(int(i)) if int(i) < vocab else b"\xef\xbf\xbd"
-                          for i in text_ids)
+    text_bytes = b"".join(
+        enc.decode_single_token_bytes(int(i)) if int(i) < vocab else b"\xef\xbf\xbd" for i in text_ids
+    )
     if args.json:
         obj = {
-            "split": args.split, "doc": args.doc, "offset": offset, "num_tokens": len(ids),
-            "spans": [vars(s) for s in spans], "ids": [int(i) for i in ids],
+            "split": args.split,
+            "doc": args.doc,
+            "offset": offset,
+            "num_tokens": len(ids),
+            "spans": [vars(s) for s in spans],
+            "ids": [int(i) for i in ids],
             "text": text_bytes.decode("utf-8", errors="replace"),
         }
         if args.tokens:
@@ -348,7 +383,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stats``, ``verify`` and ``show`` to ``python -m pipeline``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
-        "stats", formatter_class=fmt,
+        "stats",
+        formatter_class=fmt,
         help="statistics of a shard folder: docs, tokens, lengths, specials, vocab coverage, top tokens",
         description=_paras(
             "Stream over the shards (bounded memory) and report, per split: shard count, documents, "
@@ -358,23 +394,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "text token; the tokenizer and dataset fingerprints; a per-shard table.",
             "--json prints one object; its keys are documented in pipeline/stats.py and the README "
             "(splits.<name>.num_docs, num_tokens, num_shards, doc_len.{mean,median,p90,p99,min,max}, "
-            "special_counts, unique_tokens, top_tokens, ...)."
+            "special_counts, unique_tokens, top_tokens, ...).",
         ),
         epilog="example: python -m pipeline stats shards --split train --top 30",
     )
     p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="all",
-                   help="which split to report (default: all = train and val, each separately)")
+    p.add_argument(
+        "--split",
+        choices=SPLIT_CHOICES,
+        default="all",
+        help="which split to report (default: all = train and val, each separately)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
-    p.add_argument("--top", type=_nonneg, default=20, metavar="K",
-                   help="how many of the most frequent ordinary tokens to list (default: 20)")
-    p.add_argument("--chunk-tokens", type=_positive, default=STATS_CHUNK, metavar="N",
-                   help=f"tokens counted per chunk; memory is about 10 bytes x N (default: {STATS_CHUNK})")
+    p.add_argument(
+        "--top",
+        type=_nonneg,
+        default=20,
+        metavar="K",
+        help="how many of the most frequent ordinary tokens to list (default: 20)",
+    )
+    p.add_argument(
+        "--chunk-tokens",
+        type=_positive,
+        default=STATS_CHUNK,
+        metavar="N",
+        help=f"tokens counted per chunk; memory is about 10 bytes x N (default: {STATS_CHUNK})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_stats)
 
     p = subparsers.add_parser(
-        "verify", formatter_class=fmt,
+        "verify",
+        formatter_class=fmt,
         help="full validation of a shard folder; exit 1 on any error, naming each file",
         description=_paras(
             "Check everything and report every problem (not only the first), each naming its file: "
@@ -385,20 +436,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "<|startoftext|> and ending with <|endoftext|> with no special id inside. Unlisted shard "
             "files and stale temp files are warnings.",
             "Exit status: 0 when no error was found (warnings "
-            "allowed), 1 otherwise. A progress bar over the bytes goes to stderr."
+            "allowed), 1 otherwise. A progress bar over the bytes goes to stderr.",
         ),
         epilog="example: python -m pipeline verify shards && echo ok",
     )
     p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
-    p.add_argument("--json", action="store_true",
-                   help='print {"ok", "errors", "warnings", "problems": [{file, severity, message}]}')
-    p.add_argument("--chunk-tokens", type=_positive, default=VERIFY_CHUNK, metavar="N",
-                   help=f"tokens hashed and checked per chunk (default: {VERIFY_CHUNK})")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"ok", "errors", "warnings", "problems": [{file, severity, message}]}',
+    )
+    p.add_argument(
+        "--chunk-tokens",
+        type=_positive,
+        default=VERIFY_CHUNK,
+        metavar="N",
+        help=f"tokens hashed and checked per chunk (default: {VERIFY_CHUNK})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser(
-        "show", formatter_class=fmt,
+        "show",
+        formatter_class=fmt,
         help="decode one document, or a token window, back to text (--tokens: ids side by side)",
         description=_paras(
             "Decode document I (--doc I) or the L tokens from token offset N (--offset N --length L) "
@@ -411,10 +471,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "goes to stderr.",
             "--tokens: a table of offset, id and the decoded piece of every token "
             "(markers included). --json: split, doc, offset, num_tokens, spans, ids, text (and "
-            "pieces with --tokens)."
+            "pieces with --tokens).",
         ),
-        epilog=("examples:\n  python -m pipeline show shards --doc 0\n"
-                "  python -m pipeline show shards --split val --offset 1000 --length 50 --tokens"),
+        epilog=(
+            "examples:\n  python -m pipeline show shards --doc 0\n"
+            "  python -m pipeline show shards --split val --offset 1000 --length 50 --tokens"
+        ),
     )
     p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
     p.add_argument("--split", choices=SPLITS, default="train", help="split to read (default: train)")
@@ -423,8 +485,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--offset", type=_nonneg, metavar="N", help="first token of a window (with --length)")
     p.add_argument("--length", type=_positive, metavar="L", help="window length in tokens (with --offset)")
     p.add_argument("--tokens", action="store_true", help="show ids side by side with their decoded pieces")
-    p.add_argument("--keep-markers", action="store_true",
-                   help="with --doc: keep <|startoftext|>/<|endoftext|> in the text view")
+    p.add_argument(
+        "--keep-markers",
+        action="store_true",
+        help="with --doc: keep <|startoftext|>/<|endoftext|> in the text view",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (see description)")
     p.set_defaults(func=cmd_show)
 

@@ -109,12 +109,20 @@ def _open_windows(
     """Open ``data``, check ``split`` against the caller's vocab/tokenizer, index its window starts."""
     dataset = open_dataset(data)
     shards = checked_split(
-        dataset, split,
+        dataset,
+        split,
         expected_vocab_size=expected_vocab_size,
         expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
     )
-    index = WindowIndex(shards, window=seq_len + 1, doc_aligned=doc_aligned, where=dataset.directory, split=split,
-                        vocab_size=dataset.vocab_size, madvise=madvise)
+    index = WindowIndex(
+        shards,
+        window=seq_len + 1,
+        doc_aligned=doc_aligned,
+        where=dataset.directory,
+        split=split,
+        vocab_size=dataset.vocab_size,
+        madvise=madvise,
+    )
     return dataset, index
 
 
@@ -322,7 +330,12 @@ class TokenSampler:
         self.device = _resolve_device(device)
         self.madvise = bool(madvise)
         self.dataset, self.index = _open_windows(
-            data, split, self.seq_len, self.doc_aligned, expected_vocab_size, expected_tokenizer_fingerprint,
+            data,
+            split,
+            self.seq_len,
+            self.doc_aligned,
+            expected_vocab_size,
+            expected_tokenizer_fingerprint,
             self.madvise,
         )
         self.num_tokens = int(self.index.lengths.sum())

@@ -70,7 +70,10 @@ def checked_split(
             f"the shards with this owtgpt's tokenizer (`python -m pipeline build SOURCE --out DIR`) or "
             f"use a model whose vocab_size is {ds.vocab_size}."
         )
-    if expected_tokenizer_fingerprint is not None and ds.tokenizer_fingerprint != expected_tokenizer_fingerprint:
+    if (
+        expected_tokenizer_fingerprint is not None
+        and ds.tokenizer_fingerprint != expected_tokenizer_fingerprint
+    ):
         raise SamplerError(
             f"{where}: the shards were tokenized with {ds.tokenizer_fingerprint!r}, but the caller expects "
             f"{expected_tokenizer_fingerprint!r}. The same ids would mean different text. Rebuild the "
@@ -131,7 +134,8 @@ class WindowIndex:
             more = f", ... ({len(shards)} shards)" if len(shards) > 8 else ""
             what = (
                 "no document starts early enough in its shard to leave room for"
-                if doc_aligned else "no shard holds"
+                if doc_aligned
+                else "no shard holds"
             )
             raise SamplerError(
                 f"{where}: the '{split}' split is too small: {what} one window of seq_len+1={window} "
@@ -139,9 +143,7 @@ class WindowIndex:
                 "(--shard-tokens), or more data" + (" or --val-fraction" if split == "val" else "") + "."
             )
         # Zero-copy (len - window + 1, window) views; None for shards too short for a window.
-        self._views = [
-            sliding_window_view(s.tokens, window) if len(s) >= window else None for s in shards
-        ]
+        self._views = [sliding_window_view(s.tokens, window) if len(s) >= window else None for s in shards]
         maps = [s.payload_map() for s in shards]
         self._maps = [m for m, _ in maps]
         self._base = np.array([off for _, off in maps], dtype=np.int64)  # byte offset of token 0 in each map
@@ -211,7 +213,9 @@ class WindowIndex:
     def gather(self, shard_ids: np.ndarray, starts: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Copy windows into ``out`` (uint16, ``(len(starts), window)``); rows sorted by shard."""
         if out.shape != (len(starts), self.window) or out.dtype != np.uint16:
-            raise ValueError(f"out must be uint16 of shape {(len(starts), self.window)}, got {out.dtype} {out.shape}")
+            raise ValueError(
+                f"out must be uint16 of shape {(len(starts), self.window)}, got {out.dtype} {out.shape}"
+            )
         for j, lo, hi in self._groups(shard_ids):
             view = self._views[j]
             assert view is not None  # locate() never maps a start into a shard without windows

@@ -94,7 +94,11 @@ def _files_identity(root: Path, files: list[Path]) -> dict:
         st = p.stat()
         rel = p.relative_to(root).as_posix() if root.is_dir() else p.name
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files), "files_sha256": h.hexdigest()[:32]}
+    return {
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "files_sha256": h.hexdigest()[:32],
+    }
 
 
 class _CountingReader(io.RawIOBase):
@@ -147,8 +151,12 @@ class JsonlSource(Source):
         return f"jsonl:{self.root}" + (f" ({len(self.files)} files)" if self.root.is_dir() else "")
 
     def identity(self) -> dict:
-        return {"format": self.format, "path": str(self.root), "text_field": self.text_field,
-                **_files_identity(self.root, self.files)}
+        return {
+            "format": self.format,
+            "path": str(self.root),
+            "text_field": self.text_field,
+            **_files_identity(self.root, self.files),
+        }
 
     @property
     def total_bytes(self) -> int:
@@ -172,8 +180,16 @@ class JsonlSource(Source):
                         carry = block[cut:]
                         block = block[:cut]
                         n = block.count(b"\n")
-                        yield RawChunk("jsonl", block, pos, n, done_bytes + counter.pos, str(path),
-                                       self.text_field, pos - line_no + 1)
+                        yield RawChunk(
+                            "jsonl",
+                            block,
+                            pos,
+                            n,
+                            done_bytes + counter.pos,
+                            str(path),
+                            self.text_field,
+                            pos - line_no + 1,
+                        )
                         pos += n
                 except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
                     raise SourceError(
@@ -181,8 +197,16 @@ class JsonlSource(Source):
                         f"({type(e).__name__}: {e}){looks_like(path)}; re-download or re-create the file"
                     ) from e
                 if carry:
-                    yield RawChunk("jsonl", carry, pos, 1, done_bytes + counter.pos, str(path), self.text_field,
-                                   pos - line_no + 1)
+                    yield RawChunk(
+                        "jsonl",
+                        carry,
+                        pos,
+                        1,
+                        done_bytes + counter.pos,
+                        str(path),
+                        self.text_field,
+                        pos - line_no + 1,
+                    )
                     pos += 1
             done_bytes += path.stat().st_size
 
@@ -232,8 +256,12 @@ class ParquetSource(Source):
         return f"parquet:{self.root}" + (f" ({len(self.files)} files)" if self.root.is_dir() else "")
 
     def identity(self) -> dict:
-        return {"format": self.format, "path": str(self.root), "text_field": self.text_field,
-                **_files_identity(self.root, self.files)}
+        return {
+            "format": self.format,
+            "path": str(self.root),
+            "text_field": self.text_field,
+            **_files_identity(self.root, self.files),
+        }
 
     @property
     def total_bytes(self) -> int:
@@ -269,8 +297,10 @@ class ParquetSource(Source):
                 size = path.stat().st_size
                 seen = 0
                 # ~chunk_bytes of text per batch, estimated from the file's uncompressed size
-                per_row = max(1, sum(pf.metadata.row_group(i).total_byte_size
-                                     for i in range(pf.num_row_groups)) // nrows)
+                per_row = max(
+                    1,
+                    sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.num_row_groups)) // nrows,
+                )
                 batch_rows = max(16, chunk_bytes // per_row)
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=[self.text_field]):
                     col = batch.column(0)
@@ -278,8 +308,16 @@ class ParquetSource(Source):
                         payload, kind = col.to_pylist(), "blobs"
                     else:
                         payload, kind = col.to_pylist(), "texts"
-                    yield RawChunk(kind, payload, pos, len(payload), done + size * (seen + len(payload)) // nrows,
-                                   str(path), self.text_field, first_line=seen)
+                    yield RawChunk(
+                        kind,
+                        payload,
+                        pos,
+                        len(payload),
+                        done + size * (seen + len(payload)) // nrows,
+                        str(path),
+                        self.text_field,
+                        first_line=seen,
+                    )
                     seen += len(payload)
                     pos += len(payload)
                 done += size
@@ -288,7 +326,9 @@ class ParquetSource(Source):
             except (OSError, pa.ArrowException) as e:
                 kind = sniff_format(path)
                 if kind != "parquet":
-                    raise SourceError(f"{path}: not a parquet file: it looks like {kind}{suggest_flag(kind)}") from e
+                    raise SourceError(
+                        f"{path}: not a parquet file: it looks like {kind}{suggest_flag(kind)}"
+                    ) from e
                 raise SourceError(
                     f"{path}: cannot read parquet ({type(e).__name__}: {e}); the file is corrupt or "
                     "truncated. Re-download it."
@@ -308,8 +348,12 @@ class TextFolderSource(Source):
         return f"text:{self.root} ({','.join(self.patterns)}, {len(self.files)} files)"
 
     def identity(self) -> dict:
-        return {"format": self.format, "path": str(self.root), "text_glob": ",".join(self.patterns),
-                **_files_identity(self.root, self.files)}
+        return {
+            "format": self.format,
+            "path": str(self.root),
+            "text_glob": ",".join(self.patterns),
+            **_files_identity(self.root, self.files),
+        }
 
     @property
     def total_bytes(self) -> int:
@@ -418,8 +462,10 @@ def _refuse_mixed_folder(path: Path, found: dict[str, tuple[str, int]]) -> None:
     if len(kinds) > 1:
         listing = ", ".join(f"{n} {noun}" + ("s" if n != 1 else "") for noun, n in kinds.values())
         choices = " or ".join(f"--source-format {fmt}" for fmt in kinds)
-        raise SourceError(f"{path}: holds more than one kind of corpus file ({listing}); pass {choices} "
-                          "to read only that kind")
+        raise SourceError(
+            f"{path}: holds more than one kind of corpus file ({listing}); pass {choices} "
+            "to read only that kind"
+        )
 
 
 def open_source(
@@ -451,13 +497,26 @@ def open_source(
     path = Path(source).expanduser()
     if source_format == "hub" or (source_format == "auto" and not path.exists()):
         looks_local = source.startswith((".", "/", "~")) or path.suffix.lower() in (
-            ".parquet", ".jsonl", ".zst", ".gz", ".xz", ".txt", ".json")
+            ".parquet",
+            ".jsonl",
+            ".zst",
+            ".gz",
+            ".xz",
+            ".txt",
+            ".json",
+        )
         if source_format == "auto" and looks_local:
             raise SourceError(f"{source}: no such file or folder (it is not a hub dataset name either)")
         from pipeline.sources_hub import HubSource  # lazy: keeps `datasets` out of local builds
 
-        return HubSource(source, config=hf_config, split=hf_split, revision=hf_revision,
-                         streaming=streaming, text_field=text_field)
+        return HubSource(
+            source,
+            config=hf_config,
+            split=hf_split,
+            revision=hf_revision,
+            streaming=streaming,
+            text_field=text_field,
+        )
     path = path.resolve()
     if not path.exists():
         raise SourceError(f"{source}: no such file or folder")
@@ -494,12 +553,15 @@ def open_source(
     subsets = sorted(path.glob(SKYLION_SUBSET_GLOB))
     tarball = path / SKYLION_TARBALL
     if fmt == "auto":
-        _refuse_mixed_folder(path, {
-            "skylion": ("Skylion file", len(subsets) + tarball.is_file()),
-            "parquet": ("parquet file", len(_walk_sorted(path, ["*.parquet"], exclude))),
-            "jsonl": ("jsonl file", len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude))),
-            "text": (f"{DEFAULT_TEXT_GLOB} file", len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude))),
-        })
+        _refuse_mixed_folder(
+            path,
+            {
+                "skylion": ("Skylion file", len(subsets) + tarball.is_file()),
+                "parquet": ("parquet file", len(_walk_sorted(path, ["*.parquet"], exclude))),
+                "jsonl": ("jsonl file", len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude))),
+                "text": (f"{DEFAULT_TEXT_GLOB} file", len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude))),
+            },
+        )
     if fmt in ("auto", "skylion"):
         if subsets:
             return SkylionSource(path, subsets, None)

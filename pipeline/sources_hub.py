@@ -29,9 +29,18 @@ class HubSource(Source):
     format = "hub"
     PARQUET_REVISION = "refs/convert/parquet"
 
-    def __init__(self, name: str, *, config: str | None = None, split: str = "train",
-                 revision: str | None = None, streaming: bool = False, text_field: str = "text",
-                 data_files: str | list[str] | None = None, cache_dir: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: str | None = None,
+        split: str = "train",
+        revision: str | None = None,
+        streaming: bool = False,
+        text_field: str = "text",
+        data_files: str | list[str] | None = None,
+        cache_dir: str | None = None,
+    ):
         self.name, self.config, self.split, self.revision = name, config, split, revision
         self.streaming, self.text_field, self.data_files = streaming, text_field, data_files
         self.cache_dir = cache_dir  # None: datasets' default (HF_DATASETS_CACHE)
@@ -42,9 +51,15 @@ class HubSource(Source):
         return f"hub:{self.name} (split={self.split}{extra})"
 
     def identity(self) -> dict:
-        return {"format": self.format, "name": self.name, "config": self.config, "split": self.split,
-                "revision": self.revision, "text_field": self.text_field,
-                "data_files": self.data_files}
+        return {
+            "format": self.format,
+            "name": self.name,
+            "config": self.config,
+            "split": self.split,
+            "revision": self.revision,
+            "text_field": self.text_field,
+            "data_files": self.data_files,
+        }
 
     def load(self):
         """The ``datasets`` Dataset / IterableDataset (loaded once)."""
@@ -86,10 +101,14 @@ class HubSource(Source):
         ds = self.load()
         names = ds.column_names
         if names is not None and self.text_field not in names:
-            raise SourceError(f"hub dataset {self.name!r} has no column {self.text_field!r} (columns: "
-                              f"{names}); pass --text-field NAME")
+            raise SourceError(
+                f"hub dataset {self.name!r} has no column {self.text_field!r} (columns: "
+                f"{names}); pass --text-field NAME"
+            )
         pos = 0
         for batch in ds.select_columns([self.text_field]).iter(batch_size=512):
             texts = batch[self.text_field]
-            yield RawChunk("texts", texts, pos, len(texts), 0, self.describe(), self.text_field, first_line=pos)
+            yield RawChunk(
+                "texts", texts, pos, len(texts), 0, self.describe(), self.text_field, first_line=pos
+            )
             pos += len(texts)

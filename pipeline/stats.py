@@ -290,22 +290,35 @@ def compute_stats(
             lengths.append(np.diff(shard.doc_offsets.astype(np.int64)))
             per_shard.append(
                 ShardStats(
-                    file=entry.file, num_docs=shard.num_docs, num_tokens=shard.header.num_tokens,
-                    bytes_on_disk=shard.path.stat().st_size, source_bytes=entry.source_bytes,
+                    file=entry.file,
+                    num_docs=shard.num_docs,
+                    num_tokens=shard.header.num_tokens,
+                    bytes_on_disk=shard.path.stat().st_size,
+                    source_bytes=entry.source_bytes,
                 )
             )
         result[split] = SplitStats(
-            name=split, vocab_size=vocab, shards=per_shard, token_counts=counts,
+            name=split,
+            vocab_size=vocab,
+            shards=per_shard,
+            token_counts=counts,
             doc_lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
-            out_of_vocab=out_of_vocab, top_k=top_k,
+            out_of_vocab=out_of_vocab,
+            top_k=top_k,
         )
     matches = None
     if decode_top:
         matches = _decode_top(result, m.tokenizer_fingerprint)
     return DatasetStats(
-        directory=str(Path(ds.directory)), source=m.source, format_version=m.format_version,
-        vocab_size=vocab, tokenizer_fingerprint=m.tokenizer_fingerprint, tokenizer_matches=matches,
-        dataset_fingerprint=m.dataset_fingerprint, build_counts=dict(m.counts), splits=result,
+        directory=str(Path(ds.directory)),
+        source=m.source,
+        format_version=m.format_version,
+        vocab_size=vocab,
+        tokenizer_fingerprint=m.tokenizer_fingerprint,
+        tokenizer_matches=matches,
+        dataset_fingerprint=m.dataset_fingerprint,
+        build_counts=dict(m.counts),
+        splits=result,
     )
 
 

@@ -56,16 +56,26 @@ def header_panel(st: DatasetStats) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
-    match = {True: "[green]matches this owtgpt[/]", False: "[red]DIFFERS from this owtgpt's tokenizer[/]",
-             None: "[yellow]tokenizer unavailable, not compared[/]"}[st.tokenizer_matches]
+    match = {
+        True: "[green]matches this owtgpt[/]",
+        False: "[red]DIFFERS from this owtgpt's tokenizer[/]",
+        None: "[yellow]tokenizer unavailable, not compared[/]",
+    }[st.tokenizer_matches]
     grid.add_row("directory", Text(st.directory))
     grid.add_row("source", Text(st.source))
     grid.add_row("vocab size", fmt_int(st.vocab_size))
     grid.add_row("tokenizer", Text.assemble(st.tokenizer_fingerprint, "  ", Text.from_markup(match)))
     grid.add_row("dataset", st.dataset_fingerprint)
     if st.build_counts:
-        grid.add_row("build counts", Text(", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                                                   for k, v in sorted(st.build_counts.items()))))
+        grid.add_row(
+            "build counts",
+            Text(
+                ", ".join(
+                    f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                    for k, v in sorted(st.build_counts.items())
+                )
+            ),
+        )
     return Panel(grid, title="shard folder", expand=False)
 
 
@@ -88,13 +98,21 @@ def summary_table(st: DatasetStats) -> Table:
     row("source bytes", lambda s: fmt_bytes(s.source_bytes) if s.source_bytes else "not recorded")
     row("source bytes / text token", lambda s: fmt_float(s.bytes_per_token, 3))
     for key in ("mean", "median", "p90", "p99", "min", "max"):
-        row(f"tokens/doc {key}", lambda s, key=key: fmt_float(s.doc_len_summary()[key], 1)
-            if key in ("mean", "median", "p90", "p99") else fmt_int(s.doc_len_summary()[key]))
+        row(
+            f"tokens/doc {key}",
+            lambda s, key=key: (
+                fmt_float(s.doc_len_summary()[key], 1)
+                if key in ("mean", "median", "p90", "p99")
+                else fmt_int(s.doc_len_summary()[key])
+            ),
+        )
     for name in next(iter(sp)).special_counts if sp else ():
         row(name, lambda s, name=name: fmt_int(s.special_counts[name]))
     row("SOT == EOT == docs", lambda s: "[green]yes[/]" if s.markers_consistent else "[red]NO[/]")
-    row("ids >= vocab", lambda s: fmt_int(s.out_of_vocab) if not s.out_of_vocab
-        else f"[red]{s.out_of_vocab:,}[/]")
+    row(
+        "ids >= vocab",
+        lambda s: fmt_int(s.out_of_vocab) if not s.out_of_vocab else f"[red]{s.out_of_vocab:,}[/]",
+    )
     row("unique tokens", lambda s: f"{s.unique_tokens:,} ({s.unique_tokens / s.vocab_size:.1%} of vocab)")
     for label, cells in rows:
         t.add_row(label, *cells)
@@ -121,8 +139,13 @@ def top_table(s: SplitStats) -> Table:
     t.add_column("count", justify="right")
     t.add_column("share", justify="right")
     for rank, (i, c) in enumerate(s.top_tokens(), 1):
-        t.add_row(str(rank), str(i), Text(piece_repr(s.top_pieces.get(i))), fmt_int(c),
-                  f"{c / s.num_tokens:.2%}" if s.num_tokens else "-")
+        t.add_row(
+            str(rank),
+            str(i),
+            Text(piece_repr(s.top_pieces.get(i))),
+            fmt_int(c),
+            f"{c / s.num_tokens:.2%}" if s.num_tokens else "-",
+        )
     return t
 
 
@@ -132,9 +155,15 @@ def shard_table(s: SplitStats) -> Table:
     for col in ("docs", "tokens", "on disk", "source", "bytes/tok", "tok/doc"):
         t.add_column(col, justify="right")
     for sh in s.shards:
-        t.add_row(sh.file, fmt_int(sh.num_docs), fmt_int(sh.num_tokens), fmt_bytes(sh.bytes_on_disk),
-                  fmt_bytes(sh.source_bytes) if sh.source_bytes else "-", fmt_float(sh.bytes_per_token, 3),
-                  fmt_float(sh.mean_doc_len, 1))
+        t.add_row(
+            sh.file,
+            fmt_int(sh.num_docs),
+            fmt_int(sh.num_tokens),
+            fmt_bytes(sh.bytes_on_disk),
+            fmt_bytes(sh.source_bytes) if sh.source_bytes else "-",
+            fmt_float(sh.bytes_per_token, 3),
+            fmt_float(sh.mean_doc_len, 1),
+        )
     return t
 
 

@@ -107,23 +107,38 @@ def verify_dataset(
             listed.add(entry.file)
             path = d / entry.file
             if not path.is_file():
-                problems.append(Problem(str(path), f"listed in {MANIFEST_NAME} ({entry.split} split) but "
-                                        "missing; rerun the build to recreate it"))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"listed in {MANIFEST_NAME} ({entry.split} split) but "
+                        "missing; rerun the build to recreate it",
+                    )
+                )
                 continue
-            problems += verify_shard(path, entry=entry, manifest=manifest, chunk_tokens=chunk_tokens,
-                                     progress=progress)
+            problems += verify_shard(
+                path, entry=entry, manifest=manifest, chunk_tokens=chunk_tokens, progress=progress
+            )
     for path in sorted(d.glob(f"*{SHARD_SUFFIX}")):
         if path.name in listed:
             continue
         if manifest is not None:
-            problems.append(Problem(str(path), f"shard file not listed in {MANIFEST_NAME}; not part of "
-                                    "this dataset (left over from another build?)", "warning"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"shard file not listed in {MANIFEST_NAME}; not part of "
+                    "this dataset (left over from another build?)",
+                    "warning",
+                )
+            )
         else:  # no usable manifest: still check each file on its own so the report is complete
             problems += verify_shard(path, chunk_tokens=chunk_tokens, progress=progress)
     for path in sorted(d.iterdir()):
         if path.name.startswith(".") and TMP_MARKER in path.name:
-            problems.append(Problem(str(path), "temp file left by an interrupted write; the next build "
-                                    "removes it", "warning"))
+            problems.append(
+                Problem(
+                    str(path), "temp file left by an interrupted write; the next build removes it", "warning"
+                )
+            )
     return problems
 
 
@@ -163,8 +178,10 @@ def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> 
     if not stored_fp:
         err("has no dataset_fingerprint")
     elif stored_fp != m.dataset_fingerprint:
-        err(f"dataset_fingerprint {stored_fp} does not match its shard list ({m.dataset_fingerprint}); "
-            "the manifest was edited or is corrupt")
+        err(
+            f"dataset_fingerprint {stored_fp} does not match its shard list ({m.dataset_fingerprint}); "
+            "the manifest was edited or is corrupt"
+        )
     written = m.counts.get("docs_written")
     total = sum(s.num_docs for s in m.shards)
     if isinstance(written, int) and written != total:
@@ -175,12 +192,18 @@ def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> 
         try:
             here = tokenizer_fingerprint()
         except TokenizerUnavailableError:
-            err("tokenizer fingerprint not compared: the GPT-2 BPE files are unavailable "
-                "(set TIKTOKEN_CACHE_DIR)", "warning")
+            err(
+                "tokenizer fingerprint not compared: the GPT-2 BPE files are unavailable "
+                "(set TIKTOKEN_CACHE_DIR)",
+                "warning",
+            )
         else:
             if here != m.tokenizer_fingerprint:
-                err(f"built with tokenizer {m.tokenizer_fingerprint}, this owtgpt uses {here}; the "
-                    "sampler will refuse these shards", "warning")
+                err(
+                    f"built with tokenizer {m.tokenizer_fingerprint}, this owtgpt uses {here}; the "
+                    "sampler will refuse these shards",
+                    "warning",
+                )
     return m
 
 
@@ -215,9 +238,11 @@ def verify_shard(
         for problem in entry_mismatches(h, entry, manifest):
             err(problem)
     if size != h.file_size:
-        err(f"file is {size:,} bytes but its header (num_tokens={h.num_tokens:,}, num_docs={h.num_docs:,}) "
+        err(
+            f"file is {size:,} bytes but its header (num_tokens={h.num_tokens:,}, num_docs={h.num_docs:,}) "
             f"requires {h.file_size:,}; it is {'truncated' if size < h.file_size else 'too long'}. "
-            "Rebuild it with `python -m pipeline build`")
+            "Rebuild it with `python -m pipeline build`"
+        )
         return done()
     try:
         shard = open_shard(path)
@@ -301,16 +326,22 @@ def verify_shard(
     # ---- content
     if n_oov:
         p, v = first_oov  # type: ignore[misc]
-        err(f"{n_oov:,} token ids >= vocab_size {vocab}, first id {v} at token {p:,}"
-            f"{_doc_of(p, idx) if index_ok else ''}; the shard is corrupt or from another tokenizer")
+        err(
+            f"{n_oov:,} token ids >= vocab_size {vocab}, first id {v} at token {p:,}"
+            f"{_doc_of(p, idx) if index_ok else ''}; the shard is corrupt or from another tokenizer"
+        )
     if other_special:
         names = {int(v): k for k, v in specials.items()}
         desc = ", ".join(f"{names.get(i, i)} x{c:,}" for i, c in sorted(other_special.items()))
-        err(f"special ids that text never encodes to occur inside documents ({desc}), first at token "
-            f"{first_other:,}{_doc_of(first_other, idx) if index_ok else ''}")
+        err(
+            f"special ids that text never encodes to occur inside documents ({desc}), first at token "
+            f"{first_other:,}{_doc_of(first_other, idx) if index_ok else ''}"
+        )
     if overflow:
-        err(f"{n_markers:,}+ <|startoftext|>/<|endoftext|> ids for {h.num_docs:,} documents: the "
-            "payload is not a sequence of documents")
+        err(
+            f"{n_markers:,}+ <|startoftext|>/<|endoftext|> ids for {h.num_docs:,} documents: the "
+            "payload is not a sequence of documents"
+        )
     elif index_ok:
         nonempty = np.flatnonzero(lengths > 0)
         starts, ends = idx[:-1][nonempty], idx[1:][nonempty] - 1
@@ -328,15 +359,17 @@ def verify_shard(
             inner = np.setdiff1d(found, edge, assume_unique=True)
             if len(inner):
                 docs = np.searchsorted(idx, inner, side="right") - 1
-                err(f"{len(inner):,} {name} ids inside documents (boundaries are corrupt), e.g. at "
-                    f"tokens {_examples(inner)} in docs {_examples(np.unique(docs))}")
+                err(
+                    f"{len(inner):,} {name} ids inside documents (boundaries are corrupt), e.g. at "
+                    f"tokens {_examples(inner)} in docs {_examples(np.unique(docs))}"
+                )
     return done()
 
 
 def _strip_path(msg: str, path: Path) -> str:
     """ShardFormatError messages start with the path; Problem already carries it."""
     prefix = f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
+    return msg[len(prefix) :] if msg.startswith(prefix) else msg
 
 
 def _examples(a: np.ndarray) -> str:

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(config_from_args(argv))
         except OSError as e:
-            if e.errno is None and e.args:  # raised with a message of ours (e.g. "no manifest in DIR"), not by the OS
+            if (
+                e.errno is None and e.args
+            ):  # raised with a message of ours (e.g. "no manifest in DIR"), not by the OS
                 raise UserError(str(e)) from None
             raise
         return 0

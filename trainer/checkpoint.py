@@ -77,8 +77,13 @@ def capture_rng() -> dict[str, Any]:
     return {
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"name": str(name), "keys": [int(k) for k in keys], "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "state": [int(s) for s in state], "gauss_next": gauss_next},
     }
 
@@ -89,8 +94,9 @@ def restore_rng(rng: dict[str, Any]) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     n = rng["numpy"]
-    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = rng["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
@@ -98,7 +104,9 @@ def restore_rng(rng: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- save
 
 
-def save_checkpoint(run_dir: str | os.PathLike[str], step: int, payload: dict[str, Any], keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike[str], step: int, payload: dict[str, Any], keep_last: int
+) -> Path:
     """Atomically write ``payload`` as the checkpoint of ``step``, then prune to ``keep_last``.
 
     Raises :class:`CheckpointWriteError` (nothing written, older checkpoints intact) when the
@@ -114,7 +122,9 @@ def save_checkpoint(run_dir: str | os.PathLike[str], step: int, payload: dict[st
             "a lower --lr, or check the data (`python -m pipeline verify`)"
         ) from None
     except OSError as e:
-        raise CheckpointWriteError(f"checkpoint of step {step} not written: {describe_oserror(e)}; {resume}") from None
+        raise CheckpointWriteError(
+            f"checkpoint of step {step} not written: {describe_oserror(e)}; {resume}"
+        ) from None
     prune(run_dir, keep_last, keep=path)
     return path
 
@@ -160,7 +170,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def load_latest(
-    run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
     warn: Callable[[str], None] = _warn,
 ) -> tuple[dict[str, Any], Path] | None:
     """The newest loadable checkpoint of ``run_dir`` and its path; None when there are none.
@@ -177,15 +188,22 @@ def load_latest(
         catch=Exception,  # truncated zip, bad pickle, wrong schema: all mean "skip this one"
         warn=warn,
         fail=lambda tried: ResumeError(
-            f"{run_dir}: none of its {len(paths)} checkpoints loads:\n  " + "\n  ".join(tried)
+            f"{run_dir}: none of its {len(paths)} checkpoints loads:\n  "
+            + "\n  ".join(tried)
             + "\nStart a fresh run with --overwrite, or restore a checkpoint from a backup."
         ),
     )
 
 
 def check_compatible(
-    payload: dict[str, Any], path: Path, *, model_config: dict[str, Any], dataset_fingerprint: str,
-    vocab_size: int, force: bool, warn: Callable[[str], None] = _warn,
+    payload: dict[str, Any],
+    path: Path,
+    *,
+    model_config: dict[str, Any],
+    dataset_fingerprint: str,
+    vocab_size: int,
+    force: bool,
+    warn: Callable[[str], None] = _warn,
 ) -> list[str]:
     """Refuse (ResumeError) to resume across a different dataset, vocab or model shape unless ``force``."""
     problems = []
@@ -200,11 +218,13 @@ def check_compatible(
     diff = {k: (old.get(k), v) for k, v in model_config.items() if old.get(k) != v}
     if diff:
         problems.append(
-            "model shape differs: " + ", ".join(f"{k} {a} (checkpoint) != {b} (now)" for k, (a, b) in diff.items())
+            "model shape differs: "
+            + ", ".join(f"{k} {a} (checkpoint) != {b} (now)" for k, (a, b) in diff.items())
         )
     if problems and not force:
         raise ResumeError(
-            f"refusing to resume from {path}:\n  - " + "\n  - ".join(problems)
+            f"refusing to resume from {path}:\n  - "
+            + "\n  - ".join(problems)
             + "\nPass the settings the run was started with, start a new run in another --out, "
             "or pass --force to resume anyway (a different model shape still cannot load the weights)."
         )

@@ -85,87 +85,220 @@ class TrainConfig:
     """All settings of one training run. Defaults are the ``gpt2`` preset."""
 
     # --- run folder and data
-    data: Path = field(default=Path("shards"), metadata=_h("shard folder written by `python -m pipeline build` (needs train and val splits)"))
-    out: Path = field(default=Path("runs/gpt2"), metadata=_h("run folder: config.json, checkpoints/, TensorBoard events, metrics.jsonl"))
-    preset: str = field(default="gpt2", metadata=_h("training preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, demo, finetune"))
-    resume: bool = field(default=False, metadata=_h("continue from the newest loadable checkpoint in --out (starts fresh when there is none)"))
-    overwrite: bool = field(default=False, metadata=_h("start a fresh run in a non-empty --out, deleting its checkpoints, events and logs"))
-    force: bool = field(default=False, metadata=_h("resume even when the checkpoint's dataset fingerprint, vocab or model shape differ"))
-    init_from: str | None = field(default=None, metadata=_h("fine-tune: start from these weights instead of a random init: an owtgpt run folder or .pt "
-                                                             "checkpoint, a local Hugging Face GPT-2 folder, or a hub id (gpt2, gpt2-medium, ...; "
-                                                             "through transformers). The model shape comes from it; optimizer, step, schedule and "
-                                                             "data start fresh (default: none)"))
+    data: Path = field(
+        default=Path("shards"),
+        metadata=_h("shard folder written by `python -m pipeline build` (needs train and val splits)"),
+    )
+    out: Path = field(
+        default=Path("runs/gpt2"),
+        metadata=_h("run folder: config.json, checkpoints/, TensorBoard events, metrics.jsonl"),
+    )
+    preset: str = field(
+        default="gpt2",
+        metadata=_h("training preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, demo, finetune"),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_h(
+            "continue from the newest loadable checkpoint in --out (starts fresh when there is none)"
+        ),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_h("start a fresh run in a non-empty --out, deleting its checkpoints, events and logs"),
+    )
+    force: bool = field(
+        default=False,
+        metadata=_h("resume even when the checkpoint's dataset fingerprint, vocab or model shape differ"),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=_h(
+            "fine-tune: start from these weights instead of a random init: an owtgpt run folder or .pt "
+            "checkpoint, a local Hugging Face GPT-2 folder, or a hub id (gpt2, gpt2-medium, ...; "
+            "through transformers). The model shape comes from it; optimizer, step, schedule and "
+            "data start fresh (default: none)"
+        ),
+    )
     # --- model (a model/ preset plus optional overrides)
-    model: str = field(default="gpt2", metadata=_h("model preset for GPTConfig.from_preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny "
-                                                   "(not used with --init-from)"))
-    n_layer: int | None = field(default=None, metadata=_h("override the model preset's number of transformer blocks"))
+    model: str = field(
+        default="gpt2",
+        metadata=_h(
+            "model preset for GPTConfig.from_preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny "
+            "(not used with --init-from)"
+        ),
+    )
+    n_layer: int | None = field(
+        default=None, metadata=_h("override the model preset's number of transformer blocks")
+    )
     n_head: int | None = field(default=None, metadata=_h("override the model preset's attention heads"))
     n_embd: int | None = field(default=None, metadata=_h("override the model preset's embedding width"))
-    block_size: int | None = field(default=None, metadata=_h("override the model preset's context length (positions)"))
+    block_size: int | None = field(
+        default=None, metadata=_h("override the model preset's context length (positions)")
+    )
     dropout: float = field(default=0.0, metadata=_h("dropout probability (0 for pretraining)"))
     # --- batch and data order
     seq_len: int = field(default=1024, metadata=_h("tokens per training window T (<= the model's context)"))
-    micro_batch: int = field(default=32, metadata=_h("windows per forward pass on each rank (lower it when out of memory, "
-                                                               "raise it where memory allows; the total batch is unchanged)"))
-    total_batch_tokens: int = field(default=
-        524_288, metadata=_h("tokens per optimizer step over all ranks; gradient accumulation = total / (micro_batch x T x world size)"))
-    max_steps: int = field(default=19_073, metadata=_h("optimizer steps of the whole run (19,073 x 2^19 tokens = 10B tokens)"))
-    doc_aligned: bool = field(default=False, metadata=_h("start every window at a document start instead of a random offset"))
-    prefetch: int = field(default=2, metadata=_h("batches the sampler prepares ahead in a background thread (0 = synchronous)"))
-    seed: int = field(default=1337, metadata=_h("seed of the model init, the data order and dropout (the data is a pure function of it and the step)"))
+    micro_batch: int = field(
+        default=32,
+        metadata=_h(
+            "windows per forward pass on each rank (lower it when out of memory, "
+            "raise it where memory allows; the total batch is unchanged)"
+        ),
+    )
+    total_batch_tokens: int = field(
+        default=524_288,
+        metadata=_h(
+            "tokens per optimizer step over all ranks; gradient accumulation = total / (micro_batch x T x world size)"
+        ),
+    )
+    max_steps: int = field(
+        default=19_073, metadata=_h("optimizer steps of the whole run (19,073 x 2^19 tokens = 10B tokens)")
+    )
+    doc_aligned: bool = field(
+        default=False, metadata=_h("start every window at a document start instead of a random offset")
+    )
+    prefetch: int = field(
+        default=2, metadata=_h("batches the sampler prepares ahead in a background thread (0 = synchronous)")
+    )
+    seed: int = field(
+        default=1337,
+        metadata=_h(
+            "seed of the model init, the data order and dropout (the data is a pure function of it and the step)"
+        ),
+    )
     # --- optimizer and schedule
     lr: float = field(default=6e-4, metadata=_h("peak learning rate, reached after warmup"))
     min_lr_ratio: float = field(default=0.1, metadata=_h("cosine decay floor as a fraction of --lr"))
     warmup_steps: int = field(default=700, metadata=_h("linear warmup steps"))
-    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay, applied to 2-D weights only (not biases or LayerNorm)"))
+    weight_decay: float = field(
+        default=0.1, metadata=_h("AdamW weight decay, applied to 2-D weights only (not biases or LayerNorm)")
+    )
     beta1: float = field(default=0.9, metadata=_h("AdamW beta1"))
     beta2: float = field(default=0.95, metadata=_h("AdamW beta2"))
     eps: float = field(default=1e-8, metadata=_h("AdamW epsilon"))
-    grad_clip: float = field(default=1.0, metadata=_h("clip the global gradient norm to this (0 disables); the pre-clip norm is logged"))
+    grad_clip: float = field(
+        default=1.0,
+        metadata=_h("clip the global gradient norm to this (0 disables); the pre-clip norm is logged"),
+    )
     # --- device and speed
     device: str = field(default="auto", metadata=_h("auto (CUDA when available), cpu or cuda"))
-    precision: str = field(default="auto", metadata=_h("auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with GradScaler; CUDA only) or fp32"))
-    compile: bool | None = field(default=None, metadata=_h("torch.compile the model (default: on for CUDA, off for CPU)"))
-    sdpa_backend: str = field(default="auto", metadata=_h("attention kernel: auto (CUDA: cuDNN on Hopper+, else flash, the first "
-                                                          "that runs; CPU: torch's choice), cudnn, flash, efficient or math"))
+    precision: str = field(
+        default="auto",
+        metadata=_h(
+            "auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with GradScaler; CUDA only) or fp32"
+        ),
+    )
+    compile: bool | None = field(
+        default=None, metadata=_h("torch.compile the model (default: on for CUDA, off for CPU)")
+    )
+    sdpa_backend: str = field(
+        default="auto",
+        metadata=_h(
+            "attention kernel: auto (CUDA: cuDNN on Hopper+, else flash, the first "
+            "that runs; CPU: torch's choice), cudnn, flash, efficient or math"
+        ),
+    )
     # --- evaluation and logging
-    eval_every: int = field(default=250, metadata=_h("evaluate on the fixed val windows every N steps and at the end (0 disables)"))
+    eval_every: int = field(
+        default=250,
+        metadata=_h("evaluate on the fixed val windows every N steps and at the end (0 disables)"),
+    )
     eval_windows: int = field(default=512, metadata=_h("number of fixed val windows of --seq-len tokens"))
-    log_every: int = field(default=10, metadata=_h("print a log line every N steps when the rich display is off"))
-    sample_every: int = field(default=1000, metadata=_h("log a generated text sample to TensorBoard every N steps (0 disables)"))
-    sample_prompt: str = field(default="", metadata=_h("prompt of the text samples (empty: start from <|startoftext|>)"))
+    log_every: int = field(
+        default=10, metadata=_h("print a log line every N steps when the rich display is off")
+    )
+    sample_every: int = field(
+        default=1000, metadata=_h("log a generated text sample to TensorBoard every N steps (0 disables)")
+    )
+    sample_prompt: str = field(
+        default="", metadata=_h("prompt of the text samples (empty: start from <|startoftext|>)")
+    )
     sample_tokens: int = field(default=64, metadata=_h("tokens generated per text sample"))
-    eval_tasks: str = field(default="", metadata=_h("zero-shot tasks scored during training, comma-separated: hellaswag, lambada, wikitext2, "
-                                                     "wikitext103, shards (as `python -m model eval`; empty: none)"))
-    eval_tasks_every: int = field(default=0, metadata=_h("score --eval-tasks every N steps and at the end (0: with every --eval-every evaluation)"))
-    eval_tasks_limit: int | None = field(default=None, metadata=_h("score only the first N rows of each --eval-tasks task (default: all)"))
-    eval_tasks_data: Path | None = field(default=None, metadata=_h("local .jsonl/.parquet in the hub schema of the single --eval-tasks task "
-                                                                  "(default: the hub dataset; for shards: --data)"))
-    peak_tflops: float | None = field(default=None, metadata=_h("peak TFLOP/s per device for MFU (default: looked up from the GPU name)"))
-    progress: bool | None = field(default=None, metadata=_h("rich live display (default: on when stdout is a terminal)"))
-    tensorboard: bool = field(default=True, metadata=_h("write TensorBoard scalars, text samples and profiles into --out"))
+    eval_tasks: str = field(
+        default="",
+        metadata=_h(
+            "zero-shot tasks scored during training, comma-separated: hellaswag, lambada, wikitext2, "
+            "wikitext103, shards (as `python -m model eval`; empty: none)"
+        ),
+    )
+    eval_tasks_every: int = field(
+        default=0,
+        metadata=_h(
+            "score --eval-tasks every N steps and at the end (0: with every --eval-every evaluation)"
+        ),
+    )
+    eval_tasks_limit: int | None = field(
+        default=None, metadata=_h("score only the first N rows of each --eval-tasks task (default: all)")
+    )
+    eval_tasks_data: Path | None = field(
+        default=None,
+        metadata=_h(
+            "local .jsonl/.parquet in the hub schema of the single --eval-tasks task "
+            "(default: the hub dataset; for shards: --data)"
+        ),
+    )
+    peak_tflops: float | None = field(
+        default=None, metadata=_h("peak TFLOP/s per device for MFU (default: looked up from the GPU name)")
+    )
+    progress: bool | None = field(
+        default=None, metadata=_h("rich live display (default: on when stdout is a terminal)")
+    )
+    tensorboard: bool = field(
+        default=True, metadata=_h("write TensorBoard scalars, text samples and profiles into --out")
+    )
     # --- checkpoints and faults
-    ckpt_every: int = field(default=1000, metadata=_h("write a checkpoint every N steps (also at the end and on SIGTERM/SIGINT)"))
+    ckpt_every: int = field(
+        default=1000, metadata=_h("write a checkpoint every N steps (also at the end and on SIGTERM/SIGINT)")
+    )
     keep_last: int = field(default=3, metadata=_h("keep the newest K checkpoints, delete older ones"))
-    max_bad_steps: int = field(default=5, metadata=_h("stop with an error after this many consecutive steps with a non-finite loss or grad norm"))
+    max_bad_steps: int = field(
+        default=5,
+        metadata=_h(
+            "stop with an error after this many consecutive steps with a non-finite loss or grad norm"
+        ),
+    )
     # --- profiling
-    profile: bool = field(default=False, metadata=_h("run torch.profiler over a few steps and write a TensorBoard trace to --out/profile"))
+    profile: bool = field(
+        default=False,
+        metadata=_h("run torch.profiler over a few steps and write a TensorBoard trace to --out/profile"),
+    )
     profile_wait: int = field(default=5, metadata=_h("steps to skip before profiling (compile and warm-up)"))
-    profile_active: int = field(default=3, metadata=_h("steps recorded by the profiler (after one warm-up step)"))
+    profile_active: int = field(
+        default=3, metadata=_h("steps recorded by the profiler (after one warm-up step)")
+    )
     # --- testing aid (hidden from --help: a fault injection, not a setting)
-    debug_nan_at_step: int | None = field(default=
-        None, metadata=_h("testing aid: make the loss of this step NaN, to exercise the non-finite-step path"))
+    debug_nan_at_step: int | None = field(
+        default=None,
+        metadata=_h("testing aid: make the loss of this step NaN, to exercise the non-finite-step path"),
+    )
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
-        pos = ("micro_batch", "seq_len", "total_batch_tokens", "max_steps", "keep_last", "max_bad_steps",
-               "eval_windows", "log_every", "profile_active")
+        pos = (
+            "micro_batch",
+            "seq_len",
+            "total_batch_tokens",
+            "max_steps",
+            "keep_last",
+            "max_bad_steps",
+            "eval_windows",
+            "log_every",
+            "profile_active",
+        )
         for name in pos:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 1")
-        nonneg = ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "prefetch", "profile_wait",
-                  "sample_tokens")
+        nonneg = (
+            "warmup_steps",
+            "eval_every",
+            "sample_every",
+            "ckpt_every",
+            "prefetch",
+            "profile_wait",
+            "sample_tokens",
+        )
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 0")
@@ -180,14 +313,20 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ConfigError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.sdpa_backend not in SDPA_BACKENDS:
-            raise ConfigError(f"--sdpa-backend {self.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
+            raise ConfigError(
+                f"--sdpa-backend {self.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}"
+            )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
         if self.init_from is not None and not self.init_from.strip():
-            raise ConfigError("--init-from is empty; pass a run folder, .pt checkpoint, Hugging Face folder or hub id")
+            raise ConfigError(
+                "--init-from is empty; pass a run folder, .pt checkpoint, Hugging Face folder or hub id"
+            )
         if self.preset == "finetune" and self.init_from is None and not self.resume:
-            raise ConfigError("--preset finetune needs --init-from SOURCE, the weights to fine-tune "
-                              "(a run folder, .pt checkpoint, Hugging Face folder or hub id such as gpt2)")
+            raise ConfigError(
+                "--preset finetune needs --init-from SOURCE, the weights to fine-tune "
+                "(a run folder, .pt checkpoint, Hugging Face folder or hub id such as gpt2)"
+            )
         self._check_eval_tasks()
         if self.block_size is not None and self.seq_len > self.block_size:
             raise ConfigError(
@@ -221,8 +360,10 @@ class TrainConfig:
                     f"{len(names)} ({self.eval_tasks!r}); give exactly one task with it"
                 )
             if not self.eval_tasks_data.exists():
-                raise ConfigError(f"--eval-tasks-data {self.eval_tasks_data} does not exist; give a local "
-                                  ".jsonl/.parquet file (or a shard folder for shards)")
+                raise ConfigError(
+                    f"--eval-tasks-data {self.eval_tasks_data} does not exist; give a local "
+                    ".jsonl/.parquet file (or a shard folder for shards)"
+                )
 
     # ------------------------------------------------------------------ derived values
 
@@ -243,8 +384,14 @@ class TrainConfig:
         from model.config import GPTConfig
 
         if self.model not in MODEL_PRESETS:
-            raise ConfigError(f"--model {self.model!r} is not a model preset; choose one of {', '.join(MODEL_PRESETS)}")
-        over = {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(self, k) is not None}
+            raise ConfigError(
+                f"--model {self.model!r} is not a model preset; choose one of {', '.join(MODEL_PRESETS)}"
+            )
+        over = {
+            k: getattr(self, k)
+            for k in ("n_layer", "n_head", "n_embd", "block_size")
+            if getattr(self, k) is not None
+        }
         over["dropout"] = self.dropout
         if vocab_size is not None:
             over["vocab_size"] = vocab_size
@@ -275,10 +422,14 @@ def check_float(name: str, value: float | None, lo: float, hi: float | None, lo_
     if not math.isfinite(value):
         raise ConfigError(f"{flag(name)} {value} must be a finite number")
     hi_ok = name == "min_lr_ratio"
-    if (value < lo or (value == lo and not lo_ok)) or (hi is not None and (value > hi or (value == hi and not hi_ok))):
+    if (value < lo or (value == lo and not lo_ok)) or (
+        hi is not None and (value > hi or (value == hi and not hi_ok))
+    ):
         left = "[" if lo_ok else "("
         right = ("]" if hi_ok else ")") if hi is not None else ")"
-        raise ConfigError(f"{flag(name)} {value} must be in {left}{lo:g}, {'inf' if hi is None else f'{hi:g}'}{right}")
+        raise ConfigError(
+            f"{flag(name)} {value} must be in {left}{lo:g}, {'inf' if hi is None else f'{hi:g}'}{right}"
+        )
 
 
 # --------------------------------------------------------------------------- presets
@@ -294,21 +445,54 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-large": {"model": "gpt2-large", "lr": 2.5e-4, "micro_batch": 16, **_GPT2_TOKENS},
     "gpt2-xl": {"model": "gpt2-xl", "lr": 2e-4, "micro_batch": 8, **_GPT2_TOKENS},
     "tiny": {
-        "model": "tiny", "seq_len": 64, "micro_batch": 4, "total_batch_tokens": 256,
-        "max_steps": 30, "warmup_steps": 3, "lr": 3e-3, "eval_every": 10, "eval_windows": 8,
-        "sample_every": 0, "ckpt_every": 10, "log_every": 1, "prefetch": 0, "profile_wait": 1,
+        "model": "tiny",
+        "seq_len": 64,
+        "micro_batch": 4,
+        "total_batch_tokens": 256,
+        "max_steps": 30,
+        "warmup_steps": 3,
+        "lr": 3e-3,
+        "eval_every": 10,
+        "eval_windows": 8,
+        "sample_every": 0,
+        "ckpt_every": 10,
+        "log_every": 1,
+        "prefetch": 0,
+        "profile_wait": 1,
         "profile_active": 2,
     },
     "finetune": {
-        "lr": 3e-5, "min_lr_ratio": 0.1, "warmup_steps": 20, "max_steps": 300, "total_batch_tokens": 65_536,
-        "micro_batch": 8, "seq_len": 1024, "eval_every": 25, "eval_windows": 128, "ckpt_every": 100,
+        "lr": 3e-5,
+        "min_lr_ratio": 0.1,
+        "warmup_steps": 20,
+        "max_steps": 300,
+        "total_batch_tokens": 65_536,
+        "micro_batch": 8,
+        "seq_len": 1024,
+        "eval_every": 25,
+        "eval_windows": 128,
+        "ckpt_every": 100,
         "sample_every": 100,
     },
     "demo": {
-        "model": "tiny", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "seq_len": 64,
-        "micro_batch": 16, "total_batch_tokens": 1024, "max_steps": 120, "warmup_steps": 10, "lr": 3e-3,
-        "eval_every": 20, "eval_windows": 64, "sample_every": 60, "sample_tokens": 48, "sample_prompt": "def ",
-        "ckpt_every": 40, "log_every": 10,
+        "model": "tiny",
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 64,
+        "block_size": 64,
+        "seq_len": 64,
+        "micro_batch": 16,
+        "total_batch_tokens": 1024,
+        "max_steps": 120,
+        "warmup_steps": 10,
+        "lr": 3e-3,
+        "eval_every": 20,
+        "eval_windows": 64,
+        "sample_every": 60,
+        "sample_tokens": 48,
+        "sample_prompt": "def ",
+        "ckpt_every": 40,
+        "log_every": 10,
     },
 }
 
@@ -378,9 +562,11 @@ def _presets_epilog() -> str:
     for name, values in PRESETS.items():
         lines.append(f"  {name:<12} " + " ".join(f"{flag(k)}={v}" for k, v in values.items()))
     lines.append("")
-    lines.append("exit status: 0 done (or stopped by SIGTERM/SIGINT after saving), 1 data, resume or training "
-                 "failure, 2 bad flag, 130 interrupted. Errors are one line; --debug (or OWTGPT_DEBUG=1) adds "
-                 "the traceback.")
+    lines.append(
+        "exit status: 0 done (or stopped by SIGTERM/SIGINT after saving), 1 data, resume or training "
+        "failure, 2 bad flag, 130 interrupted. Errors are one line; --debug (or OWTGPT_DEBUG=1) adds "
+        "the traceback."
+    )
     return "\n".join(lines)
 
 
@@ -398,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of settings (keys are the flag names)")
-    p.add_argument("--debug", action="store_true", help="print the full traceback of an error (or OWTGPT_DEBUG=1)")
+    p.add_argument(
+        "--debug", action="store_true", help="print the full traceback of an error (or OWTGPT_DEBUG=1)"
+    )
     for f in dataclasses.fields(TrainConfig):
         typ, _ = _base_type(_HINTS[f.name])
         default = f.default if f.default is not None else "auto" if typ is bool else "none"

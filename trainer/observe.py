@@ -75,8 +75,19 @@ def peak_tflops_for_name(name: str) -> float | None:
     return None
 
 
-TB_SCALARS = ("train/loss", "train/ppl", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
-              "step_time_ms", "gpu_peak_mem_gib", "bad_steps")
+TB_SCALARS = (
+    "train/loss",
+    "train/ppl",
+    "val/loss",
+    "val/ppl",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "step_time_ms",
+    "gpu_peak_mem_gib",
+    "bad_steps",
+)
 
 
 def peak_tflops_for(device: torch.device, override: float | None = None) -> float | None:
@@ -119,8 +130,17 @@ def _fmt(x: float | None, spec: str, none: str = "-") -> str:
 class Observer:
     """Rank 0's display, TensorBoard writer and metrics file (a no-op on other ranks)."""
 
-    def __init__(self, out: Path, *, enabled: bool, total_steps: int, start_step: int, progress: bool | None,
-                 tensorboard: bool, log_every: int):
+    def __init__(
+        self,
+        out: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        progress: bool | None,
+        tensorboard: bool,
+        log_every: int,
+    ):
         self.enabled = enabled
         self.log_every = log_every
         self.console = Console(file=sys.stdout)
@@ -143,14 +163,21 @@ class Observer:
         live = self.console.is_terminal if progress is None else progress
         if live:
             self.progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s  "
-                           "MFU {task.fields[mfu]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=self.console, refresh_per_second=4,
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn(
+                    "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s  "
+                    "MFU {task.fields[mfu]}"
+                ),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                refresh_per_second=4,
             )
-            self._task = self.progress.add_task("train", total=total_steps, completed=start_step,
-                                                loss="-", lr="-", tps="-", mfu="-")
+            self._task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, loss="-", lr="-", tps="-", mfu="-"
+            )
             self.progress.start()
 
     # ------------------------------------------------------------------ messages
@@ -186,15 +213,28 @@ class Observer:
             if math.isfinite(loss):
                 w.add_scalar("train/loss", loss, step)
                 w.add_scalar("train/ppl", perplexity(loss), step)
-            for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "step_time_ms", "gpu_peak_mem_gib", "bad_steps"):
+            for key in (
+                "lr",
+                "grad_norm",
+                "tokens_per_s",
+                "mfu",
+                "step_time_ms",
+                "gpu_peak_mem_gib",
+                "bad_steps",
+            ):
                 v = rec.get(key)
                 if v is not None and math.isfinite(v):
                     w.add_scalar(key, v, step)
         tps, m = rec.get("tokens_per_s"), rec.get("mfu")
         if self.progress is not None:
-            self.progress.update(self._task, completed=step, loss=_fmt(rec["loss"], ".4f"),
-                                 lr=_fmt(rec["lr"], ".2e"), tps=_fmt(tps, ",.0f"),
-                                 mfu=_fmt(None if m is None else 100 * m, ".1f", "n/a") + ("%" if m else ""))
+            self.progress.update(
+                self._task,
+                completed=step,
+                loss=_fmt(rec["loss"], ".4f"),
+                lr=_fmt(rec["lr"], ".2e"),
+                tps=_fmt(tps, ",.0f"),
+                mfu=_fmt(None if m is None else 100 * m, ".1f", "n/a") + ("%" if m else ""),
+            )
         elif step % self.log_every == 0 or step == total:
             mfu_s = f" | mfu {100 * m:.1f}%" if m is not None else ""
             eta_s = f" | eta {_hms((total - step) * self._ema_ms / 1000)}" if self._ema_ms else ""
@@ -203,7 +243,8 @@ class Observer:
                 f"step {step}/{total} | loss {_fmt(rec['loss'], '.4f')} | lr {rec['lr']:.3e} | "
                 f"norm {_fmt(rec.get('grad_norm'), '.3f')} | {_fmt(tps, ',.0f')} tok/s{mfu_s} | "
                 f"{_fmt(rec.get('step_time_ms'), '.0f')} ms{eta_s}{flag}",
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
 
     def eval(self, step: int, val_loss: float) -> None:
@@ -231,11 +272,20 @@ class Observer:
                 self._task_layout = True
             for task, figures in results.items():
                 for metric, value in figures.items():
-                    if metric not in ("n", "seconds") and not metric.endswith("_stderr") and value is not None:
-                        self.writer.add_scalar(f"val/{task}_{metric}", value, step)  # the val/ group: next to val/loss
+                    if (
+                        metric not in ("n", "seconds")
+                        and not metric.endswith("_stderr")
+                        and value is not None
+                    ):
+                        self.writer.add_scalar(
+                            f"val/{task}_{metric}", value, step
+                        )  # the val/ group: next to val/loss
         for task, figures in results.items():
-            shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items()
-                             if k not in ("n", "seconds") and not k.endswith("_stderr") and v is not None)
+            shown = " ".join(
+                f"{k} {v:.4f}"
+                for k, v in figures.items()
+                if k not in ("n", "seconds") and not k.endswith("_stderr") and v is not None
+            )
             self.info(f"step {step} | {task} {shown} (n={figures['n']}, {figures.get('seconds', 0):.1f}s)")
 
     def sample(self, step: int, text: str) -> None:
@@ -285,7 +335,9 @@ def make_profiler(enabled: bool, out: Path, device: torch.device, wait: int, act
         activities=activities,
         schedule=schedule(wait=wait, warmup=1, active=active, repeat=1),
         on_trace_ready=tensorboard_trace_handler(str(out / "profile")),
-        record_shapes=True, profile_memory=True, with_stack=False,
+        record_shapes=True,
+        profile_memory=True,
+        with_stack=False,
     )
 
 

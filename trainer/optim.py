@@ -55,8 +55,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torc
     """AdamW over :func:`param_groups`, fused (CUDA and CPU). The lr is set per step by the loop."""
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps, **extra,
+        param_groups(model, cfg.weight_decay),
+        lr=lr_at(0, cfg),
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        **extra,
     )
 
 

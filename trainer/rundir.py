@@ -43,7 +43,9 @@ def run_artifacts(out: Path) -> list[Path]:
     """The trainer's own files and folders present in ``out``."""
     if not out.is_dir():
         return []
-    found = [out / n for n in (CONFIG_NAME, METRICS_NAME, CKPT_DIRNAME, PROFILE_DIRNAME) if (out / n).exists()]
+    found = [
+        out / n for n in (CONFIG_NAME, METRICS_NAME, CKPT_DIRNAME, PROFILE_DIRNAME) if (out / n).exists()
+    ]
     return found + sorted(out.glob(_EVENTS_GLOB))
 
 
@@ -103,10 +105,20 @@ def git_info(repo: Path | None = None) -> dict[str, Any]:
     """``{"sha": ..., "dirty": ...}`` of the checkout holding this package (``"unknown"`` otherwise)."""
     repo = repo or Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return {"sha": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"sha": "unknown", "dirty": None}
@@ -116,8 +128,12 @@ def versions() -> dict[str, str]:
     import numpy
     import tiktoken
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "tiktoken": getattr(tiktoken, "__version__", "unknown")}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "tiktoken": getattr(tiktoken, "__version__", "unknown"),
+    }
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
         out["cudnn"] = str(torch.backends.cudnn.version())

@@ -84,7 +84,9 @@ class TrainResult:
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # completed step -> mean train loss
     val_losses: dict[int, float] = field(default_factory=dict)
-    task_metrics: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # step -> --eval-tasks figures
+    task_metrics: dict[int, dict[str, dict[str, Any]]] = field(
+        default_factory=dict
+    )  # step -> --eval-tasks figures
     bad_steps: int = 0
     stopped_by_signal: bool = False
     checkpoint: Path | None = None
@@ -119,8 +121,10 @@ class _StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: abort now, without a checkpoint
         self.requested = True
-        self.obs.warn(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
-                      "(Ctrl-C again aborts without saving)")
+        self.obs.warn(
+            f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+            "(Ctrl-C again aborts without saving)"
+        )
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -165,12 +169,25 @@ def _task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
         return None
     from model.evaluate import TaskEvaluator
 
-    data = cfg.eval_tasks_data if cfg.eval_tasks_data is not None else (cfg.data if names == ["shards"] else None)
-    return TaskEvaluator(names, data=data, limit=cfg.eval_tasks_limit, rank=env.rank, world_size=env.world_size,
-                         batch_size=cfg.micro_batch, vocab_size=model_config.vocab_size)
+    data = (
+        cfg.eval_tasks_data
+        if cfg.eval_tasks_data is not None
+        else (cfg.data if names == ["shards"] else None)
+    )
+    return TaskEvaluator(
+        names,
+        data=data,
+        limit=cfg.eval_tasks_limit,
+        rank=env.rank,
+        world_size=env.world_size,
+        batch_size=cfg.micro_batch,
+        vocab_size=model_config.vocab_size,
+    )
 
 
-def _evaluate_tasks(tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int) -> None:
+def _evaluate_tasks(
+    tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int
+) -> None:
     """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks."""
     out = tasks(model, autocast, all_reduce=lambda t: all_reduce_(t, env))
     figures = {task: r.to_json() for task, r in out.items()}
@@ -212,7 +229,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     grad_accum = cfg.grad_accum_steps(env.world_size)
     if env.is_main:  # only rank 0 decides (and later changes) the run folder: no check-vs-mkdir race
         check_run_dir(cfg)
-    init = init_from.plan(cfg)  # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
+    init = init_from.plan(
+        cfg
+    )  # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
     model_config = init.model_config
     dataset = ShardDataset(cfg.data)
     if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
@@ -221,14 +240,32 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             "evaluate on; rebuild with --val-fraction > 0, or pass --eval-every 0 to train without evaluation"
         )
     tok_fp = tokenizer_fingerprint()
-    sampler_kw = dict(expected_vocab_size=model_config.vocab_size, expected_tokenizer_fingerprint=tok_fp,
-                      rank=env.rank, world_size=env.world_size, device=device)
-    sampler = TokenSampler(dataset, split="train", batch_size=cfg.micro_batch, seq_len=cfg.seq_len,
-                           seed=cfg.seed, doc_aligned=cfg.doc_aligned, prefetch=cfg.prefetch, **sampler_kw)
+    sampler_kw = dict(
+        expected_vocab_size=model_config.vocab_size,
+        expected_tokenizer_fingerprint=tok_fp,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=device,
+    )
+    sampler = TokenSampler(
+        dataset,
+        split="train",
+        batch_size=cfg.micro_batch,
+        seq_len=cfg.seq_len,
+        seed=cfg.seed,
+        doc_aligned=cfg.doc_aligned,
+        prefetch=cfg.prefetch,
+        **sampler_kw,
+    )
     val = None
     if cfg.eval_every > 0:
-        val = ValWindows(dataset, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
-                         batch_size=cfg.micro_batch, **sampler_kw)
+        val = ValWindows(
+            dataset,
+            seq_len=cfg.seq_len,
+            num_windows=cfg.eval_windows,
+            batch_size=cfg.micro_batch,
+            **sampler_kw,
+        )
     tasks = _task_evaluator(cfg, env, model_config)
     try:
         return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks)
@@ -236,7 +273,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         sampler.close()
 
 
-def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None) -> TrainResult:
+def _run(
+    cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None
+) -> TrainResult:
     device = env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -269,9 +308,15 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
             warn_msgs.append(f"--resume: no checkpoint in {cfg.out}; starting a fresh run")
         else:
             payload, path = loaded
-            ckpt.check_compatible(payload, path, model_config=model_config.to_dict(),
-                                  dataset_fingerprint=dataset.dataset_fingerprint,
-                                  vocab_size=dataset.vocab_size, force=cfg.force, warn=warn_msgs.append)
+            ckpt.check_compatible(
+                payload,
+                path,
+                model_config=model_config.to_dict(),
+                dataset_fingerprint=dataset.dataset_fingerprint,
+                vocab_size=dataset.vocab_size,
+                force=cfg.force,
+                warn=warn_msgs.append,
+            )
             model.load_state_dict(clean_state_dict(payload["model"]))
             optimizer.load_state_dict(payload["optimizer"])
             if payload.get("scaler"):
@@ -296,26 +341,53 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
         # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory); the loop
         # zeroes them in place (set_to_none=False) so the views survive from step to step
         fwd_model = nn.parallel.DistributedDataParallel(
-            compiled, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+            compiled,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
     eval_model = compiled  # eval runs compiled too (its own graph, fixed shape), never through DDP
-    sdpa = choose_sdpa_backend(cfg.sdpa_backend, device, amp_dtype or torch.float32, model_config.n_head,
-                               model_config.head_dim, cfg.seq_len, model_config.dropout)
+    sdpa = choose_sdpa_backend(
+        cfg.sdpa_backend,
+        device,
+        amp_dtype or torch.float32,
+        model_config.n_head,
+        model_config.head_dim,
+        cfg.seq_len,
+        model_config.dropout,
+    )
 
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_tflops_for(device, cfg.peak_tflops)
     if env.is_main:
-        write_run_info(cfg, {
-            "model_config": model_config.to_dict(), "num_params": raw_model.num_params(non_embedding=False),
-            "device": device_name(device), "world_size": env.world_size, "precision": precision,
-            "compile": use_compile, "sdpa_backend": sdpa, "grad_accum_steps": grad_accum,
-            "flops_per_token": flops_per_token,
-            "peak_tflops": peak, "dataset_fingerprint": dataset.dataset_fingerprint,
-            "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
-            "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
-            "init_from": init.record,
-        })
-    obs = Observer(cfg.out, enabled=env.is_main, total_steps=cfg.max_steps, start_step=start_step,
-                   progress=cfg.progress, tensorboard=cfg.tensorboard, log_every=cfg.log_every)
+        write_run_info(
+            cfg,
+            {
+                "model_config": model_config.to_dict(),
+                "num_params": raw_model.num_params(non_embedding=False),
+                "device": device_name(device),
+                "world_size": env.world_size,
+                "precision": precision,
+                "compile": use_compile,
+                "sdpa_backend": sdpa,
+                "grad_accum_steps": grad_accum,
+                "flops_per_token": flops_per_token,
+                "peak_tflops": peak,
+                "dataset_fingerprint": dataset.dataset_fingerprint,
+                "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
+                "resumed_from": str(resumed_from) if resumed_from else None,
+                "start_step": start_step,
+                "init_from": init.record,
+            },
+        )
+    obs = Observer(
+        cfg.out,
+        enabled=env.is_main,
+        total_steps=cfg.max_steps,
+        start_step=start_step,
+        progress=cfg.progress,
+        tensorboard=cfg.tensorboard,
+        log_every=cfg.log_every,
+    )
     for msg in warn_msgs:
         obs.warn(msg)
     fresh = f"fresh run from the weights of {init.record['source']}" if init.record else "fresh run"
@@ -327,33 +399,65 @@ def _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, i
         f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
     )
 
-    result = TrainResult(run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total,
-                         sdpa_backend=sdpa)
+    result = TrainResult(
+        run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total, sdpa_backend=sdpa
+    )
 
     def save(step: int) -> None:
         if not env.is_main:
             return
         payload = {
-            "format": ckpt.FORMAT, "model": raw_model.state_dict(), "model_config": model_config.to_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "step": step, "rng": ckpt.capture_rng(), "train_config": cfg.to_dict(),
-            "dataset_fingerprint": dataset.dataset_fingerprint, "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
-            "vocab_size": dataset.vocab_size, "counters": {"bad_steps": result.bad_steps},
-            "world_size": env.world_size, "init_from": init.record,
+            "format": ckpt.FORMAT,
+            "model": raw_model.state_dict(),
+            "model_config": model_config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": step,
+            "rng": ckpt.capture_rng(),
+            "train_config": cfg.to_dict(),
+            "dataset_fingerprint": dataset.dataset_fingerprint,
+            "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
+            "vocab_size": dataset.vocab_size,
+            "counters": {"bad_steps": result.bad_steps},
+            "world_size": env.world_size,
+            "init_from": init.record,
         }
         result.checkpoint = ckpt.save_checkpoint(cfg.out, step, payload, cfg.keep_last)
 
     try:
-        with sdpa_context(sdpa), _StopFlag(obs) as stop, make_profiler(
-                cfg.profile, cfg.out, device, cfg.profile_wait, cfg.profile_active) as prof:
+        with (
+            sdpa_context(sdpa),
+            _StopFlag(obs) as stop,
+            make_profiler(cfg.profile, cfg.out, device, cfg.profile_wait, cfg.profile_active) as prof,
+        ):
             if val is not None and start_step == 0:
                 v = _evaluate(eval_model, val, autocast, env)
                 result.val_losses[0] = v
                 obs.eval(0, v)
             if tasks is not None and start_step == 0:
                 _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, 0)
-            _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, scaler, sampler, val,
-                  autocast, stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks)
+            _loop(
+                cfg,
+                env,
+                grad_accum,
+                fwd_model,
+                raw_model,
+                eval_model,
+                optimizer,
+                scaler,
+                sampler,
+                val,
+                autocast,
+                stop,
+                prof,
+                obs,
+                result,
+                save,
+                flops_per_token,
+                peak,
+                start_step,
+                tasks,
+            )
     finally:
         obs.close()
     return result
@@ -383,8 +487,28 @@ class _Readback:
         return self.host.tolist()
 
 
-def _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, scaler, sampler, val, autocast,
-          stop, prof, obs, result, save, flops_per_token, peak, start_step, tasks=None) -> None:
+def _loop(
+    cfg,
+    env,
+    grad_accum,
+    fwd_model,
+    raw_model,
+    eval_model,
+    optimizer,
+    scaler,
+    sampler,
+    val,
+    autocast,
+    stop,
+    prof,
+    obs,
+    result,
+    save,
+    flops_per_token,
+    peak,
+    start_step,
+    tasks=None,
+) -> None:
     """The steps. Nothing on the way to ``optimizer.step()`` waits for the device:
 
     * the signal flag goes to the device by a fill kernel into a preallocated scalar, summed over
@@ -431,11 +555,21 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, sca
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         result.losses[done] = loss_f
         result.final_step = done
-        obs.step(done, cfg.max_steps, {
-            "loss": loss_f, "lr": lr, "grad_norm": norm_f, "tokens_per_s": tps, "mfu": m,
-            "step_time_ms": 1000 * dt, "gpu_peak_mem_gib": peak_mem, "bad_steps": result.bad_steps,
-            "skipped": not ok,
-        })
+        obs.step(
+            done,
+            cfg.max_steps,
+            {
+                "loss": loss_f,
+                "lr": lr,
+                "grad_norm": norm_f,
+                "tokens_per_s": tps,
+                "mfu": m,
+                "step_time_ms": 1000 * dt,
+                "gpu_peak_mem_gib": peak_mem,
+                "bad_steps": result.bad_steps,
+                "skipped": not ok,
+            },
+        )
         if weights_bad:  # finite loss and grads, yet the update overflowed: nothing of it may be saved
             raise NonFiniteError(
                 f"step {done}: the update made weights non-finite (loss {loss_f}, grad norm {norm_f}); "
@@ -443,9 +577,11 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, sca
                 "it with a lower --lr or a larger --eps."
             )
         if not ok:
-            obs.warn(f"step {done}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
-                     f"(loss {loss_f}, grad norm {norm_f}); update skipped "
-                     f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})")
+            obs.warn(
+                f"step {done}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
+                f"(loss {loss_f}, grad norm {norm_f}); update skipped "
+                f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})"
+            )
             if consecutive_bad >= cfg.max_bad_steps:
                 raise NonFiniteError(
                     f"step {done}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
@@ -536,7 +672,9 @@ def _loop(cfg, env, grad_accum, fwd_model, raw_model, eval_model, optimizer, sca
     _summarize(cfg, env, result, timings, flops_per_token, peak, obs)
 
 
-def _summarize(cfg, env, result: TrainResult, timings: list[float], flops_per_token, peak, obs: Observer) -> None:
+def _summarize(
+    cfg, env, result: TrainResult, timings: list[float], flops_per_token, peak, obs: Observer
+) -> None:
     warm = min(3, len(timings) // 2)  # the first steps pay for compile and allocator warm-up
     steady = timings[warm:] or timings
     if steady:  # total tokens over total time (not a mean of per-step rates, which over-weighs fast steps)
@@ -549,7 +687,9 @@ def _summarize(cfg, env, result: TrainResult, timings: list[float], flops_per_to
     val_row = "-"
     if vals:
         first, last = vals[min(vals)], vals[max(vals)]
-        val_row = f"{first:.4f} (step {min(vals)}) -> {last:.4f} (step {max(vals)}, ppl {perplexity(last):,.1f})"
+        val_row = (
+            f"{first:.4f} (step {min(vals)}) -> {last:.4f} (step {max(vals)}, ppl {perplexity(last):,.1f})"
+        )
     rows = [
         ("steps", f"{result.start_step} -> {result.final_step} of {cfg.max_steps}"),
         ("tokens this process", f"{(result.final_step - result.start_step) * cfg.total_batch_tokens:,}"),
@@ -567,10 +707,21 @@ def _summarize(cfg, env, result: TrainResult, timings: list[float], flops_per_to
 
 def _warn_config_drift(old: dict[str, Any], cfg: TrainConfig, warn: list[str]) -> None:
     """Warn when a resume changes a setting that decides the data stream (the resume is then not exact)."""
-    keys = ("seed", "seq_len", "total_batch_tokens", "micro_batch", "doc_aligned", "lr", "warmup_steps",
-            "max_steps", "min_lr_ratio")
+    keys = (
+        "seed",
+        "seq_len",
+        "total_batch_tokens",
+        "micro_batch",
+        "doc_aligned",
+        "lr",
+        "warmup_steps",
+        "max_steps",
+        "min_lr_ratio",
+    )
     now = cfg.to_dict()
     changed = [f"{k} {old.get(k)} -> {now[k]}" for k in keys if k in old and old[k] != now[k]]
     if changed:
-        warn.append("resuming with changed settings (the continuation differs from the original run's): "
-                    + ", ".join(changed))
+        warn.append(
+            "resuming with changed settings (the continuation differs from the original run's): "
+            + ", ".join(changed)
+        )

@@ -134,8 +134,9 @@ def test_forward_shapes_and_loss_at_init_is_log_vocab(tiny):
     assert logits.shape == (4, 128, tiny.config.padded_vocab_size)
     assert no_logits is None  # the loss path never builds the logits
     assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        loss, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)), rtol=1e-6, atol=0
+    )
     # At init ln_f is the identity on a unit-variance vector h (|h|^2 = C) and every wte row is
     # N(0, 0.02^2 I), so each logit is N(0, sigma^2) with sigma^2 = 0.02^2 * C. For V such iid
     # logits E[logsumexp] = ln V + sigma^2/2 and the target logit averages 0: that is the loss.

@@ -103,7 +103,9 @@ def test_pickled_code_is_refused(tmp_path):
             return (print, ("this must never run",))
 
     torch.save({"model": {}, "model_config": {}, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"evil\.pt: unsafe to load: it holds an object of type print") as e:
+    with pytest.raises(
+        CheckpointError, match=r"evil\.pt: unsafe to load: it holds an object of type print"
+    ) as e:
         load_model(tmp_path / "evil.pt")
     assert "weights_only=False" not in str(e.value)  # torch's advice is wrong for an untrusted file
 
@@ -126,8 +128,12 @@ def test_first_nonfinite_matches_a_per_tensor_check():
         state["ids"] = torch.arange(4)  # integer tensors cannot be non-finite: ignored
         for _ in range(trial % 3):
             k = f"t{int(torch.randint(0, 6, (1,), generator=g))}"
-            state[k].view(-1)[int(torch.randint(0, 15, (1,), generator=g))] = (float("nan"), float("inf"))[trial % 2]
-        expected = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            state[k].view(-1)[int(torch.randint(0, 15, (1,), generator=g))] = (float("nan"), float("inf"))[
+                trial % 2
+            ]
+        expected = next(
+            (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+        )
         assert first_nonfinite(state) == expected
     big = {"w": torch.full((4,), 3e38)}  # finite values near the fp32 limit must not overflow into "inf"
     assert first_nonfinite(big) is None
@@ -136,7 +142,9 @@ def test_first_nonfinite_matches_a_per_tensor_check():
 def test_load_model_keeps_only_the_weights_of_a_training_checkpoint(tmp_path):
     model = small_model(6)
     opt_state = {"state": {0: {"exp_avg": torch.ones(1000)}}, "param_groups": []}
-    save_model(tmp_path / "t.pt", model, extra={"optimizer": opt_state, "step": 3, "rng": {"x": torch.zeros(2)}})
+    save_model(
+        tmp_path / "t.pt", model, extra={"optimizer": opt_state, "step": 3, "rng": {"x": torch.zeros(2)}}
+    )
     loaded, meta = load_model(tmp_path / "t.pt", map_location="cpu")
     assert "optimizer" not in meta and "model" not in meta and "rng" not in meta  # nothing for the device
     assert meta["step"] == 3 and meta["checkpoint_path"] == str(tmp_path / "t.pt")

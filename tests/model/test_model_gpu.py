@@ -167,7 +167,9 @@ def test_sdpa_auto_choice_on_cuda_is_a_fused_kernel_that_matches_math():
     name = choose_sdpa_backend("auto", dev, torch.bfloat16, 12, 64, 1024)
     assert name in preferred_backends(torch.cuda.get_device_capability(dev))
     g = torch.Generator(device="cuda").manual_seed(5)
-    q, k, v = (torch.randn(2, 12, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    q, k, v = (
+        torch.randn(2, 12, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)
+    )
     with sdpa_context(name):
         got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     with sdpa_context("math"):

@@ -163,13 +163,16 @@ def test_output_bytes_identical_for_any_workers_and_chunking(
     reference_build: Path, corpus, tmp_path: Path, workers: int, chunk_bytes: int
 ) -> None:
     out = tmp_path / "s"
-    build(corpus[0], out, shard_tokens=3000, val_fraction=0.1, seed=5, workers=workers, chunk_bytes=chunk_bytes)
+    build(
+        corpus[0], out, shard_tokens=3000, val_fraction=0.1, seed=5, workers=workers, chunk_bytes=chunk_bytes
+    )
     assert folder_bytes(out) == folder_bytes(reference_build)
 
 
 def test_rerun_is_noop_and_other_settings_are_refused(corpus, tmp_path: Path, capsys) -> None:
     out = tmp_path / "s"
     build(corpus[0], out, shard_tokens=5000)
+
     def mtimes() -> dict[str, int]:  # the lock file is rewritten with each writer's pid: not data
         return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_NAME}
 
@@ -193,7 +196,9 @@ def test_unknown_shards_in_out_are_refused(corpus, tmp_path: Path) -> None:
     assert (out / "train-00000.bin").read_bytes() == b"someone else's file"
 
 
-def test_resume_keeps_finished_shards_and_matches_clean_build(reference_build: Path, corpus, tmp_path: Path) -> None:
+def test_resume_keeps_finished_shards_and_matches_clean_build(
+    reference_build: Path, corpus, tmp_path: Path
+) -> None:
     """An interrupted build as a kill leaves it: state + some shards, no manifest, a stale temp."""
     out = tmp_path / "s"
     build(corpus[0], out, shard_tokens=3000, val_fraction=0.1, seed=5)
@@ -262,9 +267,14 @@ def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
 
 
 def test_config_validation_names_the_flag(tmp_path: Path) -> None:
-    for kw, flag in (({"workers": 0}, "--workers"), ({"val_fraction": 1.0}, "--val-fraction"),
-                     ({"shard_tokens": 0}, "--shard-tokens"), ({"seed": -1}, "--seed"),
-                     ({"text_glob": " , "}, "--text-glob"), ({"source_format": "csv"}, "--source-format")):
+    for kw, flag in (
+        ({"workers": 0}, "--workers"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
+        ({"shard_tokens": 0}, "--shard-tokens"),
+        ({"seed": -1}, "--seed"),
+        ({"text_glob": " , "}, "--text-glob"),
+        ({"source_format": "csv"}, "--source-format"),
+    ):
         with pytest.raises(ValueError, match=flag):
             ShardConfig(source="x", out=tmp_path, **kw)
 
@@ -272,8 +282,13 @@ def test_config_validation_names_the_flag(tmp_path: Path) -> None:
 def test_cli_help_documents_every_field() -> None:
     from dataclasses import fields
 
-    res = subprocess.run([sys.executable, "-m", "pipeline.build_cli", "--help"], capture_output=True,
-                         text=True, cwd=REPO, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.build_cli", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     for f in fields(ShardConfig):
         flag = f.name.upper() if f.name == "source" else "--" + f.name.replace("_", "-")
         assert flag in res.stdout, flag
@@ -297,20 +312,38 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path, sig: int = signal.SIG
 def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     docs = make_docs(900, seed=21, max_words=500)
     src = write_jsonl(tmp_path / "big.jsonl.zst", docs)
-    args = [str(src), "--shard-tokens", "4000", "--val-fraction", "0.02", "--workers", "2",
-            "--chunk-bytes", "16384", "--quiet"]
+    args = [
+        str(src),
+        "--shard-tokens",
+        "4000",
+        "--val-fraction",
+        "0.02",
+        "--workers",
+        "2",
+        "--chunk-bytes",
+        "16384",
+        "--quiet",
+    ]
     out = tmp_path / "killed"
-    rc = _kill_when_first_shard_done([sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)], out)
+    rc = _kill_when_first_shard_done(
+        [sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)], out
+    )
     assert rc == -signal.SIGKILL
     assert not (out / MANIFEST_NAME).exists(), "the build finished before it could be killed"
     kept = read_state(out)["splits"]["train"]
     assert kept
-    res = subprocess.run([sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     clean = tmp_path / "clean"
-    build_shards(ShardConfig(source=str(src), out=clean, shard_tokens=4000, val_fraction=0.02, workers=1),
-                 progress=False)
+    build_shards(
+        ShardConfig(source=str(src), out=clean, shard_tokens=4000, val_fraction=0.02, workers=1),
+        progress=False,
+    )
     assert folder_bytes(out) == folder_bytes(clean)
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     h = ShardHeader.unpack((out / kept[0]["file"]).read_bytes()[:4096])
@@ -321,8 +354,21 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
 def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path: Path, sig: int) -> None:
     src = write_jsonl(tmp_path / "big.jsonl", make_docs(900, seed=21, max_words=500))
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "pipeline.build_cli", str(src), "--out", str(out), "--shard-tokens", "4000",
-           "--workers", "1", "--chunk-bytes", "16384", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.build_cli",
+        str(src),
+        "--out",
+        str(out),
+        "--shard-tokens",
+        "4000",
+        "--workers",
+        "1",
+        "--chunk-bytes",
+        "16384",
+        "--quiet",
+    ]
     assert _kill_when_first_shard_done(cmd, out, sig) == 130
     assert not (out / MANIFEST_NAME).exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # the open shard was dropped, not left

@@ -46,8 +46,12 @@ def docs_of(out: Path, split: str = "train") -> list[np.ndarray]:
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_owt_sample_tokens_equal_tiktoken_and_nanogpt(owt_sample, owt_ids, fmt, tmp_path: Path) -> None:
     out = tmp_path / fmt
-    m = build_shards(ShardConfig(source=str(owt_sample / FORMATS[fmt]), out=out, workers=2, val_fraction=0.0,
-                                 shard_tokens=400_000), progress=False)
+    m = build_shards(
+        ShardConfig(
+            source=str(owt_sample / FORMATS[fmt]), out=out, workers=2, val_fraction=0.0, shard_tokens=400_000
+        ),
+        progress=False,
+    )
     docs = docs_of(out)
     assert m.counts["docs_written"] == len(docs) == len(owt_ids) == 1000
     assert len(ShardDataset(out).shards("train")) >= 3  # several shards, docs never split
@@ -65,8 +69,9 @@ def test_owt_sample_tokens_equal_tiktoken_and_nanogpt(owt_sample, owt_ids, fmt, 
 
 
 def test_owt_sample_default_settings_have_a_val_split(owt_sample, owt_ids, tmp_path: Path) -> None:
-    m = build_shards(ShardConfig(source=str(owt_sample / FORMATS["jsonl.zst"]), out=tmp_path, workers=2),
-                     progress=False)
+    m = build_shards(
+        ShardConfig(source=str(owt_sample / FORMATS["jsonl.zst"]), out=tmp_path, workers=2), progress=False
+    )
     assert m.settings["val_fraction"] == 0.0005
     assert m.counts["docs_val"] >= 1 and m.counts["docs_train"] + m.counts["docs_val"] == 1000
     got = Counter(tuple(d[1:-1].tolist()) for split in ("train", "val") for d in docs_of(tmp_path, split))
@@ -75,8 +80,12 @@ def test_owt_sample_default_settings_have_a_val_split(owt_sample, owt_ids, tmp_p
 
 def test_hub_code_path_on_real_parquet(owt_sample, owt_texts, tmp_path: Path) -> None:
     """The hub reader is datasets.load_dataset; the same call on the local parquet reads every row."""
-    src = HubSource("parquet", data_files=str(owt_sample / FORMATS["parquet"]), streaming=True,
-                    cache_dir=str(tmp_path / "hf"))
+    src = HubSource(
+        "parquet",
+        data_files=str(owt_sample / FORMATS["parquet"]),
+        streaming=True,
+        cache_dir=str(tmp_path / "hf"),
+    )
     texts = [t for c in src.chunks() for t in decode_chunk(c).texts]
     assert texts == owt_texts
 
@@ -89,8 +98,9 @@ def test_reuters_any_workers_identical_and_token_count(corpora: Path, tmp_path: 
     outs = []
     for w in (1, 2):
         outs.append(tmp_path / f"w{w}")
-        m = build_shards(ShardConfig(source=str(src), out=outs[-1], workers=w, shard_tokens=1_000_000),
-                         progress=False)
+        m = build_shards(
+            ShardConfig(source=str(src), out=outs[-1], workers=w, shard_tokens=1_000_000), progress=False
+        )
     files = sorted(p.name for p in outs[0].iterdir())
     for name in files:
         if name.endswith((".bin", ".json")):

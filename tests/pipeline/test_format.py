@@ -93,7 +93,9 @@ def test_wrong_magic(shard: Path) -> None:
 def test_truncated_payload_names_file_and_sizes(shard: Path) -> None:
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])
-    with pytest.raises(ShardFormatError, match=rf"{shard.name}: file is {len(data) - 100} bytes but .* requires {len(data)}"):
+    with pytest.raises(
+        ShardFormatError, match=rf"{shard.name}: file is {len(data) - 100} bytes but .* requires {len(data)}"
+    ):
         open_shard(shard)
     shard.write_bytes(data[:100])  # not even a header
     with pytest.raises(ShardFormatError, match="shorter than the"):
@@ -104,8 +106,9 @@ def test_header_count_disagreeing_with_file_size(shard: Path) -> None:
     """A header whose (CRC-consistent) num_tokens was changed: the size check catches it."""
     data = bytearray(shard.read_bytes())
     h = read_header(shard)
-    forged = ShardHeader(h.vocab_size, h.num_tokens + 8, h.num_docs, h.payload_sha256, h.index_sha256,
-                         h.tokenizer_fingerprint)
+    forged = ShardHeader(
+        h.vocab_size, h.num_tokens + 8, h.num_docs, h.payload_sha256, h.index_sha256, h.tokenizer_fingerprint
+    )
     data[:HEADER_SIZE] = forged.pack()
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardFormatError, match=r"header \(num_tokens=\d+, num_docs=\d+\) requires"):
@@ -179,8 +182,12 @@ def _manifest(tmp: Path, docs) -> Manifest:
     for i, part in enumerate((docs[:25], docs[25:])):
         name = shard_name("train" if i == 0 else "val", 0)
         h = write_shard(tmp / name, part, fp=tokenizer_fingerprint())
-        entries.append(ShardEntry(name, "train" if i == 0 else "val", h.num_tokens, h.num_docs, h.payload_sha256))
-    return Manifest(tokenizer_fingerprint(), VOCAB_SIZE, {"<|endoftext|>": EOT_ID}, "test", {"seed": 0}, entries)
+        entries.append(
+            ShardEntry(name, "train" if i == 0 else "val", h.num_tokens, h.num_docs, h.payload_sha256)
+        )
+    return Manifest(
+        tokenizer_fingerprint(), VOCAB_SIZE, {"<|endoftext|>": EOT_ID}, "test", {"seed": 0}, entries
+    )
 
 
 def test_manifest_round_trip_and_dataset(tmp_path: Path, docs) -> None:

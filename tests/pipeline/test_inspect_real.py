@@ -34,8 +34,12 @@ def owt(owt_sample: Path, tmp_path_factory) -> tuple[Path, list[str]]:
     src = owt_sample / "docs.jsonl.zst"
     out = tmp_path_factory.mktemp("owt") / "shards"
     # several shards, so figures are summed across files and --doc crosses shard boundaries
-    build_shards(ShardConfig(source=str(src), out=out, val_fraction=0.0, shard_tokens=300_000,
-                             workers=2, overwrite=True), progress=False)
+    build_shards(
+        ShardConfig(
+            source=str(src), out=out, val_fraction=0.0, shard_tokens=300_000, workers=2, overwrite=True
+        ),
+        progress=False,
+    )
     return out, read_jsonl_zst(src)
 
 

@@ -52,8 +52,12 @@ def write_dataset(root: Path, splits: dict[str, list[list[int]]], *, vocab_size:
             base += n
     assert base < EOT_ID, "position encoding must stay below the special ids"
     Manifest(
-        tokenizer_fingerprint=FP, vocab_size=vocab_size, special_tokens=dict(SPECIAL_TOKENS),
-        source="generated", settings={}, shards=entries,
+        tokenizer_fingerprint=FP,
+        vocab_size=vocab_size,
+        special_tokens=dict(SPECIAL_TOKENS),
+        source="generated",
+        settings={},
+        shards=entries,
     ).save(root)
     return ref
 
@@ -126,7 +130,10 @@ def test_windows_are_contiguous_slices_of_one_shard(data, doc_aligned):
 def test_doc_aligned_covers_every_eligible_document(data):
     root, ref = data
     eligible = {
-        (j, int(o)) for j, (_, tok, starts) in enumerate(ref["train"]) for o in starts if o + T + 1 <= len(tok)
+        (j, int(o))
+        for j, (_, tok, starts) in enumerate(ref["train"])
+        for o in starts
+        if o + T + 1 <= len(tok)
     }
     seen = set()
     with TokenSampler(root, batch_size=64, seq_len=T, doc_aligned=True, prefetch=0) as s:
@@ -183,7 +190,10 @@ def test_same_inputs_same_batch_in_a_new_process(data):
     )
     res = subprocess.run(
         [sys.executable, "-c", code, str(REPO), str(root)],
-        capture_output=True, text=True, check=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     )
     assert res.stdout.split() == here
 
@@ -222,8 +232,10 @@ def test_ranks_disjoint_and_global_batch_independent_of_split(data):
         union = sorted(zip(np.concatenate([i0, i1]).tolist(), np.concatenate([s0, s1]).tolist(), strict=True))
         assert union == sorted(zip(ia.tolist(), sa.tolist(), strict=True))
     # a different seed or step gives a different batch
-    with TokenSampler(root, batch_size=8, seq_len=T, seed=1, prefetch=0) as s1, \
-            TokenSampler(root, batch_size=8, seq_len=T, seed=2, prefetch=0) as s2:
+    with (
+        TokenSampler(root, batch_size=8, seq_len=T, seed=1, prefetch=0) as s1,
+        TokenSampler(root, batch_size=8, seq_len=T, seed=2, prefetch=0) as s2,
+    ):
         assert not torch.equal(s1.get_batch(0)[0], s2.get_batch(0)[0])
         assert not torch.equal(s1.get_batch(0)[0], s1.get_batch(1)[0])
 
@@ -307,8 +319,9 @@ def test_start_up_checks(data, tmp_path):
     with pytest.raises(SamplerError, match="other-tokenizer") as e:
         TokenSampler(root, batch_size=2, seq_len=T, expected_tokenizer_fingerprint="other-tokenizer")
     assert FP in str(e.value) and str(root) in str(e.value)
-    TokenSampler(root, batch_size=2, seq_len=T, expected_vocab_size=VOCAB_SIZE,
-                 expected_tokenizer_fingerprint=FP).close()
+    TokenSampler(
+        root, batch_size=2, seq_len=T, expected_vocab_size=VOCAB_SIZE, expected_tokenizer_fingerprint=FP
+    ).close()
     longest = 12000
     with pytest.raises(SamplerError, match=r"'train' split is too small.*seq_len\+1=20001"):
         TokenSampler(root, batch_size=2, seq_len=20000)
@@ -368,8 +381,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[in
     tmp = tmp_path_factory.mktemp("sampler_built")
     src = tmp / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
-    build_shards(ShardConfig(source=str(src), out=tmp / "shards", workers=1, shard_tokens=6000,
-                             val_fraction=0.1, seed=0), progress=False)
+    build_shards(
+        ShardConfig(
+            source=str(src), out=tmp / "shards", workers=1, shard_tokens=6000, val_fraction=0.1, seed=0
+        ),
+        progress=False,
+    )
     enc = tiktoken.get_encoding("gpt2")
     return tmp / "shards", [(SOT_ID, *enc.encode_ordinary(d), EOT_ID) for d in docs]
 
@@ -390,7 +407,7 @@ def test_windows_of_built_shards_are_runs_of_real_documents(built, doc_aligned):
                 parts = [tuple(w[a:b].tolist()) for a, b in itertools.pairwise(cuts) if b > a]
                 first, *mid, last = parts if len(parts) > 1 else (parts[0], parts[0])
                 if len(parts) > 1:
-                    assert any(e[len(e) - len(first):] == first for e in encoded), "bad leading piece"
+                    assert any(e[len(e) - len(first) :] == first for e in encoded), "bad leading piece"
                     assert all(m in whole for m in mid)
                     assert any(e[: len(last)] == last for e in encoded), "bad trailing piece"
                 else:  # one window inside a single long document
@@ -415,8 +432,16 @@ def test_owt_sample_windows_match_nanogpt_reference(owt_sample, tmp_path_factory
 
     out = tmp_path_factory.getbasetemp() / "sampler_owt"
     if not (out / "manifest.json").exists():
-        build_shards(ShardConfig(source=str(owt_sample / "docs.jsonl.zst"), out=out, val_fraction=0.0,
-                                 shard_tokens=300_000, workers=2), progress=False)
+        build_shards(
+            ShardConfig(
+                source=str(owt_sample / "docs.jsonl.zst"),
+                out=out,
+                val_fraction=0.0,
+                shard_tokens=300_000,
+                workers=2,
+            ),
+            progress=False,
+        )
     ref = np.fromfile(owt_sample / "nanogpt-val-reference.bin", dtype=np.uint16)
     hay = ref.tobytes()
     with TokenSampler(out, batch_size=16, seq_len=256, doc_aligned=doc_aligned, seed=5, prefetch=2) as s:
@@ -456,9 +481,14 @@ def test_never_copies_a_shard_into_memory(tmp_path):
     toks[::doc] = SOT_ID
     w.add_documents(toks, np.full(n // doc, doc))
     h = w.finish()
-    Manifest(tokenizer_fingerprint=FP, vocab_size=VOCAB_SIZE, special_tokens=dict(SPECIAL_TOKENS),
-             source="generated", settings={}, shards=[ShardEntry(shard_name("train", 0), "train", n, n // doc,
-                                                                 h.payload_sha256)]).save(big)
+    Manifest(
+        tokenizer_fingerprint=FP,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=dict(SPECIAL_TOKENS),
+        source="generated",
+        settings={},
+        shards=[ShardEntry(shard_name("train", 0), "train", n, n // doc, h.payload_sha256)],
+    ).save(big)
     del toks
     tracemalloc.start()
     try:
@@ -478,7 +508,10 @@ def test_never_copies_a_shard_into_memory(tmp_path):
 def test_page_policy_never_changes_the_batches(data, doc_aligned):
     root, _ = data
     kw = dict(batch_size=6, seq_len=T, seed=3, doc_aligned=doc_aligned)
-    with TokenSampler(root, madvise=True, **kw) as on, TokenSampler(root, madvise=False, prefetch=0, **kw) as off:
+    with (
+        TokenSampler(root, madvise=True, **kw) as on,
+        TokenSampler(root, madvise=False, prefetch=0, **kw) as off,
+    ):
         it = on.batches(0)  # the prefetch thread issues MADV_WILLNEED for each next batch
         for step in range(6):
             got_step, x, y = next(it)
@@ -506,8 +539,11 @@ def test_out_of_vocab_id_names_shard_offset_and_id(data, tmp_path):
     def check(err: OutOfVocabError, name: str) -> None:
         msg = str(err)
         assert isinstance(err, UserError) and err.exit_code == 1
-        m = re.fullmatch(r"(\S+): token id (\d+) at token offset ([\d,]+) is >= vocab_size (\d+); .*"
-                         r"`python -m pipeline verify (\S+)`.*", msg)
+        m = re.fullmatch(
+            r"(\S+): token id (\d+) at token offset ([\d,]+) is >= vocab_size (\d+); .*"
+            r"`python -m pipeline verify (\S+)`.*",
+            msg,
+        )
         assert m is not None, msg
         assert m[1] == str(root / name) and int(m[4]) == VOCAB_SIZE and m[5] == str(root)
         off = int(m[3].replace(",", ""))
@@ -539,7 +575,9 @@ def test_willneed_hints_only_while_unhinted_gathers_wait_for_the_disk():
     p.observe(slow, rows, hinted=True)
     assert not p.hint_next()  # a hinted batch says nothing about the cache
     p.observe(slow, rows, hinted=False)
-    assert [p.hint_next() for _ in range(_ColdPages.PROBE_EVERY + 1)] == [True] * _ColdPages.PROBE_EVERY + [False]
+    assert [p.hint_next() for _ in range(_ColdPages.PROBE_EVERY + 1)] == [True] * _ColdPages.PROBE_EVERY + [
+        False
+    ]
 
 
 def test_prefetch_producer_stays_asleep_during_the_handoff_and_frees_spent_batches(data, monkeypatch):

@@ -20,15 +20,19 @@ pytestmark = pytest.mark.gpu
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(5)
     root = tmp_path_factory.mktemp("sampler_gpu") / "shards"
-    write_dataset(root, {"train": [doc_lengths(n, rng) for n in (6000, 9000)], "val": [doc_lengths(3000, rng)]})
+    write_dataset(
+        root, {"train": [doc_lengths(n, rng) for n in (6000, 9000)], "val": [doc_lengths(3000, rng)]}
+    )
     return root
 
 
 @pytest.mark.parametrize(("prefetch", "doc_aligned"), [(0, False), (1, True), (3, False)])
 def test_cuda_batches_equal_cpu_batches(root, prefetch, doc_aligned):
     kw = dict(batch_size=16, seq_len=T, seed=9, doc_aligned=doc_aligned)
-    with TokenSampler(root, device="cpu", prefetch=0, **kw) as cpu, \
-            TokenSampler(root, device="cuda", prefetch=prefetch, **kw) as gpu:
+    with (
+        TokenSampler(root, device="cpu", prefetch=0, **kw) as cpu,
+        TokenSampler(root, device="cuda", prefetch=prefetch, **kw) as gpu,
+    ):
         assert all(slot.tensor.is_pinned() for slot in gpu._ring)
         assert len(gpu._ring) == prefetch + 2
         for (step, x, y), _ in zip(gpu.batches(3), range(60), strict=False):
@@ -44,8 +48,10 @@ def test_cuda_batches_equal_cpu_batches(root, prefetch, doc_aligned):
 
 def test_cuda_tensors_survive_consumer_side_use(root):
     """Batches kept alive across many later steps must not be overwritten (record_stream / ring)."""
-    with TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=2) as gpu, \
-            TokenSampler(root, device="cpu", batch_size=8, seq_len=T, prefetch=0) as cpu:
+    with (
+        TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=2) as gpu,
+        TokenSampler(root, device="cpu", batch_size=8, seq_len=T, prefetch=0) as cpu,
+    ):
         kept = [(step, x, y) for (step, x, y), _ in zip(gpu.batches(0), range(30), strict=False)]
         torch.cuda.synchronize()
         for step, x, y in kept:
@@ -73,8 +79,10 @@ def test_cuda_batches_freed_by_the_producer_while_the_consumer_stream_still_read
     import threading
     import weakref
 
-    with TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=2) as gpu, \
-            TokenSampler(root, device="cpu", batch_size=8, seq_len=T, prefetch=0) as cpu:
+    with (
+        TokenSampler(root, device="cuda", batch_size=8, seq_len=T, prefetch=2) as gpu,
+        TokenSampler(root, device="cpu", batch_size=8, seq_len=T, prefetch=0) as cpu,
+    ):
         it = gpu.batches(0)
         sums, freed_in = [], {}
         for k in range(24):

@@ -70,8 +70,9 @@ def test_doc_json_ids_are_tiktoken_ids(built, capsys, gpt2):
     assert js["ids"] == [SOT, *gpt2.encode_ordinary(KEPT[10]), EOT]
     assert js["text"] == KEPT[10]
     assert js["num_tokens"] == len(js["ids"]) and js["doc"] == 10
-    assert js["pieces"][1:-1] == [gpt2.decode_single_token_bytes(i).decode("utf-8", "replace")
-                                  for i in js["ids"][1:-1]]
+    assert js["pieces"][1:-1] == [
+        gpt2.decode_single_token_bytes(i).decode("utf-8", "replace") for i in js["ids"][1:-1]
+    ]
     assert js["pieces"][0] == "<|startoftext|>" and js["pieces"][-1] == "<|endoftext|>"
 
 

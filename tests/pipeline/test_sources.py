@@ -169,7 +169,12 @@ def test_text_folder_sorted_recursive_globs_hidden_and_excluded(tmp_path: Path) 
     src = open_source(str(root), text_glob="*.txt,*.md", exclude=[root / "out"])
     assert isinstance(src, TextFolderSource)
     texts, bad = read_all(src)
-    assert texts == ["ay", "bee", "caf\ufffd", "sea"]  # sorted by relative path: a.md, b.txt, bad.txt, sub/c.txt
+    assert texts == [
+        "ay",
+        "bee",
+        "caf\ufffd",
+        "sea",
+    ]  # sorted by relative path: a.md, b.txt, bad.txt, sub/c.txt
     assert bad == [False, False, True, False]
     with pytest.raises(SourceError, match="no files match --text-glob"):
         open_source(str(root), text_glob="*.rst")
@@ -189,8 +194,11 @@ def test_explicit_text_glob_wins_over_stray_data_files_in_auto_mode(tmp_path: Pa
     assert read_all(src)[0] == ["readme", "print(1)"]
     # with the default glob it is auto-detected by its data files, and two kinds of them are refused
     # (issue 11: reading the parquet alone silently dropped the jsonl), naming both and the flag
-    with pytest.raises(SourceError, match=r"1 parquet file, 1 jsonl file\).*--source-format parquet or "
-                                          r"--source-format jsonl"):
+    with pytest.raises(
+        SourceError,
+        match=r"1 parquet file, 1 jsonl file\).*--source-format parquet or "
+        r"--source-format jsonl",
+    ):
         open_source(str(root))
     assert isinstance(open_source(str(root), source_format="parquet"), ParquetSource)
 
@@ -210,9 +218,10 @@ def test_skylion_subsets_and_tarball(tmp_path: Path) -> None:
     # the distributed tarball: openwebtext.tar.xz holding openwebtext/urlsf_subset*_data.xz
     outer = tmp_path / "dist"
     outer.mkdir()
-    write_tar_xz(outer / "openwebtext.tar.xz", [
-        (f"openwebtext/{p.name}", p.read_bytes()) for p in sorted(owt.iterdir())
-    ])
+    write_tar_xz(
+        outer / "openwebtext.tar.xz",
+        [(f"openwebtext/{p.name}", p.read_bytes()) for p in sorted(owt.iterdir())],
+    )
     for arg in (outer, outer / "openwebtext.tar.xz"):
         src = open_source(str(arg))
         assert isinstance(src, SkylionSource) and src.tarball is not None
@@ -234,12 +243,19 @@ def test_hub_path_loads_local_parquet_through_datasets(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": DOCS}), tmp_path / "train.parquet", row_group_size=10)
     ref = read_all(ParquetSource(tmp_path, [tmp_path / "train.parquet"]))[0]
     for streaming in (False, True):
-        src = HubSource("parquet", data_files=str(tmp_path / "train.parquet"), streaming=streaming,
-                        cache_dir=str(tmp_path / "hf-cache"))
+        src = HubSource(
+            "parquet",
+            data_files=str(tmp_path / "train.parquet"),
+            streaming=streaming,
+            cache_dir=str(tmp_path / "hf-cache"),
+        )
         assert read_all(src)[0] == ref == DOCS
-    assert HubSource("parquet", data_files=str(tmp_path / "train.parquet"),
-                     cache_dir=str(tmp_path / "hf-cache")).total_docs == len(DOCS)
-    missing = HubSource("parquet", data_files=str(tmp_path / "nope-*.parquet"), cache_dir=str(tmp_path / "hf"))
+    assert HubSource(
+        "parquet", data_files=str(tmp_path / "train.parquet"), cache_dir=str(tmp_path / "hf-cache")
+    ).total_docs == len(DOCS)
+    missing = HubSource(
+        "parquet", data_files=str(tmp_path / "nope-*.parquet"), cache_dir=str(tmp_path / "hf")
+    )
     with pytest.raises(SourceError, match="could not be loaded"):
         read_all(missing)
 

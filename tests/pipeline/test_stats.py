@@ -35,8 +35,15 @@ def build_folder(docs: list[str], out: Path, *, shard_tokens: int, val_fraction:
     from pipeline.build import ShardConfig, build_shards
 
     src = write_jsonl(docs, out.parent / f"{out.name}-source.jsonl")
-    cfg = ShardConfig(source=str(src), out=out, workers=1, shard_tokens=shard_tokens,
-                      val_fraction=val_fraction, seed=0, overwrite=True)
+    cfg = ShardConfig(
+        source=str(src),
+        out=out,
+        workers=1,
+        shard_tokens=shard_tokens,
+        val_fraction=val_fraction,
+        seed=0,
+        overwrite=True,
+    )
     build_shards(cfg, progress=False)
     return out
 
@@ -62,12 +69,17 @@ def reference(docs: list[str], top_k: int) -> dict:
             "min": min(lengths),
             "max": max(lengths),
         },
-        "special_counts": {"<|endoftext|>": len(ids), "<|startoftext|>": len(ids),
-                           "<|padding|>": 0, "<|unknown|>": 0},
+        "special_counts": {
+            "<|endoftext|>": len(ids),
+            "<|startoftext|>": len(ids),
+            "<|padding|>": 0,
+            "<|unknown|>": 0,
+        },
         "unique_tokens": len(counter) + 2,  # the two markers
-        "top_tokens": [{"id": i, "count": c,
-                        "text": enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")}
-                       for i, c in top],
+        "top_tokens": [
+            {"id": i, "count": c, "text": enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")}
+            for i, c in top
+        ],
         "source_bytes": sum(len(d.encode("utf-8")) for d in docs),
         "bytes_per_token": sum(len(d.encode("utf-8")) for d in docs) / text_tokens,
         "counter": counter,
@@ -211,10 +223,18 @@ def random_folder(out: Path, *, shards: int, tokens_per_shard: int, seed: int = 
         w = ShardWriter(out / shard_name("train", i), vocab_size=50260, tokenizer_fingerprint="test-random")
         w.add_documents(toks, lens)
         h = w.finish()
-        entries.append(ShardEntry(shard_name("train", i), "train", h.num_tokens, h.num_docs, h.payload_sha256))
+        entries.append(
+            ShardEntry(shard_name("train", i), "train", h.num_tokens, h.num_docs, h.payload_sha256)
+        )
         every.append(toks)
-    Manifest(tokenizer_fingerprint="test-random", vocab_size=50260, special_tokens={"<|endoftext|>": GPT2_EOT,
-             "<|startoftext|>": SOT}, source="random", settings={}, shards=entries).save(out)
+    Manifest(
+        tokenizer_fingerprint="test-random",
+        vocab_size=50260,
+        special_tokens={"<|endoftext|>": GPT2_EOT, "<|startoftext|>": SOT},
+        source="random",
+        settings={},
+        shards=entries,
+    ).save(out)
     return np.concatenate(every)
 
 
@@ -225,8 +245,12 @@ def test_file_backed_rss_stays_flat_while_counting_the_whole_folder(tmp_path):
     ids = random_folder(tmp_path / "shards", shards=4, tokens_per_shard=4_000_000)
     peak = []
     base = _rss_file_kib()
-    st = compute_stats(tmp_path / "shards", splits=["train"], decode_top=False,
-                       progress=lambda n: peak.append(_rss_file_kib() - base))
+    st = compute_stats(
+        tmp_path / "shards",
+        splits=["train"],
+        decode_top=False,
+        progress=lambda n: peak.append(_rss_file_kib() - base),
+    )
     tr = st.splits["train"]
     assert (tr.token_counts == np.bincount(ids, minlength=50260)).all()  # independent count of the ids
     assert tr.num_docs == 4 * 4_000

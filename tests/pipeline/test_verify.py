@@ -29,8 +29,9 @@ EOT, SOT, PAD = 50256, 50257, 50258
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     docs = make_docs(90, seed=5, max_words=150)
-    return build_folder(docs, tmp_path_factory.mktemp("verify") / "shards", shard_tokens=6_000,
-                        val_fraction=0.2)
+    return build_folder(
+        docs, tmp_path_factory.mktemp("verify") / "shards", shard_tokens=6_000, val_fraction=0.2
+    )
 
 
 @pytest.fixture
@@ -68,8 +69,9 @@ def rewrite(d: Path, name: str, *, tokens=None, index=None) -> None:
         f.seek(h.index_offset)
         f.write(idx.astype("<u8").tobytes())
     m = Manifest.load(d)
-    m.shards = [dataclasses.replace(e, payload_sha256=h.payload_sha256) if e.file == name else e
-                for e in m.shards]
+    m.shards = [
+        dataclasses.replace(e, payload_sha256=h.payload_sha256) if e.file == name else e for e in m.shards
+    ]
     m.dataset_fingerprint = ""
     m.__post_init__()  # recompute the dataset fingerprint for the edited shard list
     m.save(d)
@@ -237,8 +239,12 @@ def test_module_entry_point_exit_status(data):
     name = train_files(data)[0]
     with open(data / name, "r+b") as f:
         f.write(b"NOTSHARD")
-    r = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(data)],
-                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "verify", str(data)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert r.returncode == 1, r.stderr
     assert f"{name}: bad magic" in r.stdout
 

@@ -22,10 +22,17 @@ def _payload(step: int) -> dict:
     torch.manual_seed(step)
     model = GPT(GPTConfig.from_preset("tiny", n_layer=1, n_head=2, n_embd=16, block_size=16))
     return {
-        "format": ckpt.FORMAT, "model": model.state_dict(), "model_config": model.config.to_dict(),
-        "optimizer": {"state": {}, "param_groups": []}, "step": step, "rng": ckpt.capture_rng(),
-        "train_config": TrainConfig().to_dict(), "dataset_fingerprint": "abc", "vocab_size": 50260,
-        "scaler": {}, "counters": {"bad_steps": 0},
+        "format": ckpt.FORMAT,
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "step": step,
+        "rng": ckpt.capture_rng(),
+        "train_config": TrainConfig().to_dict(),
+        "dataset_fingerprint": "abc",
+        "vocab_size": 50260,
+        "scaler": {},
+        "counters": {"bad_steps": 0},
     }
 
 
@@ -48,7 +55,10 @@ def test_truncated_newest_falls_back_with_warning(tmp_path: Path):
     newest = ckpt.save_checkpoint(tmp_path, 20, _payload(20), keep_last=5)
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # what a kill mid-write would leave without atomic rename
-    with pytest.warns(ckpt.CheckpointWarning, match=r"step-00000020.pt could not be loaded.*falling back to step-00000010.pt"):
+    with pytest.warns(
+        ckpt.CheckpointWarning,
+        match=r"step-00000020.pt could not be loaded.*falling back to step-00000010.pt",
+    ):
         payload, path = ckpt.load_latest(tmp_path)
     assert payload["step"] == 10 and path.name == "step-00000010.pt"
 
@@ -92,8 +102,9 @@ def test_compatibility_checks(tmp_path: Path):
     with pytest.raises(ckpt.ResumeError, match=r"n_embd 16 \(checkpoint\) != 32"):
         ckpt.check_compatible(payload, tmp_path, force=False, **{**kw, "model_config": other})
     seen = []
-    problems = ckpt.check_compatible(payload, tmp_path, force=True, warn=seen.append,
-                                     **{**kw, "dataset_fingerprint": "xyz"})
+    problems = ckpt.check_compatible(
+        payload, tmp_path, force=True, warn=seen.append, **{**kw, "dataset_fingerprint": "xyz"}
+    )
     assert len(problems) == 1 and "--force" in seen[0]
 
 
@@ -126,8 +137,11 @@ def test_nonfinite_weights_are_never_written(tmp_path: Path):
     before = good.read_bytes()
     bad = _payload(10)
     bad["model"]["transformer.h.0.mlp.c_fc.weight"][3, 1] = float("nan")
-    with pytest.raises(ckpt.CheckpointWriteError, match=r"step 10: refusing to write .*step-00000010\.pt: tensor "
-                       r"transformer\.h\.0\.mlp\.c_fc\.weight holds NaN or inf"):
+    with pytest.raises(
+        ckpt.CheckpointWriteError,
+        match=r"step 10: refusing to write .*step-00000010\.pt: tensor "
+        r"transformer\.h\.0\.mlp\.c_fc\.weight holds NaN or inf",
+    ):
         ckpt.save_checkpoint(tmp_path, 10, bad, keep_last=1)
     assert list_checkpoints(tmp_path) == [good] and good.read_bytes() == before  # nothing written or pruned
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]

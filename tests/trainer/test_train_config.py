@@ -110,8 +110,20 @@ def test_toml_errors_name_file_and_key(tmp_path: Path):
 
 
 def test_cli_flags_parse_to_fields():
-    cfg = config_from_args(["--preset", "tiny", "--no-compile", "--peak-tflops", "312", "--doc-aligned",
-                            "--debug-nan-at-step", "3", "--precision", "fp32"])
+    cfg = config_from_args(
+        [
+            "--preset",
+            "tiny",
+            "--no-compile",
+            "--peak-tflops",
+            "312",
+            "--doc-aligned",
+            "--debug-nan-at-step",
+            "3",
+            "--precision",
+            "fp32",
+        ]
+    )
     assert cfg.compile is False and cfg.peak_tflops == 312.0 and cfg.doc_aligned is True
     assert cfg.debug_nan_at_step == 3 and cfg.precision == "fp32"
     # round trip through the plain dict stored in checkpoints
@@ -122,7 +134,9 @@ def test_cli_flags_parse_to_fields():
 def test_cli_errors_name_the_flag_and_exit_by_kind(capsys, tmp_path: Path):
     from trainer.__main__ import main
 
-    rc = main(["--data", str(tmp_path), "--preset", "tiny", "--micro-batch", "3", "--out", str(tmp_path / "r")])
+    rc = main(
+        ["--data", str(tmp_path), "--preset", "tiny", "--micro-batch", "3", "--out", str(tmp_path / "r")]
+    )
     assert rc == 2
     assert "--total-batch-tokens 256 is not divisible by --micro-batch 3" in capsys.readouterr().err
     rc = main(["--data", str(tmp_path / "nowhere"), "--preset", "tiny", "--out", str(tmp_path / "r")])
@@ -146,6 +160,20 @@ def test_float_flags_must_be_finite_and_in_range(flag: str, value: str, why: str
 
 
 def test_float_flags_accept_their_edges():
-    cfg = config_from_args(["--preset", "tiny", "--min-lr-ratio", "1", "--weight-decay", "0", "--grad-clip", "0",
-                            "--beta1", "0", "--dropout", "0"])
+    cfg = config_from_args(
+        [
+            "--preset",
+            "tiny",
+            "--min-lr-ratio",
+            "1",
+            "--weight-decay",
+            "0",
+            "--grad-clip",
+            "0",
+            "--beta1",
+            "0",
+            "--dropout",
+            "0",
+        ]
+    )
     assert cfg.min_lr_ratio == 1.0 and cfg.grad_clip == 0.0

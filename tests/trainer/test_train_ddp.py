@@ -34,8 +34,16 @@ COMMON = ("--max-steps", "2", "--ckpt-every", "1", "--eval-every", "2", "--total
 @pytest.fixture(scope="module")
 def ddp_run(gen_shards: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
-           *fast(gen_shards, out, *COMMON)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "trainer",
+        *fast(gen_shards, out, *COMMON),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -68,8 +76,9 @@ def test_ddp_ranks_read_different_windows(gen_shards: Path, ddp_run: Path):
     with torch.no_grad():
         for micro in range(2):  # optimizer step 0 reads sampler steps 0 and 1
             for rank in range(2):
-                with TokenSampler(gen_shards, batch_size=2, seq_len=32, seed=cfg.seed, rank=rank, world_size=2,
-                                  prefetch=0) as sampler:
+                with TokenSampler(
+                    gen_shards, batch_size=2, seq_len=32, seed=cfg.seed, rank=rank, world_size=2, prefetch=0
+                ) as sampler:
                     x, y = sampler.get_batch(micro)
                 batches.append(x)
                 losses.append(float(model(x, y)[1]))
@@ -96,10 +105,24 @@ def test_a_failing_rank_ends_the_whole_job(gen_shards: Path, tmp_path: Path):
     args = fast(gen_shards, tmp_path / "run", "--max-steps", "6", "--eval-every", "0", "--ckpt-every", "0")
     procs = []
     for rank in range(2):
-        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "trainer" / "rank_fails.py"), *args],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = child_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "trainer" / "rank_fails.py"), *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         outs = [p.communicate(timeout=240) for p in procs]
     finally:

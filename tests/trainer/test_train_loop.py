@@ -63,7 +63,9 @@ def test_nan_step_leaves_previous_weights(gen_shards: Path, tmp_path: Path):
         assert torch.equal(s3["model"][k], s4["model"][k]), k
     for i, st in s3["optimizer"]["state"].items():  # Adam moments untouched too
         assert torch.equal(st["exp_avg"], s4["optimizer"]["state"][i]["exp_avg"])
-    assert not torch.equal(s4["model"]["lm_head.weight"], s5["model"]["lm_head.weight"])  # step 5 trains again
+    assert not torch.equal(
+        s4["model"]["lm_head.weight"], s5["model"]["lm_head.weight"]
+    )  # step 5 trains again
     recs, _ = read_metrics(out / "metrics.jsonl")
     assert recs[4]["skipped"] and not recs[5]["skipped"]
     assert s5["counters"]["bad_steps"] == 1
@@ -71,7 +73,16 @@ def test_nan_step_leaves_previous_weights(gen_shards: Path, tmp_path: Path):
 
 def test_consecutive_bad_steps_stop_with_the_step(gen_shards: Path, tmp_path: Path):
     with pytest.raises(NonFiniteError, match=r"step 2: 1 consecutive steps.*--max-bad-steps 1"):
-        run(gen_shards, tmp_path / "run", "--max-steps", "4", "--debug-nan-at-step", "2", "--max-bad-steps", "1")
+        run(
+            gen_shards,
+            tmp_path / "run",
+            "--max-steps",
+            "4",
+            "--debug-nan-at-step",
+            "2",
+            "--max-bad-steps",
+            "1",
+        )
 
 
 def test_vocab_mismatch_is_a_clear_error(tmp_path: Path):
@@ -97,7 +108,16 @@ def test_empty_val_split(tmp_path: Path):
 
 def test_seq_len_beyond_context_before_any_work(gen_shards: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match="--seq-len 64 exceeds the model's context"):
-        run(gen_shards, tmp_path / "run", "--block-size", "32", "--seq-len", "64", "--total-batch-tokens", "128")
+        run(
+            gen_shards,
+            tmp_path / "run",
+            "--block-size",
+            "32",
+            "--seq-len",
+            "64",
+            "--total-batch-tokens",
+            "128",
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -136,8 +156,26 @@ def test_resume_refuses_other_shards_unless_forced(gen_shards: Path, tmp_path: P
 
 def test_config_json_tensorboard_and_profile(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
-    run(gen_shards, out, "--max-steps", "4", "--eval-every", "2", "--tensorboard", "--sample-every", "2",
-        "--sample-tokens", "8", "--profile", "--profile-wait", "1", "--profile-active", "1", "--peak-tflops", "1")
+    run(
+        gen_shards,
+        out,
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--tensorboard",
+        "--sample-every",
+        "2",
+        "--sample-tokens",
+        "8",
+        "--profile",
+        "--profile-wait",
+        "1",
+        "--profile-active",
+        "1",
+        "--peak-tflops",
+        "1",
+    )
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_steps"] == 4 and info["config"]["data"] == str(gen_shards)
     assert info["git"]["sha"] and set(info["versions"]) >= {"python", "torch", "numpy", "tiktoken"}
@@ -149,8 +187,17 @@ def test_config_json_tensorboard_and_profile(gen_shards: Path, tmp_path: Path):
     acc = EventAccumulator(str(out), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert tags >= {"train/loss", "train/ppl", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
-                    "step_time_ms"}
+    assert tags >= {
+        "train/loss",
+        "train/ppl",
+        "val/loss",
+        "val/ppl",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "step_time_ms",
+    }
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("val/loss")] == [0, 2, 4]
     assert 0 < acc.Scalars("mfu")[0].value < 1  # against --peak-tflops 1
@@ -190,7 +237,18 @@ def test_a_bad_streak_stops_with_the_weights_it_names(gen_shards: Path, tmp_path
     monkeypatch.setattr(model.gpt, "linear_cross_entropy", nan_on_steps_3_and_4)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError, match=r"step 4: 2 consecutive.*the weights are those of step 2"):
-        run(gen_shards, out, "--max-steps", "8", "--ckpt-every", "1", "--eval-every", "0", "--max-bad-steps", "2")
+        run(
+            gen_shards,
+            out,
+            "--max-steps",
+            "8",
+            "--ckpt-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--max-bad-steps",
+            "2",
+        )
     s2, s3 = _weights(out, 2), _weights(out, 3)
     for k in s2["model"]:
         assert torch.equal(s2["model"][k], s3["model"][k]), k
@@ -199,7 +257,9 @@ def test_a_bad_streak_stops_with_the_weights_it_names(gen_shards: Path, tmp_path
     assert calls["n"] == 8  # steps 1-4 ran; step 5's forward never started
 
 
-def test_an_update_that_makes_weights_non_finite_is_never_saved(gen_shards: Path, tmp_path: Path, monkeypatch):
+def test_an_update_that_makes_weights_non_finite_is_never_saved(
+    gen_shards: Path, tmp_path: Path, monkeypatch
+):
     """An infinite learning rate from step 2 on (patched in here: the config refuses --lr inf) gives a
     finite loss and gradient norm but non-finite weights: the run stops at step 2 and saves nothing of it."""
     import trainer.train
@@ -207,7 +267,9 @@ def test_an_update_that_makes_weights_non_finite_is_never_saved(gen_shards: Path
     real = trainer.train.lr_at
     monkeypatch.setattr(trainer.train, "lr_at", lambda step, cfg: math.inf if step >= 1 else real(step, cfg))
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteError, match=r"step 2: the update made weights non-finite.*step-00000001\.pt"):
+    with pytest.raises(
+        NonFiniteError, match=r"step 2: the update made weights non-finite.*step-00000001\.pt"
+    ):
         run(gen_shards, out, "--max-steps", "4", "--ckpt-every", "1", "--eval-every", "0")
     assert not checkpoint_path(out, 2).exists()
     s1 = _weights(out, 1)

@@ -28,7 +28,7 @@ def test_decay_only_on_matrices(model: GPT):
     assert len(names) == len(set(names)) == len(named)  # every parameter once (wte/lm_head tied)
     for name in names[: len(decay["params"])]:
         assert named[name].dim() == 2
-    for name in names[len(decay["params"]):]:
+    for name in names[len(decay["params"]) :]:
         assert named[name].dim() == 1
         assert name.endswith(".bias") or ".ln_" in name or name.startswith("transformer.ln_f")
     assert "transformer.wte.weight" in names[: len(decay["params"])]
@@ -52,8 +52,16 @@ def test_fused_adamw_found_inf_refuses_the_whole_update(model: GPT):
     cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
     ref = GPT(model.config)
     ref.load_state_dict(model.state_dict())
-    opt, ref_opt = make_optimizer(model, cfg, "cpu"), torch.optim.AdamW(
-        param_groups(ref, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False)
+    opt, ref_opt = (
+        make_optimizer(model, cfg, "cpu"),
+        torch.optim.AdamW(
+            param_groups(ref, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            foreach=False,
+        ),
+    )
     found_inf = torch.zeros(())
     opt.found_inf = found_inf
     idx = torch.randint(0, 50000, (2, 16))

@@ -78,10 +78,15 @@ def test_sigkill_during_checkpoint_write_keeps_previous(gen_shards: Path, straig
 @pytest.mark.slow
 def test_sigterm_mid_run_saves_exits_zero_and_resumes(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trainer", *fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0",
-                                                   "--eval-every", "0")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        *fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         for line in proc.stdout:  # blocks until the trainer reports step 3: no sleeping
             if line.startswith("step 3/"):
@@ -98,8 +103,19 @@ def test_sigterm_mid_run_saves_exits_zero_and_resumes(gen_shards: Path, tmp_path
     assert stopped_at >= 3
     recs, _ = read_metrics(out / "metrics.jsonl")
     assert max(recs) == stopped_at
-    resumed = run_trainer(fast(gen_shards, out, "--max-steps", str(stopped_at + 2), "--ckpt-every", "0",
-                               "--eval-every", "0", "--resume"))
+    resumed = run_trainer(
+        fast(
+            gen_shards,
+            out,
+            "--max-steps",
+            str(stopped_at + 2),
+            "--ckpt-every",
+            "0",
+            "--eval-every",
+            "0",
+            "--resume",
+        )
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {stopped_at}" in resumed.stdout
     recs, _ = read_metrics(out / "metrics.jsonl")

@@ -22,18 +22,33 @@ from pipeline.tokenizer import (
 from tests.textgen import make_docs
 
 
-def write_split(out: Path, split: str, docs: list[np.ndarray], vocab_size: int, fingerprint: str) -> ShardEntry:
+def write_split(
+    out: Path, split: str, docs: list[np.ndarray], vocab_size: int, fingerprint: str
+) -> ShardEntry:
     path = out / shard_name(split, 0)
     with ShardWriter(path, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint) as w:
         for d in docs:
             w.add_document(d)
     h = read_header(path)
-    return ShardEntry(file=path.name, split=split, num_tokens=h.num_tokens, num_docs=h.num_docs,
-                      payload_sha256=h.payload_sha256)
+    return ShardEntry(
+        file=path.name,
+        split=split,
+        num_tokens=h.num_tokens,
+        num_docs=h.num_docs,
+        payload_sha256=h.payload_sha256,
+    )
 
 
-def make_shards(out: Path, *, texts: list[str] | None = None, n_docs: int = 240, val_docs: int = 24,
-                seed: int = 0, vocab_size: int = VOCAB_SIZE, fingerprint: str | None = None) -> Path:
+def make_shards(
+    out: Path,
+    *,
+    texts: list[str] | None = None,
+    n_docs: int = 240,
+    val_docs: int = 24,
+    seed: int = 0,
+    vocab_size: int = VOCAB_SIZE,
+    fingerprint: str | None = None,
+) -> Path:
     """A finished shard folder at ``out`` (created); returns ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     texts = texts if texts is not None else make_docs(n_docs, seed=seed, min_words=40, max_words=300)
@@ -44,6 +59,12 @@ def make_shards(out: Path, *, texts: list[str] | None = None, n_docs: int = 240,
         write_split(out, "train", docs[val_docs:], vocab_size, fp),
         write_split(out, "val", docs[:val_docs], vocab_size, fp),
     ]
-    Manifest(tokenizer_fingerprint=fp, vocab_size=vocab_size, special_tokens=dict(SPECIAL_TOKENS),
-             source="tests.textgen", settings={"seed": seed}, shards=entries).save(out)
+    Manifest(
+        tokenizer_fingerprint=fp,
+        vocab_size=vocab_size,
+        special_tokens=dict(SPECIAL_TOKENS),
+        source="tests.textgen",
+        settings={"seed": seed},
+        shards=entries,
+    ).save(out)
     return out
