@@ -52,8 +52,9 @@ test-slow:  ## only the slow-marked tests
 test-all:  ## everything, GPU tests included where a GPU is present
 	$(PY) -m pytest -q
 
-lint:  ## ruff
+lint:  ## ruff check and ruff format --check (CI runs this)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against in-process baselines)
 	$(PY) bench/tokenize_throughput.py
