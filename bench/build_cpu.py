@@ -1,12 +1,12 @@
 """Benchmark: where a build spends CPU, main process vs workers, before and after the reader process.
 
-Runs :func:`pipeline.build.build_shards` twice in this process on ``--source`` with ``--workers``,
+Runs :func:`pipeline.tools.build.build_shards` twice in this process on ``--source`` with ``--workers``,
 side by side on the same corpus, and reads CPU time with ``resource.getrusage``: ``RUSAGE_SELF``
 is the main process (all its threads), ``RUSAGE_CHILDREN`` the worker processes and the source
 reader process (reaped when the build ends):
 
-* ``before``: the source read in the main process (``pipeline.readahead.FORKED_FORMATS`` emptied),
-  as builds did before :mod:`pipeline.readahead`;
+* ``before``: the source read in the main process (``pipeline.tools.readahead.FORKED_FORMATS`` emptied),
+  as builds did before :mod:`pipeline.tools.readahead`;
 * ``after``: the build as it is (local jsonl/parquet/text sources read in a child process).
 
 A tiny build runs first, so the tokenizer load and other one-off start-up costs are not charged to
@@ -35,9 +35,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import readahead
-from pipeline.build import ShardConfig, build_shards
-from pipeline.sources import open_source
+from pipeline.tools import readahead
+from pipeline.tools.build import ShardConfig, build_shards
+from pipeline.tools.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO / ".." / "shared" / "corpora" / "imdb-reviews.jsonl.zst"

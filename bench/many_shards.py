@@ -5,7 +5,7 @@ The same corpus is built with ``--shard-tokens`` chosen to give about ``N`` shar
 runs twice in this process, side by side:
 
 * ``new``: the code as it is: the resume log appends one line per finished shard
-  (:mod:`pipeline.build_state`), and ``verify`` finds duplicate manifest entries with one hash
+  (:mod:`pipeline.tools.build_state`), and ``verify`` finds duplicate manifest entries with one hash
   table (``collections.Counter``);
 * ``old``: the same code with the two paths this change made linear put back (kept here as the
   baseline): the whole resume state rewritten atomically after every shard
@@ -31,12 +31,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-import pipeline.build as build_mod
-import pipeline.verify as verify_mod
-from pipeline.build import ShardConfig, build_shards
+import pipeline.tools.build as build_mod
+import pipeline.tools.verify as verify_mod
 from pipeline.format import SHARD_SUFFIX, Manifest
 from pipeline.fsutil import atomic_write_text
-from pipeline.verify import errors, verify_dataset
+from pipeline.tools.build import ShardConfig, build_shards
+from pipeline.tools.verify import errors, verify_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO / ".." / "shared" / "corpora" / "imdb-reviews.jsonl.zst"

@@ -6,9 +6,9 @@ The same generated rows (random ASCII text, incompressible, ``--mb`` MB in all) 
 * one file, row groups of ``--rows-per-group`` rows;
 * four files, one row group each (the issue's comparison: the same tokens split into 4 files).
 
-For each layout a fresh child process iterates :meth:`pipeline.sources.Source.chunks` over it,
-set up as the build's reader process is (:func:`pipeline.readahead.prepare_reader`; before
-:mod:`pipeline.readahead` this reading ran in the build's main process; tokenizing happens in the
+For each layout a fresh child process iterates :meth:`pipeline.tools.sources.Source.chunks` over it,
+set up as the build's reader process is (:func:`pipeline.tools.readahead.prepare_reader`; before
+:mod:`pipeline.tools.readahead` this reading ran in the build's main process; tokenizing happens in the
 workers and is left out), and reports its peak anonymous memory (``RssAnon`` sampled at every chunk) and peak RSS
 (``VmHWM``), minus the same figures right after the imports. The headline is the largest peak
 over the smallest (each the median of 3 processes), as a ratio (target: within 1.5x, i.e. independent of file and row-group size).
@@ -42,8 +42,8 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1])
 
-from pipeline.readahead import prepare_reader
-from pipeline.sources import open_source
+from pipeline.tools.readahead import prepare_reader
+from pipeline.tools.sources import open_source
 import pyarrow, pyarrow.parquet as pq  # imported before the baseline is taken
 
 src = open_source(sys.argv[1])

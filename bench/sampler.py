@@ -21,7 +21,7 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 Tokens are counted as B*T model tokens per batch for every row, so the figures compare directly.
 The headline is ``sampler / loop`` (target >= 8x).
 
-Data: shards built with ``pipeline.build.build_shards`` from ``../shared/corpora/imdb-reviews.jsonl.zst``
+Data: shards built with ``pipeline.tools.build.build_shards`` from ``../shared/corpora/imdb-reviews.jsonl.zst``
 when both exist (``--source``), else ``--tokens`` random uint16 tokens in ``--shards`` shards written
 with :class:`pipeline.format.ShardWriter`; everything lives in a temp dir that is removed afterwards.
 
@@ -104,9 +104,9 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     source = Path(args.source) if args.source else None
     if source is not None and source.exists():
         try:
-            from pipeline.build import ShardConfig, build_shards
+            from pipeline.tools.build import ShardConfig, build_shards
         except ImportError:
-            console.print("[yellow]pipeline.build is not available; using random tokens[/]")
+            console.print("[yellow]pipeline.tools.build is not available; using random tokens[/]")
         else:
             cfg = ShardConfig(
                 source=str(source), out=out, shard_tokens=args.shard_tokens, val_fraction=0.0005

@@ -2,13 +2,13 @@
 
 What it measures (all in one process, runs interleaved, median of ``--repeats``; page cache warm):
 
-* ``stats``: :func:`pipeline.stats.compute_stats` over every split, plus building the JSON dict
+* ``stats``: :func:`pipeline.tools.stats.compute_stats` over every split, plus building the JSON dict
   and rendering the rich tables to a string (everything the command does except printing),
   against the **baseline** ``np.bincount(shard.tokens, minlength=vocab)`` summed over every
   shard's memmap (the issue's "bare bincount"). Target: ratio <= 3. A second row counts in the
   same cache-sized chunks ``stats`` uses, so ``stats / chunked`` is the cost of everything
   ``stats`` does beyond counting (mostly the fixed cost of laying out the rich tables).
-* ``verify``: :func:`pipeline.verify.verify_dataset` against a bare ``hashlib.sha256`` of every
+* ``verify``: :func:`pipeline.tools.verify.verify_dataset` against a bare ``hashlib.sha256`` of every
   shard's payload (the least work that can check the checksums). Reported, no target.
 
 Data: the shards of ``../shared/corpora/imdb-reviews.jsonl.zst`` (~30M tokens), built once with
@@ -35,9 +35,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.format import MANIFEST_NAME, SPLITS, ShardDataset
-from pipeline.stats import DEFAULT_CHUNK_TOKENS, compute_stats
-from pipeline.stats_view import render_stats
-from pipeline.verify import verify_dataset
+from pipeline.tools.stats import DEFAULT_CHUNK_TOKENS, compute_stats
+from pipeline.tools.verify import verify_dataset
+from pipeline.tools.views import render_stats
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str((REPO / ".." / "shared" / "tiktoken-cache").resolve()))
@@ -55,7 +55,7 @@ def ensure_shards(args: argparse.Namespace, console: Console) -> Path:
     source = args.source.resolve()
     if not source.is_file():
         raise SystemExit(f"{source} is absent; pass --shards DIR or --source FILE")
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
 
     console.print(f"building shards of {source} into {out} (once; reused afterwards)")
     build_shards(ShardConfig(source=str(source), out=out, overwrite=True, val_fraction=0.0005))

@@ -7,7 +7,7 @@ file-backed pages) and its peak file-backed RSS (``RssFile``, sampled after ever
 * ``before``: the loop ``compute_stats`` ran until this change, kept here as the baseline: every
   shard of the split opened through ``ShardDataset.shards`` (all mapped for the whole pass), counted
   in the same 256Ki-token chunks, nothing released;
-* ``after``: :func:`pipeline.stats.compute_stats` itself (one shard mapped at a time, each counted
+* ``after``: :func:`pipeline.tools.stats.compute_stats` itself (one shard mapped at a time, each counted
   chunk's pages dropped with ``MADV_DONTNEED``).
 
 Both count the same tokens (checked). The page cache is warm for both (a first pass reads the data),
@@ -46,7 +46,7 @@ def status_kib(field: str) -> int:
 def before(d: Path, peak: list[int]) -> int:
     """The pre-change ``compute_stats`` loop: all shards mapped, nothing released; returns the token count."""
     from pipeline.format import SPLITS, ShardDataset
-    from pipeline.stats import DEFAULT_CHUNK_TOKENS
+    from pipeline.tools.stats import DEFAULT_CHUNK_TOKENS
 
     ds = ShardDataset(d)
     total = 0
@@ -65,7 +65,7 @@ def before(d: Path, peak: list[int]) -> int:
 
 
 def after(d: Path, peak: list[int]) -> int:
-    from pipeline.stats import compute_stats
+    from pipeline.tools.stats import compute_stats
 
     def sample(_: int) -> None:
         peak[0] = max(peak[0], status_kib("RssFile"))

@@ -38,7 +38,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str((REPO / ".." / "shared" / "tikto
 
 
 def run_pipeline(source: Path, workers: int, tmp: Path) -> tuple[float, int, int]:
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
 
     out = tmp / f"shards-{time.monotonic_ns()}"
     cfg = ShardConfig(source=str(source), out=out, workers=workers, overwrite=True)
@@ -54,8 +54,8 @@ def run_pipeline(source: Path, workers: int, tmp: Path) -> tuple[float, int, int
 
 def load_texts(source: Path) -> list[str]:
     """The corpus's documents in memory, read the same way the build reads them."""
-    from pipeline.build import ShardConfig  # noqa: F401  (same import cost as the pipeline)
-    from pipeline.sources import decode_chunk, open_source
+    from pipeline.tools.build import ShardConfig  # noqa: F401  (same import cost as the pipeline)
+    from pipeline.tools.sources import decode_chunk, open_source
 
     texts = []
     for chunk in open_source(str(source)).chunks():

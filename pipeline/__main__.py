@@ -14,7 +14,7 @@ import importlib
 import sys
 
 # subcommand -> module providing ``register(subparsers)``; the parser it adds sets ``func``.
-SUBCOMMAND_MODULES = ("pipeline.build_cli", "pipeline.inspect_cli")
+SUBCOMMAND_MODULES = ("pipeline.tools.build_cli", "pipeline.tools.inspect_cli")
 DEBUG_HELP = "print the full traceback of an error (also OWTGPT_DEBUG=1)"
 
 
@@ -39,8 +39,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import run_command
     from pipeline.format import ShardFormatError
-    from pipeline.sources import SourceError
     from pipeline.tokenizer import TokenizerUnavailableError
+    from pipeline.tools.sources import SourceError
 
     args = make_parser().parse_args(argv)
     return run_command(

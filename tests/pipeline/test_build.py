@@ -18,12 +18,12 @@ import pytest
 import tiktoken
 import zstandard
 
-from pipeline.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
-from pipeline.build_state import read_state
 from pipeline.format import MANIFEST_NAME, ShardDataset, ShardHeader, open_shard
 from pipeline.fsutil import LOCK_NAME
-from pipeline.sources import SourceError
 from pipeline.tokenizer import EOT_ID, SOT_ID
+from pipeline.tools.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
+from pipeline.tools.build_state import read_state
+from pipeline.tools.sources import SourceError
 from tests.textgen import make_docs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,7 +283,7 @@ def test_cli_help_documents_every_field() -> None:
     from dataclasses import fields
 
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.build_cli", "--help"],
+        [sys.executable, "-m", "pipeline.tools.build_cli", "--help"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -326,14 +326,14 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     ]
     out = tmp_path / "killed"
     rc = _kill_when_first_shard_done(
-        [sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)], out
+        [sys.executable, "-m", "pipeline.tools.build_cli", *args, "--out", str(out)], out
     )
     assert rc == -signal.SIGKILL
     assert not (out / MANIFEST_NAME).exists(), "the build finished before it could be killed"
     kept = read_state(out)["splits"]["train"]
     assert kept
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.build_cli", *args, "--out", str(out)],
+        [sys.executable, "-m", "pipeline.tools.build_cli", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -357,7 +357,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path: Path, sig: int) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.build_cli",
+        "pipeline.tools.build_cli",
         str(src),
         "--out",
         str(out),

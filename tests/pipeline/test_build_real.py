@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from pipeline.build import ShardConfig, build_shards
 from pipeline.format import ShardDataset
-from pipeline.sources import decode_chunk
-from pipeline.sources_hub import HubSource
 from pipeline.tokenizer import EOT_ID, SOT_ID
+from pipeline.tools.build import ShardConfig, build_shards
+from pipeline.tools.sources import HubSource, decode_chunk
 
 GPT2 = tiktoken.get_encoding("gpt2")
 FORMATS = {

@@ -1,5 +1,5 @@
-"""Build at scale: the reader process (pipeline/readahead.py) and the append-only resume log
-(pipeline/build_state.py) keep the output bytes, errors and resume behaviour of an in-process build."""
+"""Build at scale: the reader process (pipeline/tools/readahead.py) and the append-only resume log
+(pipeline/tools/build_state.py) keep the output bytes, errors and resume behaviour of an in-process build."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline import readahead
-from pipeline.build import ShardConfig, build_shards
-from pipeline.build_state import LEGACY_STATE_NAME, STATE_NAME, read_state
 from pipeline.format import MANIFEST_NAME, Manifest
-from pipeline.readahead import ReadAhead, SlotRef, resolve
-from pipeline.sources import SourceError, open_source
+from pipeline.tools import readahead
+from pipeline.tools.build import ShardConfig, build_shards
+from pipeline.tools.build_state import LEGACY_STATE_NAME, STATE_NAME, read_state
+from pipeline.tools.readahead import ReadAhead, SlotRef, resolve
+from pipeline.tools.sources import SourceError, open_source
 from tests.pipeline.test_build import folder_bytes, write_jsonl
 from tests.textgen import make_docs
 

@@ -15,8 +15,8 @@ import pytest
 import tiktoken
 import zstandard
 
-from pipeline.inspect_cli import main
-from pipeline.verify import verify_dataset
+from pipeline.tools.inspect_cli import main
+from pipeline.tools.verify import verify_dataset
 
 SOT = 50257
 
@@ -29,7 +29,7 @@ def read_jsonl_zst(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def owt(owt_sample: Path, tmp_path_factory) -> tuple[Path, list[str]]:
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
 
     src = owt_sample / "docs.jsonl.zst"
     out = tmp_path_factory.mktemp("owt") / "shards"

@@ -63,7 +63,7 @@ def test_hub_loading_keeps_arrow_cache_memory_mapped(tmp_path):
     import pyarrow.parquet as pq
 
     from bench.parquet_memory import make_rows
-    from pipeline.sources_hub import HubSource
+    from pipeline.tools.sources import HubSource
 
     rows = make_rows(80)
     pq.write_table(pa.table({"text": rows}), tmp_path / "train.parquet", row_group_size=len(rows))

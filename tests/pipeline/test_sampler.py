@@ -374,7 +374,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[in
 
     import tiktoken
 
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
     from tests.textgen import make_docs
 
     docs = make_docs(160, seed=3)
@@ -428,7 +428,7 @@ def find_tokens(haystack: bytes, needle: np.ndarray) -> int:
 def test_owt_sample_windows_match_nanogpt_reference(owt_sample, tmp_path_factory, doc_aligned):
     """Real OpenWebText docs: every per-document piece of a window (split at <|startoftext|>) occurs in
     nanoGPT's own prepare.py output for the same docs; doc-aligned pieces start at a document start."""
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
 
     out = tmp_path_factory.getbasetemp() / "sampler_owt"
     if not (out / "manifest.json").exists():

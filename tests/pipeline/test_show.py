@@ -10,7 +10,7 @@ import pytest
 import tiktoken
 
 from pipeline.format import Manifest
-from pipeline.inspect_cli import main
+from pipeline.tools.inspect_cli import main
 from tests.pipeline.test_stats import build_folder
 from tests.textgen import make_docs
 

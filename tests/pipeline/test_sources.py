@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.sources import (
+from pipeline.tools.sources import (
+    HubSource,
     JsonlSource,
     ParquetSource,
     SkylionSource,
@@ -23,7 +24,6 @@ from pipeline.sources import (
     decode_chunk,
     open_source,
 )
-from pipeline.sources_hub import HubSource
 from tests.textgen import make_docs
 
 DOCS = make_docs(60, seed=3, max_words=120)
@@ -289,7 +289,7 @@ def test_open_source_errors() -> None:
 def test_sniff_format_recognises_files_written_by_their_own_libraries(tmp_path: Path) -> None:
     import lzma
 
-    from pipeline.source_sniff import sniff_format
+    from pipeline.tools.source_sniff import sniff_format
 
     body = jsonl_bytes(DOCS[:3])
     pq.write_table(pa.table({"text": DOCS[:3]}), tmp_path / "a.parquet")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tiktoken
 
-from pipeline.inspect_cli import main
-from pipeline.stats import compute_stats, length_histogram, top_ordinary_tokens
+from pipeline.tools.inspect_cli import main
+from pipeline.tools.stats import compute_stats, length_histogram, top_ordinary_tokens
 from tests.textgen import make_docs
 
 GPT2_EOT = 50256
@@ -32,7 +32,7 @@ def write_jsonl(docs: list[str], path: Path) -> Path:
 
 def build_folder(docs: list[str], out: Path, *, shard_tokens: int, val_fraction: float = 0.0) -> Path:
     """Build shards from ``docs`` with the real ``python -m pipeline build`` code path."""
-    from pipeline.build import ShardConfig, build_shards
+    from pipeline.tools.build import ShardConfig, build_shards
 
     src = write_jsonl(docs, out.parent / f"{out.name}-source.jsonl")
     cfg = ShardConfig(

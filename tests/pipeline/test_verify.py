@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from pipeline.format import HEADER_SIZE, Manifest, open_shard, read_header
-from pipeline.inspect_cli import main
-from pipeline.stats import compute_stats
-from pipeline.verify import errors, verify_dataset
+from pipeline.tools.inspect_cli import main
+from pipeline.tools.stats import compute_stats
+from pipeline.tools.verify import errors, verify_dataset
 from tests.pipeline.test_stats import build_folder
 from tests.textgen import make_docs
 

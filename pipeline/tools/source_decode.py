@@ -3,7 +3,7 @@
 Contract
 --------
 * A :class:`RawChunk` is a run of consecutive source records, cut by the reading process
-  (:mod:`pipeline.sources`); :func:`decode_chunk` turns it into one string per record.
+  (:mod:`pipeline.tools.sources`); :func:`decode_chunk` turns it into one string per record.
 * Invalid UTF-8 is replaced with U+FFFD and flagged per record. A UTF-8 byte-order mark at the
   start of a jsonl file is stripped, as Python's ``utf-8-sig`` and pandas do.
 * A record whose text is not a string (a number, an array, an object, a boolean, or ``null``) is

@@ -2,7 +2,7 @@
 
 Contract
 --------
-* :func:`build_shards` reads a :class:`~pipeline.sources.Source` in its deterministic order and
+* :func:`build_shards` reads a :class:`~pipeline.tools.sources.Source` in its deterministic order and
   writes ``DIR/train-00000.bin ...``, ``DIR/val-00000.bin ...`` and, last, ``DIR/manifest.json``.
   Each document is ``[SOT] + encode_ordinary(text) + [EOT]`` (special-token strings in the text
   are ordinary text). Empty / whitespace-only documents are dropped and counted.
@@ -13,13 +13,13 @@ Contract
 * **Shards.** Documents of a split fill its current shard in source order; a shard is closed
   when the next document would take it past ``shard_tokens`` (a document never straddles two
   shards; a document longer than ``shard_tokens`` gets a shard of its own).
-* **Parallel and deterministic.** A reader process (:mod:`pipeline.readahead`) decompresses and
+* **Parallel and deterministic.** A reader process (:mod:`pipeline.tools.readahead`) decompresses and
   frames local sources into a shared-memory ring; worker processes decode (UTF-8, JSON) and
   tokenize whole chunks; the main process only hands out slot numbers and writes shards. Results
   are consumed in submission order, so the output bytes are identical for any ``--workers``. At
   most ``2 * workers + 2`` chunks are in flight, so memory is bounded whatever the corpus size.
 * **Resumable.** After every finished shard, one line appended to ``build-state.jsonl``
-  (:mod:`pipeline.build_state`: O(1) per shard) records it, with the source position where it
+  (:mod:`pipeline.tools.build_state`: O(1) per shard) records it, with the source position where it
   ended; the log's first line holds the settings. A rerun with
   the same settings keeps finished shards whose headers still match, re-reads the source and
   tokenizes only documents of each split past its last finished shard. ``manifest.json`` is
@@ -57,8 +57,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tokenizer as tk
-from pipeline.build_state import LEGACY_STATE_NAME, STATE_NAME, StateLog, read_state, state_path
-from pipeline.build_view import BuildProgress
 from pipeline.errors import ConfigError, UserError, describe_oserror
 from pipeline.format import (
     MANIFEST_NAME,
@@ -72,8 +70,9 @@ from pipeline.format import (
     shard_name,
 )
 from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
-from pipeline.readahead import ReadAhead, SlotRef, TokensRef, fetch_tokens, resolve, stash_tokens
-from pipeline.sources import (
+from pipeline.tools.build_state import LEGACY_STATE_NAME, STATE_NAME, StateLog, read_state, state_path
+from pipeline.tools.readahead import ReadAhead, SlotRef, TokensRef, fetch_tokens, resolve, stash_tokens
+from pipeline.tools.sources import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TEXT_GLOB,
     SOURCE_FORMATS,
@@ -82,6 +81,7 @@ from pipeline.sources import (
     decode_chunk,
     open_source,
 )
+from pipeline.tools.views import BuildProgress
 
 BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
 
@@ -255,7 +255,7 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     """Decode and tokenize one chunk (runs in a worker process)."""
-    chunk = resolve(item)  # from the reader's shared-memory ring (pipeline/readahead.py)
+    chunk = resolve(item)  # from the reader's shared-memory ring (pipeline/tools/readahead.py)
     dec = decode_chunk(chunk)
     count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
     keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""

@@ -1,28 +1,12 @@
-"""Corpus readers: turn a SOURCE argument into an ordered stream of raw document chunks.
+"""Corpus readers: :func:`open_source` turns a SOURCE argument into a :class:`Source`, an ordered
+stream of raw document chunks.
 
-Contract
---------
-* :func:`open_source` resolves ``SOURCE`` (a path or a hub name) to a :class:`Source`. Supported:
-  a Hugging Face hub dataset (through ``datasets.load_dataset``, optionally streaming), local
-  parquet file(s) or a folder of them (a ``text`` column, read with pyarrow in record batches),
-  ``.jsonl`` / ``.jsonl.zst`` / ``.jsonl.gz`` (one JSON object per line with a ``text`` field),
-  a folder of text files (one document per file, ``--text-glob``), and the original Skylion
-  OpenWebText layout (``urlsf_subset*_data.xz`` tars of ``.txt`` docs, or ``openwebtext.tar.xz``).
-* Every source yields documents in a **deterministic order**: files sorted by relative path,
-  parquet rows / jsonl lines / tar members in file order. Each document has a *position*: a
-  counter over the source's records (for jsonl, the line number, blank lines included), so the
-  position of a record never depends on how the stream is chunked or on the worker count.
-* :meth:`Source.chunks` yields :class:`RawChunk` objects of about ``chunk_bytes`` of text. The
-  reading process does only the unavoidable sequential work (decompression, cutting at line
-  boundaries); decoding (UTF-8, JSON) happens in :func:`decode_chunk`, which the build runs in
-  its worker processes so the main process stays light.
-* Decoding (UTF-8, JSON, non-string values) is :mod:`pipeline.source_decode`'s. A corrupt or
-  truncated compressed file raises :class:`SourceError` naming the file and, when the bytes say
-  so, what the file appears to be (:func:`sniff_format`).
-
-Trade-off: jsonl chunks travel to workers as raw bytes (one pickle of a ``bytes`` object, no
-per-document objects in the main process); parquet and hub chunks travel as ``list[str]``
-because arrow already materialises Python strings cheaply.
+Sources: a Hugging Face hub dataset, local parquet, ``.jsonl[.zst|.gz]``, a folder of text files and
+the Skylion OpenWebText layout. Every source yields documents in a deterministic order (files sorted by
+relative path, records in file order), and each document's *position* counts the source's records, so
+it never depends on chunking or the worker count. :meth:`Source.chunks` does only the sequential work
+(decompression, cutting at line boundaries); decoding happens in the build's workers
+(:mod:`pipeline.tools.source_decode`). What each format accepts: README.md, "Sources".
 """
 
 from __future__ import annotations
@@ -39,14 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.source_decode import (  # noqa: F401 - re-exported: the reading side's vocabulary
+from pipeline.tools.source_decode import (  # noqa: F401 - re-exported: the reading side's vocabulary
     SKYLION_POS_SHIFT,
     DecodedChunk,
     RawChunk,
     SourceError,
     decode_chunk,
 )
-from pipeline.source_sniff import check_file_format, looks_like, sniff_format, suggest_flag
+from pipeline.tools.source_sniff import check_file_format, looks_like, sniff_format, suggest_flag
 
 SOURCE_FORMATS = ("auto", "hub", "parquet", "jsonl", "text", "skylion")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".ndjson", ".ndjson.zst", ".ndjson.gz")
@@ -442,6 +426,101 @@ class SkylionSource(Source):
 # ----------------------------------------------------------------------------- resolution
 
 
+class HubSource(Source):
+    """A Hugging Face hub dataset through ``datasets.load_dataset`` (imported on first use, so local
+    builds never pay for it). Rows come in the dataset's order, 512 per chunk, position = row index.
+    ``--streaming`` iterates without downloading the whole dataset first (no total, so no ETA). Tested
+    on local parquet through the same ``load_dataset`` call, since CI cannot reach the hub.
+    """
+
+    format = "hub"
+    PARQUET_REVISION = "refs/convert/parquet"  # same rows, same order, loadable without a script
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: str | None = None,
+        split: str = "train",
+        revision: str | None = None,
+        streaming: bool = False,
+        text_field: str = "text",
+        data_files: str | list[str] | None = None,
+        cache_dir: str | None = None,
+    ):
+        self.name, self.config, self.split, self.revision = name, config, split, revision
+        self.streaming, self.text_field, self.data_files = streaming, text_field, data_files
+        self.cache_dir = cache_dir  # None: datasets' default (HF_DATASETS_CACHE)
+        self._ds = None
+
+    def describe(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in (("config", self.config), ("revision", self.revision)) if v)
+        return f"hub:{self.name} (split={self.split}{extra})"
+
+    def identity(self) -> dict:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "config": self.config,
+            "split": self.split,
+            "revision": self.revision,
+            "text_field": self.text_field,
+            "data_files": self.data_files,
+        }
+
+    def load(self):
+        """The ``datasets`` Dataset / IterableDataset (loaded once)."""
+        if self._ds is None:
+            import datasets
+
+            kwargs = dict(split=self.split, streaming=self.streaming)
+            if self.data_files is not None:
+                kwargs["data_files"] = self.data_files
+            if self.cache_dir is not None:
+                kwargs["cache_dir"] = self.cache_dir
+            revision = self.revision
+            for attempt in range(2):
+                try:
+                    self._ds = datasets.load_dataset(self.name, self.config, revision=revision, **kwargs)
+                    break
+                except RuntimeError as e:
+                    # datasets >= 4 refuses repos that still ship a loading script (nanoGPT #633);
+                    # the hub's automatic parquet conversion of the same repo loads without it.
+                    if "scripts are no longer supported" in str(e) and revision is None and attempt == 0:
+                        revision = self.PARQUET_REVISION
+                        continue
+                    raise SourceError(f"hub dataset {self.name!r} (revision {revision}): {e}") from e
+                except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+                    raise SourceError(
+                        f"hub dataset {self.name!r} (revision {revision}) could not be loaded "
+                        f"({type(e).__name__}: {e}). Check the name and your network access, or pass "
+                        "a local path (parquet, jsonl, Skylion folder) instead."
+                    ) from e
+        return self._ds
+
+    @property
+    def total_docs(self) -> int | None:
+        if self.streaming:
+            return None
+        return len(self.load())
+
+    def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[RawChunk]:
+        ds = self.load()
+        names = ds.column_names
+        if names is not None and self.text_field not in names:
+            raise SourceError(
+                f"hub dataset {self.name!r} has no column {self.text_field!r} (columns: "
+                f"{names}); pass --text-field NAME"
+            )
+        pos = 0
+        for batch in ds.select_columns([self.text_field]).iter(batch_size=512):
+            texts = batch[self.text_field]
+            yield RawChunk(
+                "texts", texts, pos, len(texts), 0, self.describe(), self.text_field, first_line=pos
+            )
+            pos += len(texts)
+
+
 def _split_globs(text_glob: str) -> list[str]:
     pats = [p.strip() for p in text_glob.split(",") if p.strip()]
     if not pats:
@@ -507,8 +586,6 @@ def open_source(
         )
         if source_format == "auto" and looks_local:
             raise SourceError(f"{source}: no such file or folder (it is not a hub dataset name either)")
-        from pipeline.sources_hub import HubSource  # lazy: keeps `datasets` out of local builds
-
         return HubSource(
             source,
             config=hf_config,

@@ -15,7 +15,7 @@ worker's result); the reader reuses a slot only after that, and blocks while all
 use, so at most ``slots`` chunks exist at once (bounded memory). Because the order is kept, the
 build's output is byte-identical to reading in-process.
 
-An exception in the reader (a corrupt or truncated file: :class:`~pipeline.sources.SourceError`)
+An exception in the reader (a corrupt or truncated file: :class:`~pipeline.tools.sources.SourceError`)
 is re-raised in the main process with its message; a reader that dies without a word is a
 :class:`SourceError` naming the source. ``close()`` (or leaving the ``with`` block) kills the
 reader; a reader whose parent died exits (it checks every half second), and it ignores SIGINT
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sources import RawChunk, Source, SourceError
+from pipeline.tools.sources import RawChunk, Source, SourceError
 
 FORKED_FORMATS = ("jsonl", "parquet", "text")  # local sources whose reading is main-process work
 

@@ -1,6 +1,6 @@
-"""``python -m pipeline build SOURCE --out DIR ...``: the command-line face of :mod:`pipeline.build`.
+"""``python -m pipeline build SOURCE --out DIR ...``: the command-line face of :mod:`pipeline.tools.build`.
 
-Every :class:`~pipeline.build.ShardConfig` field is one flag (same name, dashes for
+Every :class:`~pipeline.tools.build.ShardConfig` field is one flag (same name, dashes for
 underscores); ``--quiet`` only silences the progress bar and summary.
 """
 
@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURCE_FORMATS
+from pipeline.tools.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURCE_FORMATS
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -115,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pipeline.build import ShardConfig
+    from pipeline.tools.build import ShardConfig
 
     return ShardConfig(
         source=args.source,
@@ -139,7 +139,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """The ``build`` subcommand's body; failures are turned into one line by ``run_command``."""
-    from pipeline.build import build_shards
+    from pipeline.tools.build import build_shards
 
     def on_term(signum, frame):  # SIGTERM (e.g. a job scheduler) cleans up like Ctrl-C
         raise KeyboardInterrupt
@@ -167,7 +167,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.build_cli ARGS`` is ``python -m pipeline build ARGS`` (used by tests)."""
+    """``python -m pipeline.tools.build_cli ARGS`` is ``python -m pipeline build ARGS`` (used by tests)."""
     from pipeline.__main__ import main as pipeline_main
 
     return pipeline_main(["build", *(argv if argv is not None else sys.argv[1:])])

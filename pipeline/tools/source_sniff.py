@@ -3,14 +3,14 @@
 :func:`sniff_format` names what a file appears to be (parquet, zstd/gzip/xz-compressed data, JSON
 lines, plain text, ...). :func:`check_file_format` refuses a file whose bytes contradict the format
 chosen by its suffix or ``--source-format``, naming what it appears to be and the flag that reads it;
-:func:`looks_like` adds the same hint to a decompression error. Used by :mod:`pipeline.sources`.
+:func:`looks_like` adds the same hint to a decompression error. Used by :mod:`pipeline.tools.sources`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.source_decode import UTF8_BOM, SourceError
+from pipeline.tools.source_decode import UTF8_BOM, SourceError
 
 # leading bytes -> what the file is (checked in order)
 _MAGIC = (

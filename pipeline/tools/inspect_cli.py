@@ -1,8 +1,8 @@
 """``python -m pipeline stats | verify | show``: look into built shards.
 
-* ``stats DIR``: streaming statistics (see :mod:`pipeline.stats` for the ``--json`` keys).
+* ``stats DIR``: streaming statistics (see :mod:`pipeline.tools.stats` for the ``--json`` keys).
 * ``verify DIR``: full validation; prints every problem with its file, exits 1 on any error
-  (see :mod:`pipeline.verify` for what is checked).
+  (see :mod:`pipeline.tools.verify` for what is checked).
 * All three refuse a folder a build still holds (:func:`pipeline.fsutil.folder_locked_by`) with
   "build in progress" (exit 1): an unfinished folder is never reported as corrupt.
 * ``show DIR (--doc I | --offset N --length L)``: decode a document or a token window.
@@ -50,9 +50,9 @@ from rich.text import Text
 from pipeline.errors import UsageError, UserError
 from pipeline.format import SPLITS, ShardDataset, ShardFormatError, check_entry, open_shard
 from pipeline.fsutil import folder_locked_by
-from pipeline.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
-from pipeline.stats_view import piece_repr
-from pipeline.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
+from pipeline.tools.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
+from pipeline.tools.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
+from pipeline.tools.views import piece_repr
 
 SPLIT_CHOICES = (*SPLITS, "all")
 
@@ -186,8 +186,8 @@ def _friendly(fn):
 
 @_friendly
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pipeline.stats import compute_stats
-    from pipeline.stats_view import render_stats
+    from pipeline.tools.stats import compute_stats
+    from pipeline.tools.views import render_stats
 
     err = Console(stderr=True)
     splits = SPLITS if args.split == "all" else (args.split,)
@@ -212,7 +212,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.verify import errors, planned_bytes, verify_dataset
+    from pipeline.tools.verify import errors, planned_bytes, verify_dataset
 
     _refuse_if_building(args.dir)
     err = Console(stderr=True)
@@ -392,7 +392,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "<|startoftext|> and <|endoftext|> markers count); special-token counts and the check "
             "SOT == EOT == documents; unique ids and the top-K tokens decoded; source bytes per "
             "text token; the tokenizer and dataset fingerprints; a per-shard table.",
-            "--json prints one object; its keys are documented in pipeline/stats.py and the README "
+            "--json prints one object; its keys are documented in pipeline/tools/stats.py and the README "
             "(splits.<name>.num_docs, num_tokens, num_shards, doc_len.{mean,median,p90,p99,min,max}, "
             "special_counts, unique_tokens, top_tokens, ...).",
         ),
