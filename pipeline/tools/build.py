@@ -1,42 +1,12 @@
 """``python -m pipeline build``: tokenize a corpus once into checked uint16 shards.
 
-Contract
---------
-* :func:`build_shards` reads a :class:`~pipeline.tools.sources.Source` in its deterministic order and
-  writes ``DIR/train-00000.bin ...``, ``DIR/val-00000.bin ...`` and, last, ``DIR/manifest.json``.
-  Each document is ``[SOT] + encode_ordinary(text) + [EOT]`` (special-token strings in the text
-  are ordinary text). Empty / whitespace-only documents are dropped and counted.
-* **Splits.** A document's split is a pure function of ``(seed, position)`` (a splitmix64 hash
-  of its source position compared with ``val_fraction``), so val membership needs no
-  tokenization and does not depend on the worker count. When ``val_fraction > 0`` the first
-  non-empty document also goes to val, so small corpora never end with an empty val split.
-* **Shards.** Documents of a split fill its current shard in source order; a shard is closed
-  when the next document would take it past ``shard_tokens`` (a document never straddles two
-  shards; a document longer than ``shard_tokens`` gets a shard of its own).
-* **Parallel and deterministic.** A reader process (:mod:`pipeline.tools.readahead`) decompresses and
-  frames local sources into a shared-memory ring; worker processes decode (UTF-8, JSON) and
-  tokenize whole chunks; the main process only hands out slot numbers and writes shards. Results
-  are consumed in submission order, so the output bytes are identical for any ``--workers``. At
-  most ``2 * workers + 2`` chunks are in flight, so memory is bounded whatever the corpus size.
-* **Resumable.** After every finished shard, one line appended to ``build-state.jsonl``
-  (:mod:`pipeline.tools.build_state`: O(1) per shard) records it, with the source position where it
-  ended; the log's first line holds the settings. A rerun with
-  the same settings keeps finished shards whose headers still match, re-reads the source and
-  tokenizes only documents of each split past its last finished shard. ``manifest.json`` is
-  written last and marks completion; rerunning on a finished output is a no-op. A different
-  source or settings on an existing output is refused unless ``overwrite``.
-* **One writer per folder.** The build holds ``DIR/.lock`` (:func:`pipeline.fsutil.folder_lock`)
-  from before it touches anything in ``DIR`` until it returns; a second build is refused at once.
-  Any failure leaves finished shards and no temp file; a full disk says so and a rerun resumes.
-* **Bad records.** A record whose text is not a string (``null`` included) fails the build,
-  naming its file, line/row and type, unless ``skip_bad_records``: then it is skipped and counted
-  (``counts.docs_skipped_bad``); either way it never becomes ``str(value)``.
-
-Trade-off: processes, not threads. tiktoken releases the GIL while encoding, but JSON parsing,
-UTF-8 checks and building results do not, so threads share one interpreter's worth of Python
-work; processes pay a pickle of each 2 MiB chunk instead, which is small next to BPE.
-``bench/tokenize_throughput.py`` measures both raw designs beside the pipeline (rows ``raw-threads`` and
-``raw-proc``).
+:func:`build_shards` reads a :class:`~pipeline.tools.sources.Source` in its order, tokenizes chunks in
+worker processes (:mod:`~pipeline.tools.build_workers`), and writes ``DIR/{train,val}-NNNNN.bin`` in
+source order, then ``DIR/manifest.json`` last. It holds ``DIR/.lock`` throughout, records each finished
+shard in the resume log (:mod:`~pipeline.tools.build_state`), and leaves no temp file on failure.
+What the build guarantees (deterministic for any ``--workers``, resumable, one writer, idempotent):
+pipeline/FORMAT.md, "Build guarantees". Processes, not threads: JSON parsing and UTF-8 checks hold the
+GIL (``bench/tokenize_throughput.py`` measures both designs).
 """
 
 from __future__ import annotations
@@ -46,246 +16,60 @@ import errno
 import json
 import multiprocessing as mp
 import os
-import signal
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import tokenizer as tk
-from pipeline.errors import ConfigError, UserError, describe_oserror
+from pipeline.errors import describe_oserror
 from pipeline.format import (
     MANIFEST_NAME,
-    SHARD_SUFFIX,
     SPLITS,
     Manifest,
     ShardEntry,
     ShardFormatError,
     ShardWriter,
-    read_header,
     shard_name,
 )
 from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
-from pipeline.tools.build_state import LEGACY_STATE_NAME, STATE_NAME, StateLog, read_state, state_path
-from pipeline.tools.readahead import ReadAhead, SlotRef, TokensRef, fetch_tokens, resolve, stash_tokens
-from pipeline.tools.sources import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_TEXT_GLOB,
-    SOURCE_FORMATS,
-    RawChunk,
-    Source,
-    decode_chunk,
-    open_source,
+from pipeline.tools.build_config import BuildError, ShardConfig
+from pipeline.tools.build_state import (
+    STATE_NAME,
+    StateLog,
+    clear_output,
+    load_resume_state,
+    settings_diff,
+    shard_files,
+    shard_ok,
+    state_path,
 )
+from pipeline.tools.build_workers import (
+    EncodedChunk,
+    SkipPlan,
+    encode_chunk,
+    split_is_val,
+    val_mask,
+    worker_init,
+)
+from pipeline.tools.readahead import ReadAhead, fetch_tokens
+from pipeline.tools.sources import Source, open_source
 from pipeline.tools.views import BuildProgress
 
+__all__ = [
+    "BUILD_VERSION",
+    "STATE_NAME",
+    "BuildError",
+    "ShardConfig",
+    "build_settings",
+    "build_shards",
+    "val_mask",
+]
+
 BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
-
-
-class BuildError(UserError):
-    """The build cannot proceed (conflicting output, empty corpus, bad record, full disk); the message
-    says what to do. Exit status 1 through :func:`pipeline.errors.run_command`."""
-
-
-@dataclass
-class ShardConfig:
-    """Settings of one build. CLI flags (``python -m pipeline build``) map 1:1 to these fields.
-
-    Only ``source`` (its identity), ``shard_tokens``, ``val_fraction`` and ``seed`` (plus the
-    text field / glob / hub options that select the documents) determine the output bytes;
-    ``workers``, ``streaming``, ``chunk_bytes`` and ``overwrite`` do not, and neither does
-    ``skip_bad_records``: without it a bad record (a non-string text) fails the build, so every
-    finished build holds exactly the string records. Bad values raise :class:`ConfigError` (exit 2).
-    """
-
-    source: str
-    out: Path
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    shard_tokens: int = 100_000_000
-    val_fraction: float = 0.0005
-    seed: int = 0
-    streaming: bool = False
-    overwrite: bool = False
-    text_glob: str = DEFAULT_TEXT_GLOB
-    text_field: str = "text"
-    source_format: str = "auto"
-    hf_config: str | None = None
-    hf_split: str = "train"
-    hf_revision: str | None = None
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    skip_bad_records: bool = False
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if not self.source:
-            raise ConfigError("SOURCE is empty: pass a hub dataset name, a file or a folder")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"--workers {self.workers}: must be an integer >= 1")
-        if self.shard_tokens < 3:
-            raise ConfigError(f"--shard-tokens {self.shard_tokens}: must be >= 3 (one tiny document)")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"--seed {self.seed}: must be in [0, 2**63)")
-        if not [g for g in self.text_glob.split(",") if g.strip()]:
-            raise ConfigError(f"--text-glob {self.text_glob!r}: give at least one pattern, e.g. '*.txt'")
-        if not self.text_field:
-            raise ConfigError("--text-field is empty: name the column/field that holds the text")
-        if self.source_format not in SOURCE_FORMATS:
-            raise ConfigError(f"--source-format {self.source_format!r}: expected one of {SOURCE_FORMATS}")
-        if self.chunk_bytes < 1024:
-            raise ConfigError(f"--chunk-bytes {self.chunk_bytes}: must be >= 1024")
-
-
-# ----------------------------------------------------------------------------- split assignment
-
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + _GOLD  # uint64 arithmetic wraps, which is what the hash wants
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def val_mask(positions: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
-    """Which source positions belong to val: ``u(seed, pos) < val_fraction``, u uniform in [0, 1)."""
-    if val_fraction <= 0:
-        return np.zeros(len(positions), dtype=bool)
-    pos = np.asarray(positions, dtype=np.uint64)
-    h = _splitmix64(_splitmix64(np.full(len(pos), seed, dtype=np.uint64)) ^ pos)
-    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return u < val_fraction
-
-
-def split_is_val(positions: np.ndarray, seed: int, val_fraction: float, forced_val: int | None) -> np.ndarray:
-    """The split rule: :func:`val_mask`, plus the position of the first non-empty document when known."""
-    m = val_mask(positions, seed, val_fraction)
-    if forced_val is not None:
-        m |= positions == forced_val
-    return m
-
-
-@dataclass(frozen=True)
-class SkipPlan:
-    """What a resumed build need not tokenize: docs of split s at positions < resume[s]."""
-
-    seed: int
-    val_fraction: float
-    resume_train: int = 0
-    resume_val: int = 0
-    forced_val: int | None = None
-
-    def is_val(self, positions: np.ndarray) -> np.ndarray:
-        return split_is_val(positions, self.seed, self.val_fraction, self.forced_val)
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-@dataclass
-class EncodedChunk:
-    """A worker's result for one :class:`RawChunk` (only non-empty docs are listed)."""
-
-    start: int
-    count: int
-    input_bytes: int
-    positions: np.ndarray  # (k,) int64 source positions of the non-empty docs
-    lengths: np.ndarray  # (k,) int64 tokens per doc incl. SOT/EOT; 0 when skipped (resume)
-    src_bytes: np.ndarray  # (k,) int64 UTF-8 bytes of each doc's text
-    tokens: np.ndarray | TokensRef  # (sum(lengths),) uint16, the docs back to back (or where they are)
-    empty: int
-    invalid_utf8: int
-    bad: int = 0  # records whose text is not a string
-    first_bad: str = ""  # the first one, described with its file and line/row
-
-
-def _worker_init(parent_pid: int) -> None:
-    # Ctrl-C is the main process's to handle; workers just stop when it tears the pool down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    # After a SIGKILL of the main process nothing closes the task pipe (every worker holds its
-    # write end), so workers would wait forever: exit as soon as the parent is gone.
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    tk.get_tokenizer()
-
-
-def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``[SOT] + encode_ordinary(t) + [EOT]`` for each text: (flat uint16 tokens, int64 lengths).
-
-    Uses ``encode_to_numpy`` (no Python int list) when the text holds no ``"<|"``, i.e. cannot
-    contain a special-token string; otherwise ``encode_ordinary``, which never emits special ids.
-    """
-    enc = tk.get_tokenizer()
-    ids = [
-        np.asarray(enc.encode_ordinary(t), dtype=np.uint32)
-        if "<|" in t
-        else enc.encode_to_numpy(t, disallowed_special=())
-        for t in texts
-    ]
-    lengths = np.fromiter((len(a) + 2 for a in ids), dtype=np.int64, count=len(ids))
-    if not ids:
-        return np.empty(0, dtype=np.uint16), lengths
-    flat = np.concatenate(ids)  # (sum(lengths) - 2 * n,) uint32
-    if len(flat) and int(flat.max()) > tk.MAX_STORABLE_ID:  # cannot happen with GPT-2; never wrap
-        raise ValueError(f"token id {int(flat.max())} does not fit the uint16 shard payload")
-    ends = np.cumsum(lengths)
-    out = np.empty(int(ends[-1]), dtype=np.uint16)
-    text = np.ones(len(out), dtype=bool)  # positions of text tokens; the rest are markers
-    text[ends - lengths] = False
-    text[ends - 1] = False
-    out[ends - lengths] = tk.SOT_ID
-    out[ends - 1] = tk.EOT_ID
-    out[text] = flat
-    return out, lengths
-
-
-def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
-    """Decode and tokenize one chunk (runs in a worker process)."""
-    chunk = resolve(item)  # from the reader's shared-memory ring (pipeline/tools/readahead.py)
-    dec = decode_chunk(chunk)
-    count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
-    keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""
-    positions = np.arange(chunk.start, chunk.start + count, dtype=np.int64)[keep]
-    is_val = plan.is_val(positions)
-    need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
-    texts = [dec.texts[i] for i in keep]
-    src_bytes = np.fromiter(
-        (len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)
-    )
-    todo = [t for t, n in zip(texts, need.tolist(), strict=True) if n]
-    tokens, todo_lengths = encode_texts(todo)
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    lengths[need] = todo_lengths
-    return EncodedChunk(
-        chunk.start,
-        count,
-        chunk.input_bytes,
-        positions,
-        lengths,
-        src_bytes,
-        stash_tokens(item, tokens),
-        empty=count - len(keep) - len(dec.bad),
-        invalid_utf8=sum(dec.invalid_utf8),
-        bad=len(dec.bad),
-        first_bad=dec.bad[0][1] if dec.bad else "",
-    )
-
-
-# ----------------------------------------------------------------------------- state / settings
 
 
 def build_settings(cfg: ShardConfig, src: Source) -> dict:
@@ -303,56 +87,6 @@ def build_settings(cfg: ShardConfig, src: Source) -> dict:
             }
         )
     )
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
-
-
-def _shard_files(out: Path) -> list[Path]:
-    return sorted(p for s in SPLITS for p in out.glob(f"{s}-*{SHARD_SUFFIX}"))
-
-
-def _clear_output(out: Path) -> None:
-    """Remove what a previous build wrote (only our own files; anything else is left alone)."""
-    for p in [out / MANIFEST_NAME, out / STATE_NAME, out / LEGACY_STATE_NAME, *_shard_files(out)]:
-        p.unlink(missing_ok=True)
-
-
-def _shard_ok(out: Path, rec: dict) -> bool:
-    try:
-        h = read_header(out / rec["file"])
-    except (OSError, ShardFormatError):
-        return False
-    size = (out / rec["file"]).stat().st_size
-    return (h.num_tokens, h.num_docs, h.payload_sha256, size) == (
-        rec["num_tokens"],
-        rec["num_docs"],
-        rec["payload_sha256"],
-        h.file_size,
-    )
-
-
-def _load_resume_state(out: Path, settings: dict) -> dict | None:
-    state = read_state(out)
-    if state is None:
-        return None
-    if state.get("settings") != settings:
-        raise BuildError(
-            f"{out}: holds an unfinished build with different settings "
-            f"({_diff(state.get('settings', {}), settings)}). Rerun with the original settings to "
-            "resume it, or pass --overwrite to start over."
-        )
-    for split in SPLITS:  # keep the prefix of shards that are still intact
-        recs = state["splits"].get(split, [])
-        good = []
-        for rec in recs:
-            if not _shard_ok(out, rec):
-                break
-            good.append(rec)
-        state["splits"][split] = good
-    return state
 
 
 # ----------------------------------------------------------------------------- the build
@@ -523,9 +257,9 @@ def _build_locked(
         if m.settings != settings:
             raise BuildError(
                 f"{out}: already holds shards built with different settings "
-                f"({_diff(m.settings, settings)}). Pass --overwrite to replace them, or choose another --out."
+                f"({settings_diff(m.settings, settings)}). Pass --overwrite to replace them, or choose another --out."
             )
-        bad = [s.file for s in m.shards if not _shard_ok(out, asdict(s))]
+        bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
         if not bad:
             ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
             return m
@@ -537,10 +271,10 @@ def _build_locked(
         ui.message(f"{out}: shards {bad} are damaged; rebuilding from the first damaged shard.")
         (out / MANIFEST_NAME).unlink()
     if cfg.overwrite:
-        _clear_output(out)
-    state = _load_resume_state(out, settings)
+        clear_output(out)
+    state = load_resume_state(out, settings)
     if state is None:
-        if _shard_files(out):
+        if shard_files(out):
             raise BuildError(
                 f"{out}: holds shard files but no manifest or build state, so their origin is unknown. "
                 "Pass --overwrite to replace them, or choose another --out."
@@ -561,7 +295,7 @@ def _build_locked(
     # +1 submitted before the oldest is consumed, +2 the reader may fill ahead
     reader = ReadAhead(src, cfg.chunk_bytes, slots=in_flight + 3)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),))
     try:
         pool.submit(int, 0).result()  # start workers now, before the progress thread exists
         ui.start(src, resumed)

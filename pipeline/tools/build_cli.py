@@ -7,12 +7,10 @@ underscores); ``--quiet`` only silences the progress bar and summary.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-from pathlib import Path
 
-from pipeline.tools.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURCE_FORMATS
+from pipeline.tools.build_config import add_config_arguments, config_from_args
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -35,105 +33,9 @@ See pipeline/FORMAT.md for the format."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "source",
-        metavar="SOURCE",
-        help="corpus: hub name, parquet, jsonl[.zst|.gz], Skylion layout or folder",
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder for the shards and manifest.json")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="tokenizer worker processes (default: all cores, %(default)s); output does not depend on it",
-    )
-    p.add_argument(
-        "--shard-tokens",
-        type=int,
-        default=100_000_000,
-        help="tokens per shard, at most (a document never straddles shards) (default %(default)s = 200 MB)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0005,
-        help="fraction of documents that go to the val split (default %(default)s, as nanoGPT)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="picks which documents go to val, deterministically (default 0)"
-    )
-    p.add_argument(
-        "--streaming",
-        action="store_true",
-        help="hub sources: stream rows instead of downloading the dataset to the cache first",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing build in --out (only its shards, manifest and state are removed)",
-    )
-    p.add_argument(
-        "--text-glob",
-        default=DEFAULT_TEXT_GLOB,
-        help="folder sources: comma-separated file name globs, e.g. '*.md,*.py' (default %(default)s); "
-        "giving one makes an auto-detected folder a text folder, whatever else it holds",
-    )
-    p.add_argument(
-        "--text-field",
-        default="text",
-        help="jsonl field / parquet or hub column with the text (default text)",
-    )
-    p.add_argument(
-        "--source-format",
-        default="auto",
-        choices=SOURCE_FORMATS,
-        help="how to read SOURCE (default auto: Skylion, then parquet, then jsonl, then text files)",
-    )
-    p.add_argument("--hf-config", default=None, help="hub sources: dataset configuration name")
-    p.add_argument("--hf-split", default="train", help="hub sources: which split to read (default train)")
-    p.add_argument(
-        "--hf-revision",
-        default=None,
-        help="hub sources: git revision (e.g. refs/convert/parquet); default: main, falling back "
-        "to refs/convert/parquet for script-based datasets",
-    )
-    p.add_argument(
-        "--chunk-bytes",
-        type=int,
-        default=DEFAULT_CHUNK_BYTES,
-        help="text bytes per worker task (default %(default)s); output does not depend on it",
-    )
-    p.add_argument(
-        "--skip-bad-records",
-        action="store_true",
-        help="skip records whose text is not a string (number, list, object, null) and count "
-        "them, instead of stopping at the first one",
-    )
+    add_config_arguments(p)  # every ShardConfig field, with its default and help
     p.add_argument(
         "--quiet", action="store_true", help="no progress bar or summary table (warnings still print)"
-    )
-
-
-def config_from_args(args: argparse.Namespace):
-    from pipeline.tools.build import ShardConfig
-
-    return ShardConfig(
-        source=args.source,
-        out=args.out,
-        workers=args.workers,
-        shard_tokens=args.shard_tokens,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        streaming=args.streaming,
-        overwrite=args.overwrite,
-        text_glob=args.text_glob,
-        text_field=args.text_field,
-        source_format=args.source_format,
-        hf_config=args.hf_config,
-        hf_split=args.hf_split,
-        hf_revision=args.hf_revision,
-        chunk_bytes=args.chunk_bytes,
-        skip_bad_records=args.skip_bad_records,
     )
 
 

@@ -1,22 +1,10 @@
-"""``build-state.jsonl``: the resume log of a build, one appended line per finished shard.
+"""The build's resume state: the ``build-state.jsonl`` log, and which finished shards a rerun keeps.
 
-Contract
---------
-Line 1 is ``{"settings": ..., "forced_val": ...}``; every further line is ``{"split": s, "shard":
-record, "forced_val": v}`` for one finished shard, in the order the shards were finished
-(``record``: the manifest entry's fields plus the shard's ``start_pos``/``end_pos`` in the source).
-:func:`read_state` returns ``{"settings", "forced_val", "splits": {split: [record, ...]}}`` (the last
-line's ``forced_val`` wins), or ``None`` when there is no log.
-
-Writing (:class:`StateLog`): the first shard of a run writes the header and every record kept from a
-previous run atomically (temp file, fsync, rename), so the log appears whole or not at all; each
-later shard appends one line and fsyncs it. That is O(1) per shard: a build of thousands of tiny
-shards (small ``--shard-tokens``) no longer rewrites a growing file after each one, which made
-the build quadratic in the shard count (``bench/many_shards.py``). A torn last line (power loss
-in the middle of an append) is ignored on reading; its shard is simply rebuilt, byte-identical.
-
-``build-state.json`` (the whole state rewritten after every shard, as owtgpt did before) is still
-read, so an interrupted build of an older version resumes; the next shard replaces it by the log.
+:class:`StateLog` writes the header and kept records atomically with the first shard of a run, then
+appends and fsyncs one line per finished shard (O(1) per shard; ``bench/many_shards.py``).
+:func:`read_state` ignores a torn last line and still reads an older ``build-state.json``.
+:func:`load_resume_state` keeps the prefix of shards whose headers still match. Line format:
+pipeline/FORMAT.md, "Build guarantees".
 """
 
 from __future__ import annotations
@@ -25,8 +13,9 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.format import SPLITS
+from pipeline.format import MANIFEST_NAME, SHARD_SUFFIX, SPLITS, ShardFormatError, read_header
 from pipeline.fsutil import atomic_write_text
+from pipeline.tools.build_config import BuildError
 
 STATE_NAME = "build-state.jsonl"
 LEGACY_STATE_NAME = "build-state.json"
@@ -103,4 +92,54 @@ class StateLog:
             self._f = None
 
 
-__all__ = ["LEGACY_STATE_NAME", "STATE_NAME", "StateLog", "read_state", "state_path"]
+# --- resuming: which finished shards a rerun keeps ---
+
+
+def settings_diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(p for s in SPLITS for p in out.glob(f"{s}-*{SHARD_SUFFIX}"))
+
+
+def clear_output(out: Path) -> None:
+    """Remove what a previous build wrote (only our own files; anything else is left alone)."""
+    for p in [out / MANIFEST_NAME, out / STATE_NAME, out / LEGACY_STATE_NAME, *shard_files(out)]:
+        p.unlink(missing_ok=True)
+
+
+def shard_ok(out: Path, rec: dict) -> bool:
+    try:
+        h = read_header(out / rec["file"])
+    except (OSError, ShardFormatError):
+        return False
+    size = (out / rec["file"]).stat().st_size
+    return (h.num_tokens, h.num_docs, h.payload_sha256, size) == (
+        rec["num_tokens"],
+        rec["num_docs"],
+        rec["payload_sha256"],
+        h.file_size,
+    )
+
+
+def load_resume_state(out: Path, settings: dict) -> dict | None:
+    state = read_state(out)
+    if state is None:
+        return None
+    if state.get("settings") != settings:
+        raise BuildError(
+            f"{out}: holds an unfinished build with different settings "
+            f"({settings_diff(state.get('settings', {}), settings)}). Rerun with the original settings to "
+            "resume it, or pass --overwrite to start over."
+        )
+    for split in SPLITS:  # keep the prefix of shards that are still intact
+        recs = state["splits"].get(split, [])
+        good = []
+        for rec in recs:
+            if not shard_ok(out, rec):
+                break
+            good.append(rec)
+        state["splits"][split] = good
+    return state

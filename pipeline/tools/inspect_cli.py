@@ -34,16 +34,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -52,9 +42,10 @@ from pipeline.format import SPLITS, ShardDataset, ShardFormatError, check_entry,
 from pipeline.fsutil import folder_locked_by
 from pipeline.tools.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
 from pipeline.tools.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
-from pipeline.tools.views import piece_repr
+from pipeline.tools.views import command_progress, piece_repr, verified_summary, verify_table
 
 SPLIT_CHOICES = (*SPLITS, "all")
+DIR_HELP = "shard folder written by `python -m pipeline build`"
 
 
 # ----------------------------------------------------------------------------- show: lookups
@@ -141,19 +132,6 @@ def strip_markers(ids: np.ndarray, sot: int, eot: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- commands
 
 
-def _progress(console: Console, *, bytes_mode: bool, disable: bool) -> Progress:
-    cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
-    if bytes_mode:
-        cols += [DownloadColumn(), TransferSpeedColumn()]
-    else:
-        cols += [
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-            TextColumn("{task.fields[rate]}"),
-        ]
-    cols += [TimeElapsedColumn(), TimeRemainingColumn()]
-    return Progress(*cols, console=console, transient=True, disable=disable)
-
-
 def _refuse_if_building(d: Path) -> None:
     """A folder a build is still writing is not corrupt, only unfinished: say so, and stop."""
     pid = folder_locked_by(d)
@@ -193,7 +171,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     splits = SPLITS if args.split == "all" else (args.split,)
     ds = ShardDataset(args.dir)
     total = sum(ds.num_tokens(s) for s in splits)
-    with _progress(err, bytes_mode=False, disable=args.no_progress) as prog:
+    with command_progress(err, bytes_mode=False, disable=args.no_progress) as prog:
         task = prog.add_task("stats", total=total, rate="")
 
         def advance(n: int) -> None:
@@ -216,7 +194,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     _refuse_if_building(args.dir)
     err = Console(stderr=True)
-    with _progress(err, bytes_mode=True, disable=args.no_progress) as prog:
+    with command_progress(err, bytes_mode=True, disable=args.no_progress) as prog:
         task = prog.add_task("verify", total=planned_bytes(args.dir))
         problems = verify_dataset(
             args.dir, chunk_tokens=args.chunk_tokens, progress=lambda n: prog.advance(task, n)
@@ -242,59 +220,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             Text(f"{p.severity.upper()}: {p}", style="red" if p.severity == "error" else "yellow"),
             soft_wrap=True,
         )
-    out.print(_verify_table(Path(args.dir), problems))
-    ds_summary = _verified_summary(Path(args.dir))
+    out.print(verify_table(Path(args.dir), problems))
+    ds_summary = verified_summary(Path(args.dir))
     if n_err:
         out.print(Text(f"FAILED: {n_err} error(s), {n_warn} warning(s) in {args.dir}", style="bold red"))
         return 1
     out.print(Text(f"OK: {ds_summary}" + (f", {n_warn} warning(s)" if n_warn else ""), style="bold green"))
     return 0
-
-
-def _verify_table(d: Path, problems: list) -> Table:
-    """Summary: one row per shard file (present or listed), with its figures and its verdict."""
-    from pipeline.format import SHARD_SUFFIX, read_header
-
-    by_file: dict[str, list] = {}
-    for p in problems:
-        by_file.setdefault(Path(p.file).name, []).append(p)
-    names = sorted(
-        {p.name for p in d.glob(f"*{SHARD_SUFFIX}")} | {n for n in by_file if n.endswith(SHARD_SUFFIX)}
-    )
-    t = Table(title=f"verify {d}")
-    for col in ("file", "docs", "tokens", "bytes", "verdict"):
-        t.add_column(col, justify="left" if col in ("file", "verdict") else "right", no_wrap=col == "file")
-    for name in names:
-        path = d / name
-        try:
-            h = read_header(path)
-            docs, toks = f"{h.num_docs:,}", f"{h.num_tokens:,}"
-        except (OSError, ShardFormatError):
-            docs = toks = "-"
-        size = f"{path.stat().st_size:,}" if path.is_file() else "missing"
-        found = by_file.get(name, [])
-        n_err = sum(p.severity == "error" for p in found)
-        verdict = (
-            Text(f"{n_err} error(s)", style="red")
-            if n_err
-            else Text(f"{len(found)} warning(s)", style="yellow")
-            if found
-            else Text("ok", style="green")
-        )
-        t.add_row(name, docs, toks, size, verdict)
-    return t
-
-
-def _verified_summary(d: Path) -> str:
-    try:
-        ds = ShardDataset(d)
-    except (OSError, ShardFormatError):
-        return str(d)
-    parts = [
-        f"{s}: {len(ds.manifest.split(s))} shards, {ds.num_docs(s):,} docs, {ds.num_tokens(s):,} tokens"
-        for s in SPLITS
-    ]
-    return f"{d} ({'; '.join(parts)})"
 
 
 @_friendly
@@ -379,6 +311,14 @@ def _paras(*paragraphs: str) -> str:
     return "\n\n".join(textwrap.fill(p, width=90) for p in paragraphs)
 
 
+def _add_chunk_flags(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    """``--chunk-tokens`` and ``--no-progress``, shared by the streaming commands (stats, verify)."""
+    p.add_argument(
+        "--chunk-tokens", type=_positive, default=default, metavar="N", help=f"{what} (default: {default})"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stats``, ``verify`` and ``show`` to ``python -m pipeline``."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -398,7 +338,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: python -m pipeline stats shards --split train --top 30",
     )
-    p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
+    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument(
         "--split",
         choices=SPLIT_CHOICES,
@@ -413,14 +353,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="how many of the most frequent ordinary tokens to list (default: 20)",
     )
-    p.add_argument(
-        "--chunk-tokens",
-        type=_positive,
-        default=STATS_CHUNK,
-        metavar="N",
-        help=f"tokens counted per chunk; memory is about 10 bytes x N (default: {STATS_CHUNK})",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_chunk_flags(p, STATS_CHUNK, "tokens counted per chunk; memory is about 10 bytes x N")
     p.set_defaults(func=cmd_stats)
 
     p = subparsers.add_parser(
@@ -440,20 +373,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: python -m pipeline verify shards && echo ok",
     )
-    p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
+    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument(
         "--json",
         action="store_true",
         help='print {"ok", "errors", "warnings", "problems": [{file, severity, message}]}',
     )
-    p.add_argument(
-        "--chunk-tokens",
-        type=_positive,
-        default=VERIFY_CHUNK,
-        metavar="N",
-        help=f"tokens hashed and checked per chunk (default: {VERIFY_CHUNK})",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_chunk_flags(p, VERIFY_CHUNK, "tokens hashed and checked per chunk")
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser(
@@ -478,7 +404,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  python -m pipeline show shards --split val --offset 1000 --length 50 --tokens"
         ),
     )
-    p.add_argument("dir", type=Path, help="shard folder written by `python -m pipeline build`")
+    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument("--split", choices=SPLITS, default="train", help="split to read (default: train)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--doc", type=_nonneg, metavar="I", help="document index within the split (from 0)")

@@ -12,16 +12,11 @@ it never depends on chunking or the worker count. :meth:`Source.chunks` does onl
 from __future__ import annotations
 
 import fnmatch
-import gzip
-import hashlib
-import io
 import lzma
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from pipeline.tools.source_decode import (  # noqa: F401 - re-exported: the reading side's vocabulary
     SKYLION_POS_SHIFT,
@@ -30,7 +25,16 @@ from pipeline.tools.source_decode import (  # noqa: F401 - re-exported: the read
     SourceError,
     decode_chunk,
 )
-from pipeline.tools.source_sniff import check_file_format, looks_like, sniff_format, suggest_flag
+from pipeline.tools.source_files import (
+    CountingReader,
+    check_file_format,
+    decompressed_blocks,
+    files_identity,
+    looks_like,
+    sniff_format,
+    suggest_flag,
+    walk_sorted,
+)
 
 SOURCE_FORMATS = ("auto", "hub", "parquet", "jsonl", "text", "skylion")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".ndjson", ".ndjson.zst", ".ndjson.gz")
@@ -71,91 +75,45 @@ class Source:
         raise NotImplementedError
 
 
-def _files_identity(root: Path, files: list[Path]) -> dict:
-    """A cheap identity of a set of files: relative names, sizes and mtimes (hashed)."""
-    h = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        rel = p.relative_to(root).as_posix() if root.is_dir() else p.name
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {
-        "files": len(files),
-        "bytes": sum(p.stat().st_size for p in files),
-        "files_sha256": h.hexdigest()[:32],
-    }
+class _FileSource(Source):
+    """Records from a sorted list of files (``root`` is the file or folder given as SOURCE)."""
 
-
-class _CountingReader(io.RawIOBase):
-    """Wraps a binary file and counts bytes read (compressed input position for progress)."""
-
-    def __init__(self, f: BinaryIO):
-        self._f = f
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        n = self._f.readinto(b)
-        self.pos += n or 0
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.pos += len(data)
-        return data
-
-
-def _walk_sorted(root: Path, patterns: list[str], exclude: list[Path]) -> list[Path]:
-    """Files under ``root`` whose name matches any pattern, sorted by relative path.
-
-    Hidden directories and files (``.git``, ``.venv``, temp files) are skipped, and so is any
-    directory in ``exclude`` (the build's own output folder when it lies inside the source).
-    """
-    excluded = {p.resolve() for p in exclude}
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        dirnames[:] = [n for n in dirnames if not n.startswith(".") and (d / n).resolve() not in excluded]
-        for name in filenames:
-            if not name.startswith(".") and any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
-                out.append(d / name)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
-
-
-class JsonlSource(Source):
-    """One or more ``.jsonl[.zst|.gz]`` files, read in sorted order, lines in file order."""
-
-    format = "jsonl"
+    format = ""  # the subclass's; "{format}:{root}" in describe()
 
     def __init__(self, root: Path, files: list[Path], text_field: str = "text"):
         self.root, self.files, self.text_field = root, files, text_field
 
     def describe(self) -> str:
-        return f"jsonl:{self.root}" + (f" ({len(self.files)} files)" if self.root.is_dir() else "")
+        return f"{self.format}:{self.root}" + (f" ({len(self.files)} files)" if self.root.is_dir() else "")
 
     def identity(self) -> dict:
         return {
             "format": self.format,
             "path": str(self.root),
             "text_field": self.text_field,
-            **_files_identity(self.root, self.files),
+            **files_identity(self.root, self.files),
         }
 
     @property
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files)
 
+
+class JsonlSource(_FileSource):
+    """One or more ``.jsonl[.zst|.gz]`` files, read in sorted order, lines in file order."""
+
+    format = "jsonl"
+
     def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[RawChunk]:
         pos = 0
         done_bytes = 0
         for path in self.files:
             with open(path, "rb") as raw:
-                counter = _CountingReader(raw)
+                counter = CountingReader(raw)
                 carry = b""
                 line_no = pos
                 try:
-                    for data in _decompressed_blocks(path, counter, chunk_bytes):
+                    for data in decompressed_blocks(path, counter, chunk_bytes):
                         block = carry + data
                         cut = block.rfind(b"\n") + 1
                         if cut == 0:  # a line longer than one block: keep reading
@@ -195,61 +153,10 @@ class JsonlSource(Source):
             done_bytes += path.stat().st_size
 
 
-def _decompressed_blocks(path: Path, raw: BinaryIO, block_bytes: int) -> Iterator[bytes]:
-    """Decompressed contents of ``path`` in blocks (plain, .gz or .zst by suffix).
-
-    zstandard's stream reader returns EOF quietly at a truncated frame, so .zst is decoded with
-    a ``decompressobj`` per frame and a frame still open at end of file is an error.
-    """
-    name = path.name.lower()
-    if name.endswith(".zst"):
-        import zstandard
-
-        dctx = zstandard.ZstdDecompressor()
-        dobj, in_frame = dctx.decompressobj(), False
-        try:
-            while comp := raw.read(block_bytes // 4):
-                while comp:
-                    out = dobj.decompress(comp)
-                    in_frame = True
-                    if out:
-                        yield out
-                    if dobj.eof:  # frame finished; the rest starts the next frame
-                        comp, dobj, in_frame = dobj.unused_data, dctx.decompressobj(), False
-                    else:
-                        comp = b""
-        except zstandard.ZstdError as e:
-            raise OSError(f"zstd: {e}") from e
-        if in_frame:
-            raise EOFError("the last zstd frame is incomplete (file truncated)")
-        return
-    stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if name.endswith(".gz") else raw
-    while data := stream.read(block_bytes):
-        yield data
-
-
-class ParquetSource(Source):
+class ParquetSource(_FileSource):
     """Parquet file(s) with a string column, read with pyarrow in record batches (bounded memory)."""
 
     format = "parquet"
-
-    def __init__(self, root: Path, files: list[Path], text_field: str = "text"):
-        self.root, self.files, self.text_field = root, files, text_field
-
-    def describe(self) -> str:
-        return f"parquet:{self.root}" + (f" ({len(self.files)} files)" if self.root.is_dir() else "")
-
-    def identity(self) -> dict:
-        return {
-            "format": self.format,
-            "path": str(self.root),
-            "text_field": self.text_field,
-            **_files_identity(self.root, self.files),
-        }
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files)
 
     @property
     def total_docs(self) -> int | None:
@@ -326,7 +233,7 @@ class TextFolderSource(Source):
 
     def __init__(self, root: Path, patterns: list[str], exclude: list[Path]):
         self.root, self.patterns = root, patterns
-        self.files = _walk_sorted(root, patterns, exclude)
+        self.files = walk_sorted(root, patterns, exclude)
 
     def describe(self) -> str:
         return f"text:{self.root} ({','.join(self.patterns)}, {len(self.files)} files)"
@@ -336,7 +243,7 @@ class TextFolderSource(Source):
             "format": self.format,
             "path": str(self.root),
             "text_glob": ",".join(self.patterns),
-            **_files_identity(self.root, self.files),
+            **files_identity(self.root, self.files),
         }
 
     @property
@@ -382,7 +289,7 @@ class SkylionSource(Source):
     def identity(self) -> dict:
         files = [self.tarball] if self.tarball else self.subsets
         root = self.root if not self.tarball else self.tarball
-        return {"format": self.format, "path": str(root), **_files_identity(root, files)}
+        return {"format": self.format, "path": str(root), **files_identity(root, files)}
 
     @property
     def total_bytes(self) -> int:
@@ -404,7 +311,7 @@ class SkylionSource(Source):
             return
         where = str(self.tarball)
         with open(self.tarball, "rb") as raw:
-            counter = _CountingReader(raw)
+            counter = CountingReader(raw)
             try:
                 with tarfile.open(fileobj=counter, mode="r|xz") as outer:
                     i = 0
@@ -634,9 +541,9 @@ def open_source(
             path,
             {
                 "skylion": ("Skylion file", len(subsets) + tarball.is_file()),
-                "parquet": ("parquet file", len(_walk_sorted(path, ["*.parquet"], exclude))),
-                "jsonl": ("jsonl file", len(_walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude))),
-                "text": (f"{DEFAULT_TEXT_GLOB} file", len(_walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude))),
+                "parquet": ("parquet file", len(walk_sorted(path, ["*.parquet"], exclude))),
+                "jsonl": ("jsonl file", len(walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude))),
+                "text": (f"{DEFAULT_TEXT_GLOB} file", len(walk_sorted(path, [DEFAULT_TEXT_GLOB], exclude))),
             },
         )
     if fmt in ("auto", "skylion"):
@@ -647,13 +554,13 @@ def open_source(
         if fmt == "skylion":
             raise SourceError(f"{path}: no {SKYLION_SUBSET_GLOB} files and no {SKYLION_TARBALL}")
     if fmt in ("auto", "parquet"):
-        files = _walk_sorted(path, ["*.parquet"], exclude)
+        files = walk_sorted(path, ["*.parquet"], exclude)
         if files:
             return ParquetSource(path, files, text_field)
         if fmt == "parquet":
             raise SourceError(f"{path}: no *.parquet files")
     if fmt in ("auto", "jsonl"):
-        files = _walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude)
+        files = walk_sorted(path, [f"*{s}" for s in JSONL_SUFFIXES], exclude)
         if files:
             return JsonlSource(path, files, text_field)
         if fmt == "jsonl":

@@ -15,16 +15,19 @@ from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     Progress,
     ProgressColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Column, Table
 from rich.text import Text
 
-from pipeline.format import Manifest
+from pipeline.format import SHARD_SUFFIX, SPLITS, Manifest, ShardDataset, ShardFormatError, read_header
 from pipeline.tools.sources import Source
 from pipeline.tools.stats import DatasetStats, SplitStats
 
@@ -304,3 +307,65 @@ def render_stats(st: DatasetStats) -> RenderableType:
         if s.num_docs:
             parts += [histogram_table(s), top_table(s), shard_table(s)]
     return Group(*parts)
+
+
+# --- stats and verify: progress bar and the verify summary ---
+
+
+def command_progress(console: Console, *, bytes_mode: bool, disable: bool) -> Progress:
+    """The stats/verify bar on stderr (so --json stays clean): tokens and Mtok/s, or bytes and MB/s."""
+    cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+    if bytes_mode:
+        cols += [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        cols += [
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+            TextColumn("{task.fields[rate]}"),
+        ]
+    cols += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*cols, console=console, transient=True, disable=disable)
+
+
+def verify_table(d: Path, problems: list) -> Table:
+    """Summary: one row per shard file (present or listed), with its figures and its verdict."""
+    by_file: dict[str, list] = {}
+    for p in problems:
+        by_file.setdefault(Path(p.file).name, []).append(p)
+    names = sorted(
+        {p.name for p in d.glob(f"*{SHARD_SUFFIX}")} | {n for n in by_file if n.endswith(SHARD_SUFFIX)}
+    )
+    t = Table(title=f"verify {d}")
+    for col in ("file", "docs", "tokens", "bytes", "verdict"):
+        t.add_column(col, justify="left" if col in ("file", "verdict") else "right", no_wrap=col == "file")
+    for name in names:
+        path = d / name
+        try:
+            h = read_header(path)
+            docs, toks = f"{h.num_docs:,}", f"{h.num_tokens:,}"
+        except (OSError, ShardFormatError):
+            docs = toks = "-"
+        size = f"{path.stat().st_size:,}" if path.is_file() else "missing"
+        found = by_file.get(name, [])
+        n_err = sum(p.severity == "error" for p in found)
+        verdict = (
+            Text(f"{n_err} error(s)", style="red")
+            if n_err
+            else Text(f"{len(found)} warning(s)", style="yellow")
+            if found
+            else Text("ok", style="green")
+        )
+        t.add_row(name, docs, toks, size, verdict)
+    return t
+
+
+def verified_summary(d: Path) -> str:
+    """The OK line's figures: per split, shards, docs and tokens (just the folder when unreadable)."""
+    try:
+        ds = ShardDataset(d)
+    except (OSError, ShardFormatError):
+        return str(d)
+    parts = [
+        f"{s}: {len(ds.manifest.split(s))} shards, {ds.num_docs(s):,} docs, {ds.num_tokens(s):,} tokens"
+        for s in SPLITS
+    ]
+    return f"{d} ({'; '.join(parts)})"

@@ -289,7 +289,7 @@ def test_open_source_errors() -> None:
 def test_sniff_format_recognises_files_written_by_their_own_libraries(tmp_path: Path) -> None:
     import lzma
 
-    from pipeline.tools.source_sniff import sniff_format
+    from pipeline.tools.source_files import sniff_format
 
     body = jsonl_bytes(DOCS[:3])
     pq.write_table(pa.table({"text": DOCS[:3]}), tmp_path / "a.parquet")
