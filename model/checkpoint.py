@@ -280,7 +280,7 @@ def load_error_reason(path: Path, e: BaseException) -> str:
 
 
 def torch_load_weights(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)``; a failure is a :class:`CheckpointError` (see :func:`load_error_reason`)."""
+    """``torch.load(weights_only=True)``; a failure is a :class:`CheckpointError` (see its reason)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):

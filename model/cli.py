@@ -44,8 +44,9 @@ from model.checkpoint import (
     save_model,
 )
 from model.config import PRESETS, GPTConfig
-from model.generate import _check_sampling_args, context_start
+from model.generate import _check_sampling_args, context_start, generate_stream
 from model.gpt import GPT
+from pipeline.device import resolve_device
 from pipeline.errors import UsageError, UserError, run_command
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
 
@@ -72,23 +73,6 @@ def _table(title: str, columns: tuple[str, ...], justify: str = "left") -> Table
     for col in columns:
         table.add_column(col, justify=justify, overflow="fold", no_wrap=False)  # type: ignore[arg-type]
     return table
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: only cpu and cuda are supported; use cpu, cuda, cuda:N or auto")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def _autocast(device: torch.device, dtype_name: str) -> contextlib.AbstractContextManager:
@@ -130,7 +114,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     # read on the CPU (weights only, no optimizer state), then the model alone moves to the device
     model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     if model.config.vocab_size != VOCAB_SIZE:
@@ -150,9 +134,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dropped = context_start(len(prompt_ids), model.config.block_size)
     if dropped:
         _warn(
-            f"--prompt is {len(prompt_ids)} tokens (with <|startoftext|>), longer than the model's context of "
-            f"{model.config.block_size}: its first {dropped} tokens are dropped and generation conditions on "
-            f"the last {len(prompt_ids) - dropped}"
+            f"--prompt is {len(prompt_ids)} tokens (with <|startoftext|>), longer than the model's "
+            f"context of {model.config.block_size}: its first {dropped} tokens are dropped and generation "
+            f"conditions on the last {len(prompt_ids) - dropped}"
         )
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = None
@@ -168,9 +152,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         decoder = TokenStreamDecoder(enc)
         n, t0 = 0, time.perf_counter()
         with _autocast(device, args.dtype):
-            stream = model.generate_stream(
-                idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                stop_at_eot=not args.no_stop_at_eot, use_cache=not args.no_cache, generator=generator,
+            stream = generate_stream(
+                model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, stop_at_eot=not args.no_stop_at_eot, use_cache=not args.no_cache,
+                generator=generator,
             )  # fmt: skip
             for tok in stream:
                 n += 1
@@ -294,7 +279,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         c = model.config
         table.add_row(
             name, str(c.n_layer), str(c.n_head), str(c.n_embd), str(c.block_size),
-            str(c.vocab_size), str(c.padded_vocab_size), f"{model.num_params(non_embedding=False) / 1e6:,.1f}M",
+            str(c.vocab_size), str(c.padded_vocab_size),
+            f"{model.num_params(non_embedding=False) / 1e6:,.1f}M",
             f"{model.num_params() / 1e6:,.1f}M", f"{model.flops_per_token() / 1e9:.2f}",
         )  # fmt: skip
     _console().print(table)
@@ -323,12 +309,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit} must be >= 1")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     fp = ckpt.get("tokenizer_fingerprint")
     if model.config.vocab_size != VOCAB_SIZE or (fp is not None and fp != tokenizer_fingerprint()):
-        raise UserError(f"{ckpt['checkpoint_path']}: not trained with the owtgpt tokenizer (vocab_size "
-                        f"{model.config.vocab_size}, tokenizer {fp}); the tasks' text would be misread")  # fmt: skip
+        raise UserError(
+            f"{ckpt['checkpoint_path']}: not trained with the owtgpt tokenizer (vocab_size "
+            f"{model.config.vocab_size}, tokenizer {fp}); the tasks' text would be misread"
+        )
     model.eval()
     to_stdout = args.json == "-"
     console = _console(stderr=True)
@@ -338,7 +326,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json is not None:
         doc = {"checkpoint": ckpt["checkpoint_path"], "device": str(device), "limit": args.limit,
                "tasks": {r.task: r.to_json() for r in results},
-               "sources": {t: str(args.data) if args.data is not None else TASKS[t].hub_path for t in tasks}}  # fmt: skip
+               "sources": {t: str(args.data) if args.data is not None else TASKS[t].hub_path
+                           for t in tasks}}  # fmt: skip
         text = json.dumps(doc, indent=2) + "\n"
         if to_stdout:
             sys.stdout.write(text)
@@ -355,6 +344,16 @@ def _nonneg_int(s: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -402,13 +401,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="RNG seed for reproducible samples (default: random)"
     )
     p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw (default 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES],
-        help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)",
-    )
+    _add_device_args(p)
     p.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
     p.add_argument(
         "--no-cache", action="store_true", help="recompute the whole context every token (slow; a check)"
@@ -471,13 +464,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--task", action="append", required=True, metavar="TASK[,TASK...]",
         help="hellaswag, lambada, wikitext2, wikitext103 or shards; repeat the flag or give a comma list",
     )  # fmt: skip
-    p.add_argument("--data", default=None, help="local .jsonl/.parquet in the task's hub schema, or the shard "
-                   "folder of --task shards (one task only); default: the hub dataset")  # fmt: skip
+    p.add_argument("--data", default=None, help="local .jsonl/.parquet in the task's hub schema, or the "
+                   "shard folder of --task shards (one task only); default: the hub dataset")  # fmt: skip
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows of each task")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)")  # fmt: skip
+    _add_device_args(p)
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="also write the figures as JSON to PATH (stdout without PATH; the table then "
                    "goes to stderr)")  # fmt: skip

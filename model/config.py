@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import flag
 from pipeline.tokenizer import VOCAB_SIZE
 
 # name -> field overrides of GPTConfig's defaults (which are gpt2's). Parameter counts are for the
@@ -33,10 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~7M, 6.4M of it embeddings
 }
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -57,20 +54,20 @@ class GPTConfig:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pad_vocab_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} ({_flag(name)}) must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} ({flag(name)}) must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"n_embd ({_flag('n_embd')}) = {self.n_embd} is not divisible by n_head "
-                f"({_flag('n_head')}) = {self.n_head}; pick sizes with n_embd % n_head == 0"
+                f"n_embd ({flag('n_embd')}) = {self.n_embd} is not divisible by n_head "
+                f"({flag('n_head')}) = {self.n_head}; pick sizes with n_embd % n_head == 0"
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout ({_flag('dropout')}) must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout ({flag('dropout')}) must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.bias, bool):
-            raise ValueError(f"bias ({_flag('bias')}) must be true or false, got {self.bias!r}")
+            raise ValueError(f"bias ({flag('bias')}) must be true or false, got {self.bias!r}")
         eps = self.layer_norm_epsilon
         if not isinstance(eps, (int, float)) or not (0.0 < eps < 1.0) or math.isnan(eps):
             raise ValueError(
-                f"layer_norm_epsilon ({_flag('layer_norm_epsilon')}) must be in (0, 1), got {eps!r}"
+                f"layer_norm_epsilon ({flag('layer_norm_epsilon')}) must be in (0, 1), got {eps!r}"
             )
         self.dropout = float(self.dropout)
         self.layer_norm_epsilon = float(eps)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,17 @@ def sample_next(
         return mask_padded(logits, vocab_size).argmax(dim=-1)
     probs = next_token_probs(logits, vocab_size, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **sampling: Any) -> torch.Tensor:
+    """Append up to ``max_new_tokens`` sampled tokens to ``idx`` (B, T); returns (B, T + n).
+
+    ``sampling`` are :func:`generate_stream`'s keywords; with ``stop_at_eot`` (the default) the output
+    ends once every row has emitted ``<|endoftext|>``, so n may be < ``max_new_tokens``.
+    """
+    new = list(generate_stream(model, idx, max_new_tokens, **sampling))
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
 
 
 def generate_stream(

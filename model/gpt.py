@@ -21,21 +21,25 @@ Contract
 * Initialisation is GPT-2's: every weight normal(0, 0.02), the two residual output projections
   (``attn.c_proj`` and ``mlp.c_proj``) normal(0, 0.02/sqrt(2*n_layer)) so the residual stream's
   variance does not grow with depth, biases zero, LayerNorm (1, 0).
-* Generation (KV cache, sampling) lives in :mod:`model.generate`; :meth:`GPT.generate` wraps it.
+* Generation (KV cache, sampling) lives in :mod:`model.generate`, which drives this module; a KV
+  cache comes in as a plain ``cache`` argument, and this module never imports the generator.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.config import GPTConfig
-from model.generate import KVCache, generate_stream
 from model.loss import linear_cross_entropy
+
+if TYPE_CHECKING:
+    from model.kvcache import KVCache
 
 
 class CausalSelfAttention(nn.Module):
@@ -202,54 +206,16 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop_at_eot: bool = True,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Append up to ``max_new_tokens`` sampled tokens to ``idx`` (B, T); returns (B, T + n).
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling: Any) -> torch.Tensor:
+        """:func:`model.generate.generate` on this model: idx (B, T) -> (B, T + n)."""
+        from model.generate import generate  # lazily: generation drives the model, not the reverse
 
-        ``temperature=0`` is greedy. Ids >= ``vocab_size`` (the padded rows) are never produced.
-        With ``stop_at_eot`` a row that emits ``<|endoftext|>`` is finished: its later positions
-        are filled with ``<|padding|>`` and generation ends once every row is finished. See
-        :func:`model.generate.generate_stream` for the KV cache and the context-window policy.
-        """
-        new = list(
-            self.generate_stream(
-                idx, max_new_tokens, temperature, top_k, top_p, stop_at_eot, use_cache, generator
-            )
-        )
-        if not new:
-            return idx
-        return torch.cat([idx, torch.stack(new, dim=1)], dim=1)
+        return generate(self, idx, max_new_tokens, **sampling)
 
     def generate_stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop_at_eot: bool = True,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
+        self, idx: torch.Tensor, max_new_tokens: int, **sampling: Any
     ) -> Iterator[torch.Tensor]:
-        """Like :meth:`generate` but yields each new token column (B,) as soon as it is sampled."""
-        return generate_stream(
-            self,
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            stop_at_eot=stop_at_eot,
-            use_cache=use_cache,
-            generator=generator,
-        )
+        """:func:`model.generate.generate_stream` on this model: yields each new token column (B,)."""
+        from model.generate import generate_stream
+
+        return generate_stream(self, idx, max_new_tokens, **sampling)

@@ -30,13 +30,10 @@ against the uncached path (tests/model/test_generation.py, tests/model/test_mode
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from model.gpt import GPT
+from torch import nn
 
 
 class KVCache:
@@ -173,7 +170,7 @@ class CUDAGraphStep:
     (same batch size, dtype and device; ``reset`` + re-prefill is fine).
     """
 
-    def __init__(self, model: GPT, cache: StaticKVCache, batch: int, device: torch.device):
+    def __init__(self, model: nn.Module, cache: StaticKVCache, batch: int, device: torch.device):
         self.model, self.cache = model, cache
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)  # static input (B, 1)
         pos, pos_t = cache.pos, None if cache.pos_t is None else cache.pos_t.clone()

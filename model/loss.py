@@ -96,7 +96,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> torch.Tensor:
-    """Mean fp32 cross-entropy of ``h @ weight.T`` (h (N, C), weight (V, C)) against targets (N,); see above."""
+    """Mean fp32 cross-entropy of ``h @ weight.T`` (h (N, C), weight (V, C)) against targets (N,)."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
     dt = _compute_dtype(h)

@@ -15,9 +15,9 @@ Contract
   ``default`` (torch's CPU choice, nothing forced); an explicit name that cannot run is a ValueError
   naming the flag.
 * :func:`sdpa_context` is the context manager that restricts SDPA to the chosen kernel (``default``
-  allows them all, as torch does out of the box). The trainer enters it around its forward/backward and eval passes,
-  including their ``torch.compile`` tracing, and logs the name; generation is left on torch's choice
-  (its masked cached attention needs a kernel that takes a mask).
+  allows them all, as torch does out of the box). The trainer enters it around its forward/backward
+  and eval passes, including their ``torch.compile`` tracing, and logs the name; generation is left on
+  torch's choice (its masked cached attention needs a kernel that takes a mask).
 """
 
 from __future__ import annotations

@@ -42,6 +42,11 @@ class ConfigError(UsageError, ValueError):
     """
 
 
+def flag(field: str) -> str:
+    """The CLI flag of a config field: ``micro_batch`` -> ``--micro-batch``."""
+    return "--" + field.replace("_", "-")
+
+
 # errno -> (what went wrong, what to do about it)
 _OS_FIXES: dict[int, tuple[str, str]] = {
     errno.ENOENT: ("does not exist", "check the path"),

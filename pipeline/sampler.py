@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.device import resolve_device
 from pipeline.format import ShardDataset
 from pipeline.sampler_index import OutOfVocabError, SamplerError, WindowIndex, checked_split, open_dataset
 
@@ -127,13 +128,11 @@ def _open_windows(
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
+    dev = resolve_device(device, flag="device")
+    # pinned to an index: the prefetch thread makes it its current device (current devices are per thread)
+    return (
+        torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
+    )
 
 
 def _widen_cpu(buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from trainer.train import NonFiniteError
 
     return (
-        SamplerError, ResumeError, ShardFormatError, TokenizerUnavailableError, NonFiniteError, CheckpointError,
+        SamplerError, ResumeError, ShardFormatError, TokenizerUnavailableError, NonFiniteError,
+        CheckpointError,
     )  # fmt: skip
 
 

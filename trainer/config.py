@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import ConfigError, UsageError, flag
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,18 +54,9 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
-class ConfigError(UsageError, ValueError):
-    """A trainer setting is invalid; the message names the CLI flag (or TOML key) to change (exit 2)."""
-
-
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # model.sdpa.CHOICES
-
-
-def flag(name: str) -> str:
-    """The CLI flag of a config field: ``micro_batch`` -> ``--micro-batch``."""
-    return "--" + name.replace("_", "-")
 
 
 # float fields -> (lowest, highest or None, whether the lowest itself is allowed); see check_float
@@ -342,8 +333,6 @@ class TrainConfig:
         return parse_tasks(self.eval_tasks) if self.eval_tasks.strip() else []
 
     def _check_eval_tasks(self) -> None:
-        from pipeline.errors import UsageError
-
         try:
             names = self.eval_task_names()
         except UsageError as e:

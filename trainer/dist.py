@@ -7,9 +7,9 @@ Contract
   and nothing distributed is touched, so ``python -m trainer`` needs no launcher.
 * Multi-node is plain torchrun (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``); nothing here
   is node-specific beyond ``LOCAL_RANK`` choosing the GPU.
-* :func:`resolve_device` and :func:`resolve_precision` turn ``--device``/``--precision`` into what
-  this process uses, with clear errors where a choice cannot work (fp16 or bf16 on CPU, CUDA
-  requested without a GPU).
+* :func:`resolve_precision` turns ``--precision`` into what this process uses, with a clear error
+  where it cannot work (fp16 or bf16 on CPU); ``--device`` goes through
+  :func:`pipeline.device.resolve_device` (``LOCAL_RANK`` picks the GPU).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from pipeline.device import resolve_device
 from trainer.config import ConfigError, TrainConfig
 
 
@@ -46,20 +47,6 @@ class DistEnv:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return default if value is None else int(value)
-
-
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
-    n = torch.cuda.device_count()
-    if local_rank >= n:
-        raise ConfigError(
-            f"LOCAL_RANK {local_rank} but only {n} CUDA device(s) are visible; "
-            f"launch with torchrun --nproc_per_node={n} (or fewer)"
-        )
-    return torch.device("cuda", local_rank)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -87,7 +74,7 @@ def setup(cfg: TrainConfig) -> DistEnv:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = resolve_device(cfg, local_rank)
+    device = resolve_device(cfg.device, local_rank=local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -41,7 +41,8 @@ import torch
 from model.checkpoint import CKPT_DIRNAME, CheckpointError, build_model, list_checkpoints, load_model
 from model.config import GPTConfig
 from model.gpt import GPT
-from trainer.config import ConfigError, TrainConfig, flag
+from pipeline.errors import ConfigError, flag
+from trainer.config import TrainConfig
 
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
