@@ -1,35 +1,11 @@
-"""``TrainConfig``: every trainer knob in one typed, validated dataclass, plus presets, TOML and CLI.
+"""``TrainConfig``: every trainer knob in one typed, validated dataclass, and its TOML and CLI.
 
-Contract
---------
-* One field per CLI flag (``micro_batch`` <-> ``--micro-batch``), each with help text in its
-  metadata; ``python -m trainer --help`` is generated from these fields, so the two never drift.
-* Precedence: dataclass defaults < ``--preset`` < ``--config FILE.toml`` < explicit CLI flags.
-  :func:`resolve_config` implements it; argparse defaults are suppressed so "given on the command
-  line" is known exactly.
-* ``__post_init__`` validates and every error names the flag to change (:class:`ConfigError`).
-  Checks that need the world size or the model (gradient accumulation divisibility, ``T`` vs the
-  model's context) live in :meth:`TrainConfig.grad_accum_steps` and :meth:`TrainConfig.model_config`
-  and run before any data or model is touched.
-
-Preset choices (documented here because they are judgement calls)
-------------------------------------------------------------------
-* ``gpt2``: the 124M model on 2^19 = 524,288 tokens per step, lr 6e-4 (GPT-3 paper, table 2.1,
-  "Small"), min lr 0.1 x max, **700 warmup steps and 19,073 steps = 10B tokens** (llm.c's GPT-2
-  reproduction schedule: about one epoch of OpenWebText's ~9B tokens, and it matches GPT-2 124M's
-  HellaSwag). nanoGPT's 600,000-step / 300B-token schedule is a ``--max-steps 600000
-  --warmup-steps 2000`` away. Micro batch 64 x 1024 fits an 80 GB GPU in bf16 with compile;
-  lower ``--micro-batch`` (gradient accumulation grows to keep the total) on smaller GPUs.
-* ``gpt2-medium`` / ``-large`` / ``-xl``: lr 3e-4 / 2.5e-4 / 2e-4 as the GPT-3 table for the
-  nearest sizes (350M, 760M, 1.3B), smaller micro batches, same token budget and schedule.
-* ``tiny``: a seconds-long CPU run for tests (tiny model, T=64, 4 x 64 tokens per step).
-* ``demo``: a 2-core CPU demo (``make demo``) that trains for about two minutes on ~100K tokens
-  of repository text and visibly lowers val loss.
-* ``finetune`` (needs ``--init-from``): lr 3e-5 (a twentieth of gpt2's pretraining peak, nanoGPT's
-  fine-tuning value for gpt2-xl) after 20 warmup steps, 2^16 tokens per step, 300 steps (~20M
-  tokens, a few epochs of a small domain corpus), eval every 25 steps and a checkpoint every 100.
-  Micro batch 8 x 1024 leaves room for gpt2-xl's optimizer state on an 80 GB card. Add
-  ``--dropout 0.1`` for corpora small enough to overfit.
+* One field per CLI flag (``micro_batch`` <-> ``--micro-batch``) with its help text in the field's
+  metadata; ``python -m trainer --help`` is generated from the fields.
+* Precedence (:func:`resolve_config`): defaults < ``--preset`` (:mod:`trainer.presets`) < ``--config
+  FILE.toml`` < explicit flags; argparse defaults are suppressed so "given on the command line" is exact.
+* Every error names the flag (:class:`ConfigError`, exit 2). Checks that need the world size or the model
+  are :meth:`TrainConfig.grad_accum_steps` and :meth:`TrainConfig.model_config`.
 """
 
 from __future__ import annotations
@@ -47,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, UsageError, flag
+from trainer.presets import PRESETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +41,16 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "lr": (0.0, None, False), "min_lr_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
     "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "eps": (0.0, None, False),
     "grad_clip": (0.0, None, True), "dropout": (0.0, 1.0, True), "peak_tflops": (0.0, None, False),
+}  # fmt: skip
+
+
+# integer fields -> their lowest allowed value, checked in this order
+INT_MINIMA: dict[str, int] = {
+    **dict.fromkeys(("micro_batch", "seq_len", "total_batch_tokens", "max_steps", "keep_last",
+                     "max_bad_steps", "eval_windows", "log_every", "profile_active"), 1),
+    **dict.fromkeys(("warmup_steps", "eval_every", "sample_every", "ckpt_every", "prefetch", "profile_wait",
+                     "sample_tokens"), 0),
+    **dict.fromkeys(("n_layer", "n_head", "n_embd", "block_size"), 1),
 }  # fmt: skip
 
 
@@ -140,7 +127,8 @@ class TrainConfig:
     total_batch_tokens: int = field(
         default=524_288,
         metadata=_h(
-            "tokens per optimizer step over all ranks; gradient accumulation = total / (micro_batch x T x world size)"
+            "tokens per optimizer step over all ranks; "
+            "gradient accumulation = total / (micro_batch x T x world size)"
         ),
     )
     max_steps: int = field(
@@ -155,7 +143,8 @@ class TrainConfig:
     seed: int = field(
         default=1337,
         metadata=_h(
-            "seed of the model init, the data order and dropout (the data is a pure function of it and the step)"
+            "seed of the model init, the data order and dropout "
+            "(the data is a pure function of it and the step)"
         ),
     )
     # --- optimizer and schedule
@@ -267,36 +256,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
-        pos = (
-            "micro_batch",
-            "seq_len",
-            "total_batch_tokens",
-            "max_steps",
-            "keep_last",
-            "max_bad_steps",
-            "eval_windows",
-            "log_every",
-            "profile_active",
-        )
-        for name in pos:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 1")
-        nonneg = (
-            "warmup_steps",
-            "eval_every",
-            "sample_every",
-            "ckpt_every",
-            "prefetch",
-            "profile_wait",
-            "sample_tokens",
-        )
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 0")
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        for name, lo in INT_MINIMA.items():
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{flag(name)} {v} must be >= 1")
+            if v is not None and v < lo:  # None: a model-shape override that was not given
+                raise ConfigError(f"{flag(name)} {v} must be >= {lo}")
         for name, (lo, hi, lo_ok) in FLOAT_RANGES.items():
             check_float(name, getattr(self, name), lo, hi, lo_ok)
         if self.precision not in PRECISIONS:
@@ -345,8 +308,8 @@ class TrainConfig:
             self.eval_tasks_data = Path(self.eval_tasks_data)
             if len(names) != 1:
                 raise ConfigError(
-                    f"--eval-tasks-data {self.eval_tasks_data} is the file of one task, but --eval-tasks names "
-                    f"{len(names)} ({self.eval_tasks!r}); give exactly one task with it"
+                    f"--eval-tasks-data {self.eval_tasks_data} is the file of one task, but --eval-tasks "
+                    f"names {len(names)} ({self.eval_tasks!r}); give exactly one task with it"
                 )
             if not self.eval_tasks_data.exists():
                 raise ConfigError(
@@ -422,68 +385,6 @@ def check_float(name: str, value: float | None, lo: float, hi: float | None, lo_
 
 
 # --------------------------------------------------------------------------- presets
-
-_GPT2_TOKENS = {"total_batch_tokens": 524_288, "max_steps": 19_073, "warmup_steps": 700, "seq_len": 1024}
-# Micro batches are sized for a 40-80 GB card under bf16 autocast. The LM head dominates at small
-# widths: B x T x 50304 logits cost about 20 bytes each through the fp32 loss and its backward
-# (~33 GB at B=64, T=1024), so the 124M and 350M models use half of what their activations allow.
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": {"model": "gpt2", "lr": 6e-4, "micro_batch": 32, **_GPT2_TOKENS},
-    "gpt2-medium": {"model": "gpt2-medium", "lr": 3e-4, "micro_batch": 16, **_GPT2_TOKENS},
-    "gpt2-large": {"model": "gpt2-large", "lr": 2.5e-4, "micro_batch": 16, **_GPT2_TOKENS},
-    "gpt2-xl": {"model": "gpt2-xl", "lr": 2e-4, "micro_batch": 8, **_GPT2_TOKENS},
-    "tiny": {
-        "model": "tiny",
-        "seq_len": 64,
-        "micro_batch": 4,
-        "total_batch_tokens": 256,
-        "max_steps": 30,
-        "warmup_steps": 3,
-        "lr": 3e-3,
-        "eval_every": 10,
-        "eval_windows": 8,
-        "sample_every": 0,
-        "ckpt_every": 10,
-        "log_every": 1,
-        "prefetch": 0,
-        "profile_wait": 1,
-        "profile_active": 2,
-    },
-    "finetune": {
-        "lr": 3e-5,
-        "min_lr_ratio": 0.1,
-        "warmup_steps": 20,
-        "max_steps": 300,
-        "total_batch_tokens": 65_536,
-        "micro_batch": 8,
-        "seq_len": 1024,
-        "eval_every": 25,
-        "eval_windows": 128,
-        "ckpt_every": 100,
-        "sample_every": 100,
-    },
-    "demo": {
-        "model": "tiny",
-        "n_layer": 2,
-        "n_head": 4,
-        "n_embd": 64,
-        "block_size": 64,
-        "seq_len": 64,
-        "micro_batch": 16,
-        "total_batch_tokens": 1024,
-        "max_steps": 120,
-        "warmup_steps": 10,
-        "lr": 3e-3,
-        "eval_every": 20,
-        "eval_windows": 64,
-        "sample_every": 60,
-        "sample_tokens": 48,
-        "sample_prompt": "def ",
-        "ckpt_every": 40,
-        "log_every": 10,
-    },
-}
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 HIDDEN = ("debug_nan_at_step",)  # accepted but not in --help: fault injection for tests

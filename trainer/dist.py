@@ -64,7 +64,8 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
         return "bf16" if native_bf16 else "fp16"
     if cfg.precision == "bf16" and not native_bf16:
         raise ConfigError(
-            f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 support; use --precision fp16"
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 support; "
+            "use --precision fp16"
         )
     return cfg.precision
 

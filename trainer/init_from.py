@@ -176,8 +176,8 @@ def _check_shape(cfg: TrainConfig, have: GPTConfig, origin: str) -> None:
         given = getattr(cfg, name)
         if given is not None and given != getattr(have, name):
             raise ConfigError(
-                f"{flag(name)} {given} conflicts with {origin}, whose model has {name} {getattr(have, name)}; "
-                f"the model shape comes from there: drop {flag(name)}"
+                f"{flag(name)} {given} conflicts with {origin}, whose model has {name} "
+                f"{getattr(have, name)}; the model shape comes from there: drop {flag(name)}"
             )
     if cfg.seq_len > have.block_size:
         raise ConfigError(

@@ -75,19 +75,9 @@ def peak_tflops_for_name(name: str) -> float | None:
     return None
 
 
-TB_SCALARS = (
-    "train/loss",
-    "train/ppl",
-    "val/loss",
-    "val/ppl",
-    "lr",
-    "grad_norm",
-    "tokens_per_s",
-    "mfu",
-    "step_time_ms",
-    "gpu_peak_mem_gib",
-    "bad_steps",
-)
+# a step record's fields that go to TensorBoard under their own names
+STEP_SCALARS = ("lr", "grad_norm", "tokens_per_s", "mfu", "step_time_ms", "gpu_peak_mem_gib", "bad_steps")
+TB_SCALARS = ("train/loss", "train/ppl", "val/loss", "val/ppl", *STEP_SCALARS)
 
 
 def peak_tflops_for(device: torch.device, override: float | None = None) -> float | None:
@@ -115,7 +105,8 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def _hms(seconds: float) -> str:
@@ -213,15 +204,7 @@ class Observer:
             if math.isfinite(loss):
                 w.add_scalar("train/loss", loss, step)
                 w.add_scalar("train/ppl", perplexity(loss), step)
-            for key in (
-                "lr",
-                "grad_norm",
-                "tokens_per_s",
-                "mfu",
-                "step_time_ms",
-                "gpu_peak_mem_gib",
-                "bad_steps",
-            ):
+            for key in STEP_SCALARS:
                 v = rec.get(key)
                 if v is not None and math.isfinite(v):
                     w.add_scalar(key, v, step)
@@ -360,7 +343,7 @@ def read_metrics(path: str | os.PathLike[str]) -> tuple[dict[int, dict], dict[in
 
 
 def read_task_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, dict[str, Any]]]:
-    """``{step: {task: figures}}`` of the ``--eval-tasks`` records in a metrics.jsonl (last line per step wins)."""
+    """``{step: {task: figures}}`` of a metrics.jsonl's ``--eval-tasks`` records (last line per step wins)."""
     out: dict[int, dict[str, dict[str, Any]]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:

@@ -1,43 +1,14 @@
-"""The training loop: AMP, torch.compile, fused AdamW, DDP, exact resume, non-finite steps, signals.
+"""The training loop: runs one :class:`~trainer.config.TrainConfig` job in this process (a torchrun rank,
+or a single process) and returns a :class:`TrainResult`.
 
-Contract
---------
-* :func:`train` runs one job described by a :class:`~trainer.config.TrainConfig` in this process
-  (one rank of a torchrun job, or a single process) and returns a :class:`TrainResult`.
-* **Order of work.** Everything that can fail cheaply runs before the first forward pass, on the
-  CPU: config validation, gradient-accumulation divisibility for this world size, ``T`` vs the
-  model's context, the run folder policy, shard vocab and tokenizer vs the model (the sampler's
-  :class:`~pipeline.sampler_index.SamplerError`), empty splits. Only then is the run folder
-  modified (``--overwrite``), so bad data never costs an old run.
-* **Data is a function of the step.** Micro-step ``m`` of optimizer step ``s`` reads sampler step
-  ``s * grad_accum + m`` for this rank; lr is ``lr_at(s)``; with dropout the torch RNG is reseeded
-  from ``(seed, rank, s)`` each step. So a resumed run sees exactly the data, lr and dropout masks
-  of an uninterrupted one (bit-identical on CPU fp32), with nothing to replay.
-* **Steps.** Loss is scaled by ``1/grad_accum``; DDP all-reduces gradients only on the last
-  micro-step (``no_sync``), into bucket views that are zeroed in place, never freed; the global norm
-  is clipped to ``--grad-clip`` and the pre-clip value logged. The loss never builds the (B, T, V)
-  logits (:mod:`model.loss`); eval runs the same (compiled) model on fixed-shape batches.
-* **Bad steps, without host syncs.** A non-finite loss or grad norm refuses the update *on the
-  device* (the fused AdamW's ``found_inf``: weights, moments and step count untouched), and is
-  counted and logged; after ``--max-bad-steps`` in a row :class:`NonFiniteError` names the step and
-  the step whose weights remain. Step s's scalars are read back while step s+1's forward/backward
-  runs and before its update is launched, so that statement is true when it is made; steps that
-  evaluate, sample or checkpoint read their own first. An update that leaves a weight non-finite
-  despite a finite loss and norm (an overflow; the config refuses the settings that cause one) stops
-  the run at once and is never saved. Under fp16 an overflowing *gradient* is the GradScaler's
-  business (it skips and lowers the scale); only a non-finite *loss* counts as bad there.
-* **Stopping.** SIGTERM/SIGINT set a flag; it reaches the device through a preallocated scalar and
-  the same all-reduce that averages the loss, so every rank learns of it at the same step; that step
-  and the one in flight complete, a checkpoint is written, and :func:`train` returns normally
-  (exit 0). A second SIGINT aborts at once. A rank that fails leaves the process group without
-  waiting for the others (:func:`trainer.dist.teardown`), so the job ends instead of hanging.
-* **Attention kernel.** ``--sdpa-backend`` (default ``auto``) is resolved once by
-  :func:`model.sdpa.choose_sdpa_backend` and held for training and eval; the choice is logged and
-  recorded in ``config.json``.
-* ``--init-from`` (:mod:`trainer.init_from`) replaces the random init by existing weights, and
-  the model shape by theirs; everything else about the run is fresh.
-* Step numbers in logs, checkpoints and ``--debug-nan-at-step`` count *completed* optimizer steps
-  (``step-00000010.pt`` holds the state after 10 updates).
+* Everything that can fail cheaply (config, accumulation divisibility, ``T`` vs the context, the run folder
+  policy, shard vocab and tokenizer, empty splits) fails on the CPU before the run folder is touched.
+* Data is a function of the step: micro-step ``m`` of step ``s`` reads sampler step ``s * grad_accum + m``;
+  so :class:`trainer.state.RunState` is all a checkpoint needs for a bit-identical resume.
+* Nothing waits for the device before an optimizer step (see :func:`_loop`). SIGTERM/SIGINT finish the
+  step, checkpoint and return (exit 0); a second SIGINT aborts.
+
+README.md ("Design", Trainer) has the rest. Steps count *completed* updates (``step-00000010.pt``).
 """
 
 from __future__ import annotations
@@ -47,6 +18,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,20 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import clean_state_dict
-from model.gpt import GPT
-from model.loss import IGNORE_INDEX
 from model.sdpa import choose_sdpa_backend, sdpa_context
 from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
-from pipeline.tokenizer import SOT_ID, decode, get_tokenizer, tokenizer_fingerprint
+from pipeline.tokenizer import tokenizer_fingerprint
 from trainer import checkpoint as ckpt
 from trainer import init_from
 from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
+from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evaluator
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
 from trainer.optim import lr_at, make_optimizer, set_lr
 from trainer.rundir import check_run_dir, prepare_run_dir, run_folder_lock, write_run_info
+from trainer.state import RunState, build_model
 
 
 class NonFiniteError(RuntimeError):
@@ -94,15 +65,6 @@ class TrainResult:
     mfu: float | None = None
     peak_mem_gib: float | None = None
     sdpa_backend: str | None = None  # the attention kernel the run used (model.sdpa)
-
-
-def build_model(cfg: TrainConfig, model_config, device: torch.device, source=None) -> GPT:
-    """The freshly initialised model of a run: a pure function of ``--seed`` (same on every rank),
-    or the weights of ``source`` (``--init-from``, :mod:`trainer.init_from`)."""
-    torch.manual_seed(cfg.seed)
-    if source is not None:
-        return init_from.initial_model(model_config, source).to(device)
-    return GPT(model_config).to(device)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -135,78 +97,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
-
-
-def _evaluate(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> float:
-    """Mean loss over the fixed val windows, reduced over ranks (each window weighted equally).
-
-    Every batch has the training shape (micro_batch, T): a short last batch is padded with rows whose
-    targets are all -1 (ignored), so a compiled ``model`` runs one eval graph and never recompiles.
-    """
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=env.device)  # [sum of window losses, windows]
-    with torch.no_grad():
-        for x, y in val:
-            n = x.size(0)
-            if n < val.batch_size:
-                pad = val.batch_size - n
-                x = torch.cat([x, x.new_zeros(pad, x.size(1))])
-                y = torch.cat([y, y.new_full((pad, y.size(1)), IGNORE_INDEX)])
-            with autocast():
-                _, loss = model(x, y)  # mean over the n real windows' tokens (all T of them count)
-            total[0] += loss.double() * n
-            total[1] += n
-    all_reduce_(total, env)
-    model.train(was_training)
-    return float(total[0] / total[1])
-
-
-def _task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
-    """``--eval-tasks``: rows loaded (and checked) now, this rank's share of them; None without tasks."""
-    names = cfg.eval_task_names()
-    if not names:
-        return None
-    from model.evaluate import TaskEvaluator
-
-    data = (
-        cfg.eval_tasks_data
-        if cfg.eval_tasks_data is not None
-        else (cfg.data if names == ["shards"] else None)
-    )
-    return TaskEvaluator(
-        names,
-        data=data,
-        limit=cfg.eval_tasks_limit,
-        rank=env.rank,
-        world_size=env.world_size,
-        batch_size=cfg.micro_batch,
-        vocab_size=model_config.vocab_size,
-    )
-
-
-def _evaluate_tasks(
-    tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int
-) -> None:
-    """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks."""
-    out = tasks(model, autocast, all_reduce=lambda t: all_reduce_(t, env))
-    figures = {task: r.to_json() for task, r in out.items()}
-    result.task_metrics[step] = figures
-    obs.eval_tasks(step, figures)
-
-
-def _sample(model: GPT, cfg: TrainConfig, device: torch.device, autocast) -> str:
-    """A text sample from the raw model with the KV cache; a private generator keeps the training RNG untouched."""
-    enc = get_tokenizer()
-    ids = [SOT_ID, *enc.encode_ordinary(cfg.sample_prompt)]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    was_training = model.training
-    model.eval()
-    with autocast(), sdpa_context("default"):  # cached attention with a mask: any kernel that takes one
-        out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
-    model.train(was_training)
-    return decode(out[0, 1:].tolist(), enc)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -266,11 +156,28 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             batch_size=cfg.micro_batch,
             **sampler_kw,
         )
-    tasks = _task_evaluator(cfg, env, model_config)
+    tasks = task_evaluator(cfg, env, model_config)
     try:
         return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks)
     finally:
         sampler.close()
+
+
+@dataclass
+class _Run:
+    """What the loop works with, wired once by :func:`_run`."""
+
+    state: RunState
+    fwd_model: nn.Module  # compiled, and DDP-wrapped when distributed: the training forward/backward
+    eval_model: nn.Module  # compiled too (its own fixed-shape graph), never through DDP
+    val: ValWindows | None
+    tasks: Any  # model.evaluate.TaskEvaluator, or None without --eval-tasks
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    grad_accum: int
+    obs: Observer
+    result: TrainResult
+    flops_per_token: int
+    peak: float | None  # the device's peak TFLOP/s for MFU; None when unknown
 
 
 def _run(
@@ -292,6 +199,7 @@ def _run(
     init.source = None  # the source's own copy of the weights is no longer needed
     optimizer = make_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = RunState(cfg, env, dataset, sampler, model, optimizer, scaler, init_record=init.record)
 
     # ---- the run folder (rank 0 changes it; the others wait so they read a settled folder)
     if env.is_main:
@@ -300,41 +208,9 @@ def _run(
     if env.distributed:
         torch.distributed.barrier()
     warn_msgs: list[str] = []
+    resumed_from = state.resume(warn_msgs.append) if cfg.resume else None  # before compile and DDP wrap
+    start_step = state.step
 
-    start_step, bad_total, resumed_from = 0, 0, None
-    if cfg.resume:
-        loaded = ckpt.load_latest(cfg.out, map_location="cpu", warn=warn_msgs.append)
-        if loaded is None:
-            warn_msgs.append(f"--resume: no checkpoint in {cfg.out}; starting a fresh run")
-        else:
-            payload, path = loaded
-            ckpt.check_compatible(
-                payload,
-                path,
-                model_config=model_config.to_dict(),
-                dataset_fingerprint=dataset.dataset_fingerprint,
-                vocab_size=dataset.vocab_size,
-                force=cfg.force,
-                warn=warn_msgs.append,
-            )
-            model.load_state_dict(clean_state_dict(payload["model"]))
-            optimizer.load_state_dict(payload["optimizer"])
-            if payload.get("scaler"):
-                scaler.load_state_dict(payload["scaler"])
-            ckpt.restore_rng(payload["rng"])
-            start_step = int(payload["step"])
-            bad_total = int(payload.get("counters", {}).get("bad_steps", 0))
-            resumed_from = path
-            _warn_config_drift(payload["train_config"], cfg, warn_msgs)
-            if payload.get("world_size", env.world_size) != env.world_size:
-                warn_msgs.append(
-                    f"resuming a run checkpointed with world size {payload['world_size']} on {env.world_size} "
-                    "ranks: the optimizer state carries over, but the data order differs from the original run's "
-                    "(micro-step k of step s reads sampler step s x grad_accum + k per rank)"
-                )
-            del payload
-
-    raw_model = model
     compiled: nn.Module = torch.compile(model) if use_compile else model
     fwd_model = compiled
     if env.distributed:
@@ -345,25 +221,19 @@ def _run(
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,
         )
-    eval_model = compiled  # eval runs compiled too (its own graph, fixed shape), never through DDP
     sdpa = choose_sdpa_backend(
-        cfg.sdpa_backend,
-        device,
-        amp_dtype or torch.float32,
-        model_config.n_head,
-        model_config.head_dim,
-        cfg.seq_len,
-        model_config.dropout,
-    )
+        cfg.sdpa_backend, device, amp_dtype or torch.float32, model_config.n_head, model_config.head_dim,
+        cfg.seq_len, model_config.dropout,
+    )  # fmt: skip
 
-    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
+    flops_per_token = model.flops_per_token(cfg.seq_len)
     peak = peak_tflops_for(device, cfg.peak_tflops)
     if env.is_main:
         write_run_info(
             cfg,
             {
                 "model_config": model_config.to_dict(),
-                "num_params": raw_model.num_params(non_embedding=False),
+                "num_params": model.num_params(non_embedding=False),
                 "device": device_name(device),
                 "world_size": env.world_size,
                 "precision": precision,
@@ -393,74 +263,44 @@ def _run(
     fresh = f"fresh run from the weights of {init.record['source']}" if init.record else "fresh run"
     obs.info(
         f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else fresh}"
-        f" | {raw_model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
+        f" | {model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
         f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | attention kernel {sdpa} | "
         f"grad accum {grad_accum} | "
         f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
     )
-
     result = TrainResult(
-        run_dir=cfg.out, start_step=start_step, final_step=start_step, bad_steps=bad_total, sdpa_backend=sdpa
+        run_dir=cfg.out,
+        start_step=start_step,
+        final_step=start_step,
+        bad_steps=state.bad_steps,
+        sdpa_backend=sdpa,
     )
-
-    def save(step: int) -> None:
-        if not env.is_main:
-            return
-        payload = {
-            "format": ckpt.FORMAT,
-            "model": raw_model.state_dict(),
-            "model_config": model_config.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "step": step,
-            "rng": ckpt.capture_rng(),
-            "train_config": cfg.to_dict(),
-            "dataset_fingerprint": dataset.dataset_fingerprint,
-            "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
-            "vocab_size": dataset.vocab_size,
-            "counters": {"bad_steps": result.bad_steps},
-            "world_size": env.world_size,
-            "init_from": init.record,
-        }
-        result.checkpoint = ckpt.save_checkpoint(cfg.out, step, payload, cfg.keep_last)
-
+    run = _Run(
+        state, fwd_model, compiled, val, tasks, autocast, grad_accum, obs, result, flops_per_token, peak
+    )
     try:
         with (
             sdpa_context(sdpa),
             _StopFlag(obs) as stop,
             make_profiler(cfg.profile, cfg.out, device, cfg.profile_wait, cfg.profile_active) as prof,
         ):
-            if val is not None and start_step == 0:
-                v = _evaluate(eval_model, val, autocast, env)
-                result.val_losses[0] = v
-                obs.eval(0, v)
-            if tasks is not None and start_step == 0:
-                _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, 0)
-            _loop(
-                cfg,
-                env,
-                grad_accum,
-                fwd_model,
-                raw_model,
-                eval_model,
-                optimizer,
-                scaler,
-                sampler,
-                val,
-                autocast,
-                stop,
-                prof,
-                obs,
-                result,
-                save,
-                flops_per_token,
-                peak,
-                start_step,
-                tasks,
-            )
+            first = start_step == 0
+            _evaluate_at(run, 0, val=first and val is not None, tasks=first and tasks is not None)
+            _loop(run, stop, prof)
     finally:
         obs.close()
     return result
+
+
+def _evaluate_at(run: _Run, step: int, val: bool, tasks: bool) -> None:
+    """Val loss and ``--eval-tasks`` (on the raw model) after ``step``, recorded and logged."""
+    env = run.state.env
+    if val:
+        v = evaluate_loss(run.eval_model, run.val, run.autocast, env)
+        run.result.val_losses[step] = v
+        run.obs.eval(step, v)
+    if tasks:
+        evaluate_tasks(run.tasks, run.state.model, run.autocast, env, run.obs, run.result, step)
 
 
 class _Readback:
@@ -487,28 +327,7 @@ class _Readback:
         return self.host.tolist()
 
 
-def _loop(
-    cfg,
-    env,
-    grad_accum,
-    fwd_model,
-    raw_model,
-    eval_model,
-    optimizer,
-    scaler,
-    sampler,
-    val,
-    autocast,
-    stop,
-    prof,
-    obs,
-    result,
-    save,
-    flops_per_token,
-    peak,
-    start_step,
-    tasks=None,
-) -> None:
+def _loop(run: _Run, stop: _StopFlag, prof) -> None:
     """The steps. Nothing on the way to ``optimizer.step()`` waits for the device:
 
     * the signal flag goes to the device by a fill kernel into a preallocated scalar, summed over
@@ -521,9 +340,11 @@ def _loop(
       weights those flags describe. Steps that evaluate, sample or checkpoint read their own flags
       first (and identically on every rank), so nothing unread is ever saved.
     """
-    device = env.device
-    batches = sampler.batches(start_step * grad_accum)
-    params = [p for p in raw_model.parameters() if p.requires_grad]
+    state, result, obs = run.state, run.result, run.obs
+    cfg, env, optimizer, scaler = state.cfg, state.env, state.optimizer, state.scaler
+    device, grad_accum, autocast = env.device, run.grad_accum, run.autocast
+    batches = state.sampler.batches(state.step * grad_accum)
+    params = [p for p in state.model.parameters() if p.requires_grad]
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     stop_flag = torch.zeros((), device=device)  # 1 once this rank was signalled
     found_inf = torch.zeros((), device=device)  # 1 = the fused AdamW refuses this step's update
@@ -534,7 +355,7 @@ def _loop(
     timings: list[float] = []  # seconds per step, as this process sees the steps complete
     t_prev = time.perf_counter()
     nan = float("nan")
-    step = start_step
+    step = state.step
     pending: tuple[int, float] | None = None  # (step, lr) whose scalars wait in `readback`
 
     def handle(done: int, lr: float) -> bool:
@@ -545,12 +366,12 @@ def _loop(
         dt, t_prev = now - t_prev, now
         timings.append(dt)
         tps = cfg.total_batch_tokens / dt
-        m = mfu(flops_per_token, tps / env.world_size, peak)
+        m = mfu(run.flops_per_token, tps / env.world_size, run.peak)
         ok = bad == 0
         if ok:
             consecutive_bad = 0
         else:
-            result.bad_steps += 1
+            state.bad_steps += 1
             consecutive_bad += 1
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         result.losses[done] = loss_f
@@ -566,7 +387,7 @@ def _loop(
                 "mfu": m,
                 "step_time_ms": 1000 * dt,
                 "gpu_peak_mem_gib": peak_mem,
-                "bad_steps": result.bad_steps,
+                "bad_steps": state.bad_steps,
                 "skipped": not ok,
             },
         )
@@ -596,17 +417,17 @@ def _loop(
         while step < cfg.max_steps:
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
-            if cfg.dropout > 0:
+            if cfg.dropout > 0:  # dropout masks as a function of (seed, rank, step): a resume repeats them
                 torch.manual_seed(_step_seed(cfg.seed, env.rank, step))
             inject_nan = cfg.debug_nan_at_step == step + 1
             loss_acc = torch.zeros((), device=device)
             for micro in range(grad_accum):
                 _, x, y = next(batches)
                 last = micro == grad_accum - 1
-                sync = fwd_model.no_sync() if env.distributed and not last else contextlib.nullcontext()
+                sync = run.fwd_model.no_sync() if env.distributed and not last else contextlib.nullcontext()
                 with sync:
                     with autocast():
-                        _, loss = fwd_model(x, y)
+                        _, loss = run.fwd_model(x, y)
                     loss = loss / grad_accum
                     if inject_nan:
                         loss = loss * nan
@@ -635,31 +456,27 @@ def _loop(
             # one fused pass: a weight the update made non-finite makes its tensor's norm non-finite
             weights_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(params)).sum())
             optimizer.zero_grad(set_to_none=not env.distributed)
-            step += 1
+            state.step += 1
+            step = state.step
             readback.put(torch.stack([loss_mean, norm.float(), bad.float(), shared[1], weights_bad.float()]))
             pending = (step, lr)
             finished = step == cfg.max_steps
             # rank-independent conditions: every rank reads its flags at the same steps
-            do_eval = val is not None and (step % cfg.eval_every == 0 or finished)
+            do_eval = run.val is not None and (step % cfg.eval_every == 0 or finished)
             do_sample = bool(cfg.sample_every) and step % cfg.sample_every == 0
             do_ckpt = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now
             tasks_every = cfg.eval_tasks_every or cfg.eval_every
-            do_tasks = tasks is not None and ((tasks_every and step % tasks_every == 0) or finished)
+            do_tasks = run.tasks is not None and ((tasks_every and step % tasks_every == 0) or finished)
             if do_eval or do_tasks or do_sample or do_ckpt:
                 stop_now = handle(*pending) or stop_now
                 pending = None
             if prof is not None:
                 prof.step()
-            if do_eval:
-                v = _evaluate(eval_model, val, autocast, env)
-                result.val_losses[step] = v
-                obs.eval(step, v)
-            if do_tasks:
-                _evaluate_tasks(tasks, raw_model, autocast, env, obs, result, step)
+            _evaluate_at(run, step, do_eval, do_tasks)
             if do_sample and env.is_main:
-                obs.sample(step, _sample(raw_model, cfg, device, autocast))
+                obs.sample(step, sample_text(state.model, cfg, device, autocast))
             if do_ckpt or stop_now:
-                save(step)
+                result.checkpoint = state.save()
             if do_eval or do_tasks or do_sample or do_ckpt or stop_now:
                 t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving
             if stop_now:
@@ -669,7 +486,8 @@ def _loop(
     finally:
         with contextlib.suppress(Exception):
             batches.close()
-    _summarize(cfg, env, result, timings, flops_per_token, peak, obs)
+    result.bad_steps = state.bad_steps
+    _summarize(cfg, env, result, timings, run.flops_per_token, run.peak, obs)
 
 
 def _summarize(
@@ -703,25 +521,3 @@ def _summarize(
         ("checkpoint", str(result.checkpoint) if result.checkpoint else "-"),
     ]
     obs.summary(rows)
-
-
-def _warn_config_drift(old: dict[str, Any], cfg: TrainConfig, warn: list[str]) -> None:
-    """Warn when a resume changes a setting that decides the data stream (the resume is then not exact)."""
-    keys = (
-        "seed",
-        "seq_len",
-        "total_batch_tokens",
-        "micro_batch",
-        "doc_aligned",
-        "lr",
-        "warmup_steps",
-        "max_steps",
-        "min_lr_ratio",
-    )
-    now = cfg.to_dict()
-    changed = [f"{k} {old.get(k)} -> {now[k]}" for k in keys if k in old and old[k] != now[k]]
-    if changed:
-        warn.append(
-            "resuming with changed settings (the continuation differs from the original run's): "
-            + ", ".join(changed)
-        )

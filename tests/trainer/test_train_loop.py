@@ -283,7 +283,7 @@ def test_eval_pads_the_last_batch_and_weighs_every_window_once(gen_shards: Path)
 
     from pipeline.sampler import ValWindows
     from trainer.dist import DistEnv
-    from trainer.train import _evaluate
+    from trainer.evals import evaluate_loss
 
     torch.manual_seed(0)
     from model.gpt import GPT, GPTConfig
@@ -298,7 +298,7 @@ def test_eval_pads_the_last_batch_and_weighs_every_window_once(gen_shards: Path)
         return real_forward(x, y)
 
     model.forward = spy
-    got = _evaluate(model, val, contextlib.nullcontext, DistEnv())
+    got = evaluate_loss(model, val, contextlib.nullcontext, DistEnv())
     assert seen == [(2, 32)] * 3  # fixed shape: the 5th window's batch was padded
     model.forward = real_forward
     losses = []
