@@ -128,13 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         per = {k: r[k] / ntok * 1e9 for k in ("main", "reader", "workers")}
         r["main_saturates_at"] = r["workers"] / r["main"]
         r["reader_saturates_at"] = r["workers"] / r["reader"] if r["reader"] else None
-        t.add_row(side, f"{per['main']:.1f}", f"{per['reader']:.1f}", f"{per['workers']:.0f}", f"{r['wall']:.1f}",
-                  f"{r['main_saturates_at']:.0f} workers",
-                  f"{r['reader_saturates_at']:.0f} workers" if r["reader_saturates_at"] else "-")  # fmt: skip
+        t.add_row(
+            side,
+            f"{per['main']:.1f}",
+            f"{per['reader']:.1f}",
+            f"{per['workers']:.0f}",
+            f"{r['wall']:.1f}",
+            f"{r['main_saturates_at']:.0f} workers",
+            f"{r['reader_saturates_at']:.0f} workers" if r["reader_saturates_at"] else "-",
+        )
     console.print(t)
     ratio = rows["after"]["main"] / rows["before"]["main"]
-    console.print(f"main-process CPU after / before = {ratio:.2f} ({rows['after']['main'] / ntok * 1e9:.1f} vs "
-                  f"{rows['before']['main'] / ntok * 1e9:.1f} CPU-s per 1B tokens); output bytes identical")  # fmt: skip
+    console.print(
+        f"main-process CPU after / before = {ratio:.2f} ({rows['after']['main'] / ntok * 1e9:.1f} vs "
+        f"{rows['before']['main'] / ntok * 1e9:.1f} CPU-s per 1B tokens); output bytes identical"
+    )
     if args.json:
         args.json.write_text(json.dumps({"source": args.source, "workers": args.workers, "tokens": ntok,
                                          "sides": rows, "ratio": ratio}, indent=2) + "\n")  # fmt: skip

@@ -68,9 +68,20 @@ def write_rows(out: Path, items: int, corpus: Path) -> dict[str, Path]:
     for i, d in enumerate(docs):
         w = d.split()
         endings = [" ".join(w[40 + 12 * k : 52 + 12 * k]) for k in range(4)]
-        hella.append({"ind": i, "activity_label": "Web text", "ctx_a": " ".join(w[:37]), "ctx_b": " ".join(w[37:40]),
-                      "ctx": "", "endings": endings, "source_id": "bench", "split": "val", "split_type": "indomain",
-                      "label": "0"})  # fmt: skip
+        hella.append(
+            {
+                "ind": i,
+                "activity_label": "Web text",
+                "ctx_a": " ".join(w[:37]),
+                "ctx_b": " ".join(w[37:40]),
+                "ctx": "",
+                "endings": endings,
+                "source_id": "bench",
+                "split": "val",
+                "split_type": "indomain",
+                "label": "0",
+            }
+        )
         lam.append({"text": " ".join(w[100:180])})
     wiki = [{"page": " " + " ".join(d.split()[:700]) + " \n"} for d in docs[: max(1, items // 8)]]
     files = {}

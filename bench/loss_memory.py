@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = res["full"]["peak_gib"] / res["chunked"]["peak_gib"]
     logits_gib = n * args.vocab * 4 / 2**30
     print(
-        f"LM loss forward+backward, B={args.batch} T={args.seq_len} V={args.vocab} C={args.n_embd}, fp32, CPU "
-        f"(one fp32 logits tensor = {logits_gib:.2f} GiB; chunk = {args.chunk_rows} tokens)"
+        f"LM loss forward+backward, B={args.batch} T={args.seq_len} V={args.vocab} C={args.n_embd}, "
+        f"fp32, CPU (one fp32 logits tensor = {logits_gib:.2f} GiB; chunk = {args.chunk_rows} tokens)"
     )
     print(f"{'path':<24}{'peak (GiB)':>12}{'seconds':>10}")
     print(f"{'full logits (baseline)':<24}{res['full']['peak_gib']:>12.2f}{res['full']['seconds']:>10.2f}")
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['full']['seconds'] / res['chunked']['seconds']:.2f}x"
     )
     print(
-        f"same results: loss diff {diffs['loss_abs_diff']:.2e}, max grad diff h {diffs['grad_h_max_abs_diff']:.2e}, "
-        f"W {diffs['grad_w_max_abs_diff']:.2e}"
+        f"same results: loss diff {diffs['loss_abs_diff']:.2e}, "
+        f"max grad diff h {diffs['grad_h_max_abs_diff']:.2e}, W {diffs['grad_w_max_abs_diff']:.2e}"
     )
     if args.json:
         args.json.write_text(

@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         a, b = results[0], results[-1]
         k = b["new"]["shards"] / a["new"]["shards"]
         for what in ("build_s", "verify_s"):
-            console.print(f"{what[:-2]}: {k:.1f}x the shards took new {b['new'][what] / a['new'][what]:.2f}x, "
-                          f"old {b['old'][what] / a['old'][what]:.2f}x the time")  # fmt: skip
+            console.print(
+                f"{what[:-2]}: {k:.1f}x the shards took new {b['new'][what] / a['new'][what]:.2f}x, "
+                f"old {b['old'][what] / a['old'][what]:.2f}x the time"
+            )
     if args.json:
         args.json.write_text(
             json.dumps({"source": args.source, "tokens": total, "results": results}, indent=2)

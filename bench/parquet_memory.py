@@ -8,10 +8,11 @@ The same generated rows (random ASCII text, incompressible, ``--mb`` MB in all) 
 
 For each layout a fresh child process iterates :meth:`pipeline.tools.sources.Source.chunks` over it,
 set up as the build's reader process is (:func:`pipeline.tools.readahead.prepare_reader`; before
-:mod:`pipeline.tools.readahead` this reading ran in the build's main process; tokenizing happens in the
-workers and is left out), and reports its peak anonymous memory (``RssAnon`` sampled at every chunk) and peak RSS
-(``VmHWM``), minus the same figures right after the imports. The headline is the largest peak
-over the smallest (each the median of 3 processes), as a ratio (target: within 1.5x, i.e. independent of file and row-group size).
+:mod:`pipeline.tools.readahead` this reading ran in the build's main process; tokenizing happens in
+the workers and is left out), and reports its peak anonymous memory (``RssAnon`` sampled at every
+chunk) and peak RSS (``VmHWM``), minus the same figures right after the imports. The headline is the
+largest peak over the smallest (each the median of 3 processes), as a ratio (target: within 1.5x,
+i.e. independent of file and row-group size).
 ``before`` runs the same reader with pyarrow's defaults (``pre_buffer=True``, whole column chunks read
 at once, the default memory pool), as it was before this change; ``after`` the reader as it is.
 
@@ -47,7 +48,8 @@ from pipeline.tools.sources import open_source
 import pyarrow, pyarrow.parquet as pq  # imported before the baseline is taken
 
 src = open_source(sys.argv[1])
-if sys.argv[2] == "before":  # the reader as it was: pyarrow's defaults (pre_buffer=True, unbuffered column reads)
+# "before": the reader as it was: pyarrow's defaults (pre_buffer=True, unbuffered column reads)
+if sys.argv[2] == "before":
     _ParquetFile = pq.ParquetFile
     pq.ParquetFile = lambda path, **kw: _ParquetFile(path)
 else:
@@ -101,8 +103,14 @@ def peak_memory(source: Path, side: str, repeats: int = 3) -> dict:
 
 
 def _peak_memory_once(source: Path, side: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(source), side], capture_output=True, text=True, check=True,
-                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(source), side],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -155,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{side}: largest / smallest peak anonymous memory = {ratios[side]:.2f}x (target <= 1.5x)"
         )
     one = "1 file, 1 row group"
-    Console().print(f"one big row group, after / before = "
-                    f"{res['after'][one]['anon_peak_kib'] / res['before'][one]['anon_peak_kib']:.2f}")  # fmt: skip
+    Console().print(
+        f"one big row group, after / before = "
+        f"{res['after'][one]['anon_peak_kib'] / res['before'][one]['anon_peak_kib']:.2f}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"mb": args.mb, "layouts": res, "ratios": ratios}, indent=2) + "\n")
     return 0 if ratios["after"] <= 1.5 else 1

@@ -21,9 +21,10 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 Tokens are counted as B*T model tokens per batch for every row, so the figures compare directly.
 The headline is ``sampler / loop`` (target >= 8x).
 
-Data: shards built with ``pipeline.tools.build.build_shards`` from ``../shared/corpora/imdb-reviews.jsonl.zst``
-when both exist (``--source``), else ``--tokens`` random uint16 tokens in ``--shards`` shards written
-with :class:`pipeline.format.ShardWriter`; everything lives in a temp dir that is removed afterwards.
+Data: shards built with ``pipeline.tools.build.build_shards`` from
+``../shared/corpora/imdb-reviews.jsonl.zst`` when both exist (``--source``), else ``--tokens`` random
+uint16 tokens in ``--shards`` shards written with :class:`pipeline.format.ShardWriter`; everything
+lives in a temp dir that is removed afterwards.
 
 Busy-consumer mode (``--busy-consumer``, CPU): the consumer's view of ``TokenSampler.batches()`` when
 the consumer is a training loop rather than an idle loop. Each step the consumer times ``_, x, y =

@@ -1,22 +1,12 @@
 """The owtgpt shard format: constants, header, writer, reader and manifest, in one place.
 
-Every other module (build, stats, verify, sampler, trainer) goes through this one; nothing else
-knows byte offsets. The layout is specified in ``pipeline/FORMAT.md``; in short, one shard file is
+Every other module goes through this one; nothing else knows byte offsets. One shard file is
 
     [ header: HEADER_SIZE bytes ][ payload: num_tokens x uint16 ][ pad to 8 ][ index: (num_docs+1) x uint64 ]
 
-* The payload starts at a page-aligned offset, so ``np.memmap`` maps it with no copy.
-* The document index holds ``num_docs + 1`` offsets: document ``i`` is
-  ``tokens[index[i]:index[i+1]]`` with ``index[0] == 0`` and ``index[-1] == num_tokens``, so any
-  document is found without a scan.
-* The header carries sha256 checksums of the payload and the index, and a CRC of itself.
-  :func:`open_shard` checks the magic, version, dtype, header CRC and the exact file size (cheap);
-  :meth:`Shard.verify_checksums` hashes the payload (costly; ``verify`` folds the same hashes into
-  its single content pass instead of reading the shard twice).
-
-Trade-offs: sha256 rather than a faster CRC because the checksums also name the data in the
-manifest and dataset fingerprint (collisions must not happen); one file per shard with the index
-inline, so a shard can never be separated from its index.
+:func:`open_shard` checks magic, version, dtype, header CRC and the exact file size (cheap);
+:meth:`Shard.verify_checksums` hashes the payload (costly). The index is inline, so a shard can never be
+separated from it. Byte-level specification: pipeline/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -49,7 +39,8 @@ MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".bin"
 
 # magic, version, dtype code, vocab, header size, num_tokens, num_docs, index offset,
-# payload sha256, index sha256, tokenizer fingerprint (NUL padded ascii)
+# payload sha256, index sha256, tokenizer fingerprint (NUL padded ascii). sha256, not a faster CRC: the
+# checksums also name the data in the manifest and the dataset fingerprint, so they must not collide
 _HEADER_STRUCT = struct.Struct(f"<8sIIII QQQ 32s32s{FINGERPRINT_BYTES}s")
 _CRC_STRUCT = struct.Struct("<I")
 
@@ -511,7 +502,8 @@ class ShardDataset:
         path = self.directory / entry.file
         if not path.is_file():
             raise ShardFormatError(
-                f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. Rerun the build to recreate it."
+                f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. "
+                "Rerun the build to recreate it."
             )
         return path
 

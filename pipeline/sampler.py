@@ -1,64 +1,13 @@
 """Random-offset training windows and fixed validation windows, straight from the shard memmaps.
 
-Contract
---------
-:class:`TokenSampler` ``.get_batch(step)`` returns ``x, y``: ``(batch_size, seq_len)`` int64 tensors
-on ``device`` with ``y`` = ``x`` shifted by one token. Every row is a window of ``seq_len + 1``
-consecutive tokens of one train shard, at a uniformly random valid start over all shards (a shard
-is chosen in proportion to its valid starts; a window never crosses a shard end). With
-``doc_aligned=True`` every window starts at a ``<|startoftext|>`` taken uniformly from the
-persisted document index.
-
-**State is the step number.** The randomness for a step comes from a fresh
-``np.random.default_rng([stream, seed, step])`` (a SeedSequence over those integers), so the batch is
-a pure function of ``(seed, step, rank, world_size)``: a resumed run needs only the step, in any
-process, with no replay and no index files. A step has one stream of ``world_size * B`` draws (the
-*global batch*), and rank ``r`` takes draws ``r, r + world_size, r + 2 * world_size, ...``.
-Consequences: ranks never share a draw; a rank's batch depends on ``world_size`` (rank 0 of 2 and
-rank 0 of 1 see different rows); and the global batch depends only on ``(seed, step,
-world_size * B)``, so a run resumed on a different number of GPUs with the same global batch sees
-exactly the data it would have seen (elastic resume). Drawing the whole global batch costs each
-rank ``world_size * B`` integers per step: well under a millisecond even for a thousand ranks.
-Within a rank's batch, rows are ordered by their position in the corpus (sorting groups rows by
-shard for the gather and makes page access sequential; row order inside a batch does not matter
-to the loss). Streams are reproducible for a given numpy version (numpy may change Generator
-streams between releases).
-
-**Speed.** Per batch: one ``rng.integers`` draw, one sort, one advanced-index gather per shard the
-batch touches (see :mod:`pipeline.sampler_index`), then the uint16 -> int64 widening:
-
-* CPU: numpy widens straight into two fresh int64 arrays (``x``, ``y``) that torch wraps without a
-  copy;
-* CUDA: the uint16 rows are gathered into a preallocated *pinned* buffer, copied host-to-device with
-  ``non_blocking=True`` on a side stream (2 bytes per token over PCIe instead of 8), and widened on
-  the device. A ring of ``prefetch + 2`` pinned buffers, each with a CUDA event recorded after its
-  copy, is reused; a buffer is rewritten only after its event completed, so a pending copy never
-  reads a half-overwritten buffer. The consumer's stream waits on the batch's event and the tensors
-  are ``record_stream``-ed, so the caching allocator never recycles them early.
-
-``batches(start)`` runs the producer in a daemon thread that keeps up to ``prefetch`` batches ready;
-numpy and the copies release the GIL, so the next batch is prepared while the training step runs.
-The producer is woken only after ``next()`` has handed its batch over, and it frees the consumer's
-spent batches itself, so with a full queue ``next()`` never waits for the producer's GIL time
-(:class:`_Prefetcher` explains why both matter). Exceptions in the thread are re-raised in the
-consumer; ``close()`` (or leaving the ``with`` block, or closing the generator) stops the thread.
-
-**Every batch is checked** on the host before it goes anywhere: one ``max`` over the uint16 buffer;
-an id >= the shards' ``vocab_size`` (a corrupt payload whose headers passed) raises
-:class:`OutOfVocabError` naming the shard, the token offset and the id.
-
-**Cold cache and memory.** With ``madvise=True`` (the default) the train memmaps get
-``MADV_RANDOM`` (a page fault reads the page it needs, not the kernel's read-around, which on a
-cold disk multiplies the bytes read per 2 KiB window), and the prefetch thread asks for the next
-batch's windows with ``MADV_WILLNEED`` so their reads run in parallel while the current batch is
-consumed (``bench/sampler_cold.py`` measures both). The hints are issued only while gathers are
-seen waiting for the disk (:class:`_ColdPages`), so a warm cache pays nothing for them. The
-sampler's RSS grows with the file-backed pages it has touched: that is the kernel's page cache,
-shared and reclaimed under memory pressure, not memory the sampler holds.
-
-:class:`ValWindows` is a fixed set of ``num_windows`` windows evenly spaced over the valid starts of
-the val split: the same set in every run and for every world size; rank ``r`` takes windows
-``r, r + world_size, ...``. Windows are disjoint when the split has room (stride >= seq_len + 1).
+:class:`TokenSampler` ``.get_batch(step)`` returns ``x, y``: ``(batch_size, seq_len)`` int64 tensors on
+``device``, ``y`` = ``x`` shifted by one. Each row is ``seq_len + 1`` consecutive tokens of one train
+shard at a uniformly random start (``doc_aligned``: at a ``<|startoftext|>``); no window crosses a shard.
+A batch is a pure function of ``(seed, step, rank, world_size)``, so resuming needs only the step; the
+global batch depends only on ``(seed, step, world_size * B)`` (elastic resume). Every batch's ids are
+checked against ``vocab_size`` before they leave the host (:class:`OutOfVocabError`). ``batches(start)``
+prepares batches ahead in a thread. :class:`ValWindows`: a fixed set of val windows, the same for every
+run and world size. Design, speed and memory: README.md, "Design" (Sampler).
 """
 
 from __future__ import annotations
@@ -344,6 +293,8 @@ class TokenSampler:
         self._closed = False
         self._cuda = self.device.type == "cuda"
         shape = (self.batch_size, self.seq_len + 1)
+        # CUDA: pinned uint16 staging buffers (2 bytes per token over PCIe, widened on the device), one per
+        # batch in flight; a slot is rewritten only after its copy's event completed
         nslots = self.prefetch + 2 if self._cuda else 1
         self._ring: list[_Slot] = []
         for _ in range(nslots):
@@ -367,8 +318,13 @@ class TokenSampler:
 
     def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         world = self.world_size
+        # a fresh SeedSequence per step: no state but the step (streams fixed per numpy version)
         rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
+        # one stream of world * B draws (the global batch); rank r takes draws r, r + world, ...:
+        # ranks never share a draw, and the global batch survives a change of world size at equal world * B
         draws = rng.integers(0, self.index.total, size=world * self.batch_size, dtype=np.int64)
+        # sorted by corpus position: gather() wants rows grouped by shard, and cold pages read in order;
+        # row order inside a batch does not change the loss
         draws = np.sort(draws[self.rank :: world])
         return self.index.locate(draws)
 
@@ -493,7 +449,9 @@ class TokenSampler:
 
 
 class ValWindows:
-    """A fixed, deterministic set of ``num_windows`` windows over the val split (module docstring).
+    """A fixed set of ``num_windows`` windows evenly spaced over the val split's starts (disjoint when the
+    split has room), the same in every run and for every world size; rank ``r`` takes windows
+    ``r, r + world_size, ...``.
 
     Iterating yields ``(x, y)`` int64 batches of at most ``batch_size`` rows of this rank's windows.
     The number of batches can differ by one between ranks when ``num_windows`` is not a multiple of
@@ -528,8 +486,9 @@ class ValWindows:
         if self.num_windows > total:
             raise SamplerError(
                 f"{self.dataset.directory}: num_windows={self.num_windows} but the '{split}' split has only "
-                f"{total:,} distinct window starts for seq_len={self.seq_len} ({int(self.index.lengths.sum()):,} "
-                "tokens); ask for fewer eval windows or build a larger val split (--val-fraction)."
+                f"{total:,} distinct window starts for seq_len={self.seq_len} "
+                f"({int(self.index.lengths.sum()):,} tokens); "
+                "ask for fewer eval windows or build a larger val split (--val-fraction)."
             )
         # Evenly spaced over the global start numbering: fixed by the data and num_windows alone.
         # Python ints: num_windows * total can exceed int64 for huge splits.

@@ -1,28 +1,12 @@
 """Where windows may start, and how to copy them out of the shard memmaps: the sampler's data layer.
 
-Contract
---------
-A *window* is ``T + 1`` consecutive tokens of one shard (``x = w[:-1]``, ``y = w[1:]``). It never
-crosses a shard end. :class:`WindowIndex` numbers every allowed start of one split with a single
-global integer ``g`` in ``[0, total)``:
-
-* random mode: shard ``i`` contributes ``len_i - (T+1) + 1`` starts (none when it is shorter than
-  ``T + 1``), so a uniform ``g`` picks a shard in proportion to its valid starts and then a
-  uniform offset inside it;
-* doc-aligned mode: shard ``i`` contributes its documents whose first token (the ``<|startoftext|>``
-  written by the build) leaves room for a full window. Document offsets are sorted, so the eligible
-  documents are a *prefix* of the persisted ``doc_offsets``: one binary search per shard at init
-  gives their count, and the start of document ``k`` is read from the memmap when it is drawn.
-
-Only per-shard counts are kept in RAM (a few bytes per shard), never a per-token or per-document
-array, and nothing reads a shard in full: the corpus may be larger than memory.
-
-:meth:`WindowIndex.gather` copies windows with one numpy advanced-indexing call per shard that the
-batch touches, on a ``sliding_window_view`` of the shard memmap (a zero-copy ``(n - T, T + 1)``
-strided view). numpy copies each selected row as one contiguous block, which measured ~6x faster
-than building a ``(B, T + 1)`` int64 index array for a fancy index (see ``bench/sampler.py``).
-Rows must arrive sorted by shard (callers sort the global starts, which also makes page access on
-cold data sequential within a shard).
+A *window* is ``T + 1`` consecutive tokens of one shard, never crossing its end. :class:`WindowIndex`
+numbers every allowed start of a split with one global integer in ``[0, total)``: in random mode shard
+``i`` contributes ``len_i - T`` starts (so a uniform draw picks shards in proportion to their starts);
+in doc-aligned mode, its documents whose ``<|startoftext|>`` leaves room for a window (a prefix of the
+sorted ``doc_offsets``, found by one binary search). Only per-shard counts live in RAM, never a
+per-token or per-document array. :meth:`WindowIndex.gather` copies a batch with one numpy call per
+shard touched. README.md, "Design" (Sampler).
 """
 
 from __future__ import annotations
@@ -83,7 +67,8 @@ def checked_split(
     if not shards or sum(len(s) for s in shards) == 0:
         hint = " (build with --val-fraction > 0)" if split == "val" else ""
         raise SamplerError(
-            f"{where}: the '{split}' split is empty ({len(shards)} shards, 0 tokens); nothing to sample{hint}."
+            f"{where}: the '{split}' split is empty ({len(shards)} shards, 0 tokens); "
+            f"nothing to sample{hint}."
         )
     return shards
 
@@ -143,6 +128,8 @@ class WindowIndex:
                 "(--shard-tokens), or more data" + (" or --val-fraction" if split == "val" else "") + "."
             )
         # Zero-copy (len - window + 1, window) views; None for shards too short for a window.
+        # zero-copy (n - T, T + 1) strided views: numpy copies each selected row as one block, ~6x faster
+        # than a (B, T + 1) int64 fancy index (bench/sampler.py)
         self._views = [sliding_window_view(s.tokens, window) if len(s) >= window else None for s in shards]
         maps = [s.payload_map() for s in shards]
         self._maps = [m for m, _ in maps]

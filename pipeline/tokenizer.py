@@ -1,18 +1,11 @@
 """The owtgpt tokenizer: tiktoken's GPT-2 BPE plus three special tokens.
 
-Contract
---------
-* Ids 0..50255 are GPT-2's BPE ranks and 50256 is ``<|endoftext|>``, exactly as
-  ``tiktoken.get_encoding("gpt2")``. We add ``<|startoftext|>`` = 50257, ``<|padding|>`` = 50258
-  and ``<|unknown|>`` = 50259, so the vocabulary has :data:`VOCAB_SIZE` = 50260 ids.
-* A document is stored as ``[SOT] + encode_ordinary(text) + [EOT]``. Text is always encoded as
-  *ordinary* text: a literal ``"<|endoftext|>"`` inside a web page becomes the ids of those
-  characters, never the special id, so no document can forge a boundary.
-* The BPE is loaded through the standard ``tiktoken.get_encoding("gpt2")`` path (so
-  ``TIKTOKEN_CACHE_DIR`` and tiktoken's own download/caching apply). When that fails, e.g.
-  offline with no cache, :class:`TokenizerUnavailableError` says how to fix it.
-* :func:`tokenizer_fingerprint` hashes the ranks and the special-token ids. Shards, manifests and
-  checkpoints carry it, so data tokenized with a different BPE is refused rather than misread.
+Ids 0..50256 are ``tiktoken.get_encoding("gpt2")``'s (50256 = ``<|endoftext|>``); we add
+``<|startoftext|>`` = 50257, ``<|padding|>`` = 50258 and ``<|unknown|>`` = 50259 (:data:`VOCAB_SIZE` =
+50260). A document is ``[SOT] + encode_ordinary(text) + [EOT]``: text is always *ordinary*, so a literal
+``"<|endoftext|>"`` in a page can never forge a boundary. Loading goes through tiktoken's own path
+(``TIKTOKEN_CACHE_DIR`` applies); a failure raises :class:`TokenizerUnavailableError` with the fix.
+:func:`tokenizer_fingerprint` travels with shards, manifests and checkpoints. README.md, "Design".
 """
 
 from __future__ import annotations

@@ -257,7 +257,8 @@ def _build_locked(
         if m.settings != settings:
             raise BuildError(
                 f"{out}: already holds shards built with different settings "
-                f"({settings_diff(m.settings, settings)}). Pass --overwrite to replace them, or choose another --out."
+                f"({settings_diff(m.settings, settings)}). "
+                "Pass --overwrite to replace them, or choose another --out."
             )
         bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
         if not bad:

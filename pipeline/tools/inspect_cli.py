@@ -1,25 +1,10 @@
 """``python -m pipeline stats | verify | show``: look into built shards.
 
-* ``stats DIR``: streaming statistics (see :mod:`pipeline.tools.stats` for the ``--json`` keys).
-* ``verify DIR``: full validation; prints every problem with its file, exits 1 on any error
-  (see :mod:`pipeline.tools.verify` for what is checked).
-* All three refuse a folder a build still holds (:func:`pipeline.fsutil.folder_locked_by`) with
-  "build in progress" (exit 1): an unfinished folder is never reported as corrupt.
-* ``show DIR (--doc I | --offset N --length L)``: decode a document or a token window.
-  ``--doc I`` counts documents across all shards of ``--split`` in manifest order (the build keeps
-  source order within a split, so document I is the I-th non-empty source document of that split);
-  ``--offset N`` counts tokens the same way, and a window may span shards.
-
-Output conventions: tables and progress go through rich; progress bars go to stderr so ``--json``
-and the text of ``show`` stay clean on stdout. ``show`` writes the document's bytes exactly
-(markers stripped unless ``--keep-markers``), so ``show --doc 7 > doc.txt`` recovers the source.
-
-``show --json`` keys: ``split``, ``doc`` (global index, or null for a window), ``offset`` (global
-token offset of the first id), ``num_tokens``, ``spans`` (``[{file, start, end}]``: the shard token
-ranges read), ``ids``, ``text`` (the decoded ids, markers as in the text view, invalid UTF-8
-replaced by U+FFFD) and, with ``--tokens``, ``pieces`` (each id's bytes decoded the same way).
-``verify --json`` prints ``{"ok": bool, "errors": n, "warnings": n, "problems": [{file, severity,
-message}]}``.
+All three refuse a folder a build still holds ("build in progress", exit 1): an unfinished folder is
+never reported as corrupt. Progress bars go to stderr so ``--json`` and ``show``'s text stay clean on
+stdout; ``show`` writes a document's bytes exactly, so ``show --doc 7 > doc.txt`` recovers the source.
+``--doc I`` / ``--offset N`` count across all shards of ``--split`` in manifest order. Each command's
+``--help`` lists its flags and ``--json`` keys; rendering lives in :mod:`pipeline.tools.views`.
 """
 
 from __future__ import annotations
@@ -257,12 +242,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         obj = {
             "split": args.split,
-            "doc": args.doc,
-            "offset": offset,
+            "doc": args.doc,  # global index in the split; null for a token window
+            "offset": offset,  # global token offset of the first id
             "num_tokens": len(ids),
-            "spans": [vars(s) for s in spans],
+            "spans": [vars(s) for s in spans],  # [{file, start, end}]: the shard token ranges read
             "ids": [int(i) for i in ids],
-            "text": text_bytes.decode("utf-8", errors="replace"),
+            "text": text_bytes.decode("utf-8", errors="replace"),  # markers as in the text view
         }
         if args.tokens:
             obj["pieces"] = [p.decode("utf-8", errors="replace") for p in piece]
@@ -319,12 +304,18 @@ def _add_chunk_flags(p: argparse.ArgumentParser, default: int, what: str) -> Non
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def _add_command(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand over one shard folder: its parser (raw-formatted help) with the ``dir`` positional."""
+    p = subparsers.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    p.add_argument("dir", type=Path, help=DIR_HELP)
+    return p
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stats``, ``verify`` and ``show`` to ``python -m pipeline``."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
+    p = _add_command(
+        subparsers,
         "stats",
-        formatter_class=fmt,
         help="statistics of a shard folder: docs, tokens, lengths, specials, vocab coverage, top tokens",
         description=_paras(
             "Stream over the shards (bounded memory) and report, per split: shard count, documents, "
@@ -338,7 +329,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: python -m pipeline stats shards --split train --top 30",
     )
-    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument(
         "--split",
         choices=SPLIT_CHOICES,
@@ -356,9 +346,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_chunk_flags(p, STATS_CHUNK, "tokens counted per chunk; memory is about 10 bytes x N")
     p.set_defaults(func=cmd_stats)
 
-    p = subparsers.add_parser(
+    p = _add_command(
+        subparsers,
         "verify",
-        formatter_class=fmt,
         help="full validation of a shard folder; exit 1 on any error, naming each file",
         description=_paras(
             "Check everything and report every problem (not only the first), each naming its file: "
@@ -373,7 +363,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: python -m pipeline verify shards && echo ok",
     )
-    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument(
         "--json",
         action="store_true",
@@ -382,9 +371,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_chunk_flags(p, VERIFY_CHUNK, "tokens hashed and checked per chunk")
     p.set_defaults(func=cmd_verify)
 
-    p = subparsers.add_parser(
+    p = _add_command(
+        subparsers,
         "show",
-        formatter_class=fmt,
         help="decode one document, or a token window, back to text (--tokens: ids side by side)",
         description=_paras(
             "Decode document I (--doc I) or the L tokens from token offset N (--offset N --length L) "
@@ -404,7 +393,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  python -m pipeline show shards --split val --offset 1000 --length 50 --tokens"
         ),
     )
-    p.add_argument("dir", type=Path, help=DIR_HELP)
     p.add_argument("--split", choices=SPLITS, default="train", help="split to read (default: train)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--doc", type=_nonneg, metavar="I", help="document index within the split (from 0)")

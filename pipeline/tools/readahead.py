@@ -1,32 +1,13 @@
 """Read a local source in a child process, so the build's main process does no decompression or framing.
 
-Contract
---------
-:class:`ReadAhead` forks one *reader* process when it is made (before the worker pool and the
-progress thread exist) that iterates ``src.chunks(chunk_bytes)``. Iterating the
-:class:`ReadAhead` yields, in source order, one item per chunk: a :class:`SlotRef` (the chunk,
-pickled by the reader into a slot of a shared-memory ring that the workers, forked later, can read:
-:func:`resolve` turns it back into the :class:`RawChunk` in the worker) or, for a chunk too big for
-a slot, the :class:`RawChunk` itself through the pipe. The worker writes its uint16 tokens back
-into the same slot (:func:`stash_tokens`; the main process reads them with :func:`fetch_tokens`),
-so neither the text nor the tokens go through a pipe. The caller must call :meth:`ReadAhead.release`
-once per item, in order, when the item's chunk has been fully used (the build: after consuming its
-worker's result); the reader reuses a slot only after that, and blocks while all ``slots`` are in
-use, so at most ``slots`` chunks exist at once (bounded memory). Because the order is kept, the
-build's output is byte-identical to reading in-process.
-
-An exception in the reader (a corrupt or truncated file: :class:`~pipeline.tools.sources.SourceError`)
-is re-raised in the main process with its message; a reader that dies without a word is a
-:class:`SourceError` naming the source. ``close()`` (or leaving the ``with`` block) kills the
-reader; a reader whose parent died exits (it checks every half second), and it ignores SIGINT
-(Ctrl-C is the main process's to handle).
-
-Why: decompressing and cutting a jsonl stream cost the main process ~23 of its ~33 CPU-s per
-billion tokens, and pickling the raw text to the workers most of the rest, which capped a build at
-~9 workers (``bench/build_cpu.py``). Now the main process handles a few dozen bytes per chunk on
-the way in. Hub and Skylion sources are read in-process: ``datasets`` manages its own threads and
-cache (forking it is not safe), and Skylion chunks are whole compressed files that the workers
-decompress anyway.
+:class:`ReadAhead` forks one *reader* (before the worker pool exists) that iterates
+``src.chunks(chunk_bytes)`` and yields, in source order, a :class:`SlotRef` per chunk: the chunk pickled
+into a slot of a shared-memory ring, which workers :func:`resolve` and fill with their tokens
+(:func:`stash_tokens` / :func:`fetch_tokens`), so neither text nor tokens cross a pipe (a chunk too big
+for a slot travels as itself). Call :meth:`ReadAhead.release` once per item, in order; at most ``slots``
+chunks exist at once. A reader's exception is re-raised in the main process as its
+:class:`~pipeline.tools.sources.SourceError`. Hub and Skylion sources are read in-process (``datasets``
+is not fork-safe; Skylion chunks are whole files the workers decompress). Why: ``bench/build_cpu.py``.
 """
 
 from __future__ import annotations
@@ -134,7 +115,8 @@ class ReadAhead:
             self._free = ctx.Semaphore(slots)
             recv, send = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(
-                target=_reader, args=(src, chunk_bytes, send, recv, os.getpid(), self._ring_id, slots, self._free),
+                target=_reader,
+                args=(src, chunk_bytes, send, recv, os.getpid(), self._ring_id, slots, self._free),
                 name="owtgpt-source-reader", daemon=True,
             )  # fmt: skip
             self._proc.start()

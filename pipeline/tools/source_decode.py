@@ -1,15 +1,10 @@
 """Decoding raw source chunks into document strings (runs in the build's worker processes).
 
-Contract
---------
-* A :class:`RawChunk` is a run of consecutive source records, cut by the reading process
-  (:mod:`pipeline.tools.sources`); :func:`decode_chunk` turns it into one string per record.
-* Invalid UTF-8 is replaced with U+FFFD and flagged per record. A UTF-8 byte-order mark at the
-  start of a jsonl file is stripped, as Python's ``utf-8-sig`` and pandas do.
-* A record whose text is not a string (a number, an array, an object, a boolean, or ``null``) is
-  a *bad record*: it is never coerced with ``str()``. It decodes to ``""`` and is listed in
-  :attr:`DecodedChunk.bad` with a description naming its line (jsonl) or row (parquet, hub) and
-  its type; the build refuses it unless ``--skip-bad-records``, and counts it either way.
+:func:`decode_chunk` turns a :class:`RawChunk` (consecutive records cut by :mod:`pipeline.tools.sources`)
+into one string per record. Invalid UTF-8 becomes U+FFFD and is flagged; a leading UTF-8 BOM in a jsonl
+file is stripped. A record whose text is not a string is a *bad record*: never ``str()``-ed, it decodes
+to ``""`` and is listed in :attr:`DecodedChunk.bad` with its line or row and type (README.md, "When
+things go wrong").
 """
 
 from __future__ import annotations

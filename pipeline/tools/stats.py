@@ -1,12 +1,8 @@
 """Streaming statistics of a finished shard folder (``python -m pipeline stats``).
 
-Contract
---------
-:func:`compute_stats` reads every shard of the requested splits through :mod:`pipeline.format`
-memmaps, one shard at a time, in chunks of ``chunk_tokens`` tokens (bounded memory: one widened
-chunk plus one ``vocab``-sized count array, plus 8 bytes per document for the length figures; each
-chunk's pages are dropped from the process once counted, so file-backed RSS stays flat too), and
-returns a :class:`DatasetStats`. :meth:`DatasetStats.to_dict` is the ``--json`` output; its keys
+:func:`compute_stats` reads the shards one at a time in chunks of ``chunk_tokens`` (bounded memory,
+whatever the corpus size) and returns a :class:`DatasetStats`. It trusts the headers; ``verify`` is the
+command that hashes and validates content. :meth:`DatasetStats.to_dict` is the ``--json`` output; its keys
 are stable:
 
 ``directory``, ``source``, ``format_version``, ``vocab_size``, ``tokenizer_fingerprint`` (from the
@@ -33,12 +29,6 @@ for each requested split (``train``, ``val``) with:
   the token's bytes decoded as UTF-8 with invalid bytes replaced by U+FFFD.
 * ``shards``: ``[{"file", "num_docs", "num_tokens", "bytes_on_disk", "source_bytes",
   "bytes_per_token", "mean_doc_len"}]`` in manifest order.
-
-Trade-offs: one ``np.bincount(chunk, minlength=vocab)`` per chunk yields the token counts, the
-special counts, the unique ids and the top tokens at once, so the payload is read exactly once;
-document lengths come from ``np.diff`` of each shard's index, never from scanning tokens. Stats
-trusts the headers (it opens shards with the cheap header/size/manifest checks); ``verify`` is
-the command that hashes and validates content.
 """
 
 from __future__ import annotations
@@ -279,6 +269,7 @@ def compute_stats(
         for entry, shard in ds.iter_shards(split):
             toks = shard.tokens
             for s in range(0, len(toks), chunk_tokens):
+                # one bincount per chunk gives counts, specials, unique ids and top tokens: one read
                 c = np.bincount(toks[s : s + chunk_tokens], minlength=vocab)
                 shard.drop_pages(s, s + chunk_tokens)
                 if len(c) > vocab:  # only a corrupt shard gets here; report, do not crash
@@ -287,7 +278,7 @@ def compute_stats(
                 counts += c
                 if progress is not None:
                     progress(min(chunk_tokens, len(toks) - s))
-            lengths.append(np.diff(shard.doc_offsets.astype(np.int64)))
+            lengths.append(np.diff(shard.doc_offsets.astype(np.int64)))  # from the index, no token scan
             per_shard.append(
                 ShardStats(
                     file=entry.file,

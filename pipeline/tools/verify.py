@@ -1,29 +1,12 @@
 """Full validation of a shard folder (``python -m pipeline verify``): every problem, not the first.
 
-Contract
---------
-:func:`verify_dataset` returns a list of :class:`Problem` (empty when all holds), each naming the
-file it is about. ``severity == "error"`` means the data must not be trained on (the CLI exits 1);
-``"warning"`` is worth knowing but harmless (exit stays 0). Checked:
-
-* the manifest: present, parseable, format version, known splits, no duplicate entries, its
-  ``dataset_fingerprint`` against the shard list, ``counts.docs_written`` against the shards, and
-  its tokenizer against this owtgpt's (a warning: the sampler refuses a mismatch anyway);
-* every listed shard: present; header magic, version, dtype and CRC; file size against the header;
-  header against the manifest entry (tokens, docs, checksum, vocab, tokenizer);
-* the content, in one streaming pass per shard: payload sha256, index sha256, every id <
-  ``vocab_size``, the index (``index[0] == 0``, non-decreasing, ``index[-1] == num_tokens``, at least
-  the two markers per document), every document starting with ``<|startoftext|>`` and ending with
-  ``<|endoftext|>``, and no special id (markers included) anywhere inside a document;
-* the folder: shard files no manifest lists, and temp files left by an interrupted build (warnings).
-
-Trade-offs: verify goes shard by shard with :func:`pipeline.format.read_header` and
-:class:`pipeline.format.Shard` itself rather than :class:`ShardDataset`, which stops at the first bad
-shard. It hashes the payload in the same pass that checks the ids (one read of the bytes, a
-progress callback per chunk) instead of calling ``Shard.verify_checksums`` and then reading again.
-Marker positions are collected (16 bytes per document) so boundaries are compared with set
-operations instead of a Python loop; a shard whose ids are mostly specials (garbage) stops the
-collection at a bound and is reported as such.
+:func:`verify_dataset` returns a list of :class:`Problem`, each naming its file; ``"error"``: the data
+must not be trained on (exit 1), ``"warning"``: harmless (unlisted shard files, stale temp files, a
+tokenizer mismatch the sampler refuses anyway). It checks the manifest, every listed shard's header,
+size and checksums, every id < ``vocab_size``, the document index, and that every document is
+``<|startoftext|> ... <|endoftext|>`` with no special id inside. It goes shard by shard (not through
+:class:`ShardDataset`, which stops at the first bad shard), hashing the payload in the same pass that
+checks the ids. The full list: ``python -m pipeline verify --help`` and README.md.
 """
 
 from __future__ import annotations
