@@ -29,9 +29,17 @@ export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# torch's one pin (pyproject.toml states only a lower bound). It is installed first, by exact version, so
+# that `pip install -e .` finds torch satisfied and never swaps it: the tests and CI run on 2.13.0's CPU
+# wheel (2.13.0+cpu, from this machine's wheel mirror); left to pyproject's torch>=2.4, pip would resolve
+# the newest PyPI release, whose Linux wheels pull the CUDA libraries (several GB of nvidia-* packages).
+# On a GPU machine pass a CUDA build of the same version: make setup TORCH='torch==2.13.0 --index-url
+# https://download.pytorch.org/whl/cuXXX' (the index for your driver).
+TORCH   ?= torch==2.13.0
+
 setup:  ## create .venv with CPU torch 2.13.0 and owtgpt[dev] (editable)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 
 shards:  ## tokenize SOURCE (default: OpenWebText from the hub) into OUT (default: shards/)

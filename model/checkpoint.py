@@ -1,26 +1,12 @@
 """The checkpoint schema shared by the trainer, ``python -m model`` and the HF importer.
 
-Contract
---------
-* A checkpoint is one ``torch.save`` dict with at least ``"model"`` (the ``GPT`` state dict, GPT-2
-  parameter names, ``lm_head.weight`` and ``transformer.wte.weight`` sharing storage so the tied
-  matrix is stored once) and ``"model_config"`` (``GPTConfig.to_dict()``, a plain dict). The
-  trainer adds its own keys (step, optimizer, sampler state, ...) through ``extra``; every value
-  must be loadable with ``torch.load(weights_only=True)`` (tensors, dicts, lists, str/int/float/bool),
-  because that is the only way this module loads: a checkpoint can never execute code.
-* A run directory keeps them as ``checkpoints/step-XXXXXXXX.pt`` (:func:`checkpoint_path`).
-  :func:`save_model` writes atomically (temp file + fsync + rename via :mod:`pipeline.fsutil`), so a
-  crash never leaves a truncated file under a final name. :func:`load_model` on a run directory
-  still falls back past unloadable files (a disk that lost data, a file copied half-way), newest
-  first, with a warning naming each one it skipped.
-* State dicts of ``torch.compile``'d or DDP-wrapped models (``_orig_mod.``/``module.`` prefixes)
-  are accepted: the prefixes are stripped, and :func:`save_model` unwraps before saving.
-* **Only finite weights.** :func:`write_checkpoint` (the one writer, used by the trainer too)
-  refuses a state dict holding a NaN/inf (one fused norm over all tensors, on the save path
-  only), and :func:`load_model` refuses one naming the first bad tensor (a run directory falls
-  back to its newest finite checkpoint). A write that fails (full disk, read-only folder, a
-  second Ctrl-C) leaves the previous file and no temp file, and surfaces the *cause*
-  (``OSError``/``KeyboardInterrupt``) instead of torch's zip-writer error chained onto it.
+* One ``torch.save`` dict with at least ``"model"`` (the GPT state dict; the tied matrix is stored once)
+  and ``"model_config"`` (``GPTConfig.to_dict()``); the trainer adds its own keys through ``extra``.
+  Loading is only ever ``torch.load(weights_only=True)``: a checkpoint can never execute code.
+* Runs keep them as ``checkpoints/step-XXXXXXXX.pt`` (:func:`checkpoint_path`); :func:`load_model` on a
+  run folder falls back past unloadable or non-finite files, newest first, warning about each.
+* :func:`write_checkpoint` (the one writer) is atomic (:mod:`pipeline.fsutil`) and refuses non-finite
+  weights; ``torch.compile`` / DDP prefixes (``_orig_mod.``, ``module.``) are stripped on both paths.
 """
 
 from __future__ import annotations

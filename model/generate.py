@@ -1,33 +1,13 @@
-"""Autoregressive sampling for :class:`model.gpt.GPT`: a preallocated KV cache and the samplers.
+"""Autoregressive generation for :class:`model.gpt.GPT`: :func:`generate`, :func:`generate_stream`, samplers.
 
-Contract
---------
-* :func:`generate_stream` prefills the prompt once (one causal SDPA pass that also fills the cache),
-  then decodes one token at a time: each step runs the model on the single newest token, whose query
-  attends to every cached key with no mask (a lone query at the end of the sequence may see all of
-  it, so ``is_causal=False`` is exact when T_q == 1). With ``use_cache=False`` every step re-runs the
-  whole window instead; both paths apply the same window policy, so under greedy decoding they
-  produce the same tokens (the tests check this), and the uncached path is the honest baseline of
-  ``bench/generate.py``.
-* The cache is one preallocated ``(B, nh, max_len, hs)`` key and value tensor per layer, written in
-  place, so a step costs no ``torch.cat`` reallocation (which would be O(T) copies per token).
-  ``cache_mode`` picks how a decode step runs (:mod:`model.kvcache`): ``"dynamic"`` attends to
-  exactly the cached prefix (eager); ``"static"`` uses fixed-shape steps over the whole buffer with
-  a mask and a device-side position (eager; the same kernels a graph captures); ``"graph"`` is
-  ``"static"`` with the step captured once as a CUDA graph and replayed per token. ``"auto"`` (the
-  default) is ``"graph"`` on CUDA, where batch-1 decoding is launch-bound, and ``"dynamic"``
-  elsewhere. Sampling runs outside the graph, so the samplers, their ``generator`` and the
-  window policy are the same in every mode.
-* **Context window policy.** Positions are learned, so the model never sees more than
-  ``block_size`` tokens. When the sequence outgrows it, the window start jumps forward by
-  ``block_size // 2`` (:func:`context_start`) and the cache is rebuilt by one prefill of the
-  remaining tokens. Sliding by one token per step would change every cached key (each token's
-  position would shift), i.e. a full re-run per token; jumping by half a block keeps decoding O(1)
-  model passes per token at the price of conditioning on between block/2 and block tokens after
-  the first overflow. Generation within one block is unaffected.
-* Sampling: ids >= ``vocab_size`` (the embedding's padded rows) are masked to -inf before anything
-  else, so they are never produced; ``temperature=0`` is greedy; then top-k, then top-p (nucleus:
-  the smallest set of most likely ids whose mass reaches p), renormalised.
+* The prompt is prefilled once (one causal pass that fills the cache); each step then runs the newest
+  token alone against the cache. ``use_cache=False`` re-runs the whole window every step (the baseline of
+  ``bench/generate.py``); under greedy decoding both give the same tokens.
+* ``cache_mode`` (:mod:`model.kvcache`): ``dynamic`` (eager), ``static`` (fixed-shape steps), ``graph``
+  (static, captured as a CUDA graph); ``auto`` is ``graph`` on CUDA, where batch-1 decoding is
+  launch-bound, and ``dynamic`` elsewhere.
+* Ids >= ``vocab_size`` (the padded rows) are never produced; ``temperature=0`` is greedy; then top-k,
+  then top-p. Past ``block_size`` tokens the window jumps by half a block (:func:`context_start`).
 """
 
 from __future__ import annotations
@@ -67,7 +47,10 @@ def context_start(length: int, block_size: int) -> int:
     """First position of the window the model conditions on for a sequence of ``length`` tokens.
 
     0 while the sequence fits; afterwards the smallest multiple of ``block_size // 2`` that leaves
-    at most ``block_size`` tokens (see the module docstring for why it jumps rather than slides).
+    at most ``block_size`` tokens. Positions are learned, so the model never sees more than
+    ``block_size``; sliding by one token would shift every cached key's position (a full re-run per
+    token), while jumping by half a block costs one re-prefill per block/2 tokens, conditioning on
+    between block/2 and block tokens after the first overflow.
     """
     if length <= block_size:
         return 0
@@ -161,7 +144,7 @@ def generate_stream(
     generator: torch.Generator | None = None,
     cache_mode: CacheMode = "auto",
 ) -> Iterator[torch.Tensor]:
-    """Yield the new token ids (B,) one step at a time; see the module docstring.
+    """Yield the new token ids (B,) one step at a time (see the module docstring).
 
     With ``stop_at_eot``, a row that has produced ``<|endoftext|>`` yields ``<|padding|>`` from then
     on, and the stream ends once every row has finished. The model runs in eval mode (no dropout)
@@ -224,7 +207,9 @@ def _stream(
                     if graph is None:
                         assert isinstance(cache, StaticKVCache)
                         graph = CUDAGraphStep(model, cache, B, idx.device)
-                    logits = graph.step(seq[:, length - 1])  # (B, V_padded), a static buffer
+                    # (B, V_padded), a static buffer; sampling stays outside the graph, so the samplers,
+                    # their generator and the window policy are the same in every mode
+                    logits = graph.step(seq[:, length - 1])
                     h = None
                 else:
                     h = model.hidden_states(seq[:, length - 1 : length], cache)  # (B, 1, C)

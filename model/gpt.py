@@ -1,28 +1,13 @@
-"""GPT-2, exactly as OpenAI built it, as one lean ``nn.Module``.
+"""GPT-2, exactly as OpenAI built it, as one ``nn.Module`` with GPT-2's parameter names.
 
-Contract
---------
-* Architecture: learned token (``wte``) and position (``wpe``) embeddings; ``n_layer`` pre-LayerNorm
-  blocks (eps 1e-5, with biases) of causal self-attention and a 4x-wide MLP with tanh-GELU; a final
-  ``ln_f``; the LM head tied to ``wte``. Parameter names are GPT-2's (``transformer.h.N.attn.c_attn``,
-  ...), so mapping to and from OpenAI/Hugging Face checkpoints is by name (see :mod:`model.hf`; HF
-  stores these Linear weights transposed, as ``Conv1D``).
-* Attention goes through ``F.scaled_dot_product_attention(is_causal=True)``: on CUDA that is the
-  fused flash / memory-efficient kernel, and the training path has no hand-written mask and no
-  Python-level branching on data, so ``torch.compile`` captures it as one graph.
-* ``forward(idx)`` returns ``(logits, None)``, logits over all ``padded_vocab_size`` columns.
-  ``forward(idx, targets)`` returns ``(None, loss)``: the mean cross-entropy in fp32, computed by
-  :func:`model.loss.linear_cross_entropy` in chunks of tokens, so the (B, T, V) logits are never built
-  and none outlive the call (at micro batch 32 they and their fp32 copies were ~20 GB). It equals
-  ``F.cross_entropy`` over the full logits. Targets are real ids (< ``vocab_size``), so the padded
-  columns only ever receive gradient pushing their logits down; that is harmless (they are masked out
-  at sampling time anyway) and keeps the LM head a matmul-friendly width. Target ``-1`` is ignored
-  (nanoGPT's convention), for callers that mask positions or pad a batch.
-* Initialisation is GPT-2's: every weight normal(0, 0.02), the two residual output projections
-  (``attn.c_proj`` and ``mlp.c_proj``) normal(0, 0.02/sqrt(2*n_layer)) so the residual stream's
-  variance does not grow with depth, biases zero, LayerNorm (1, 0).
-* Generation (KV cache, sampling) lives in :mod:`model.generate`, which drives this module; a KV
-  cache comes in as a plain ``cache`` argument, and this module never imports the generator.
+* ``forward(idx)`` returns ``(logits (B, T, padded_vocab_size), None)``; ``forward(idx, targets)`` returns
+  ``(None, mean fp32 cross-entropy)`` without building the logits (:mod:`model.loss`); target -1 is ignored.
+* Parameter names are GPT-2's (``transformer.h.N.attn.c_attn``, ``ln_f``, ...), so :mod:`model.hf` maps
+  OpenAI / Hugging Face checkpoints by name (HF stores the Linear weights transposed, as ``Conv1D``).
+* A KV cache comes in as a plain ``cache`` argument (:mod:`model.kvcache`); generation lives in
+  :mod:`model.generate`, which drives this module and is never imported by it.
+
+README.md ("Design", Model) has the rest.
 """
 
 from __future__ import annotations
@@ -61,7 +46,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if cache is None:
-            # training / uncached path: the fused causal kernel, no explicit mask
+            # training / uncached path: the fused causal kernel (flash / memory-efficient on CUDA), no
+            # mask and no data-dependent branch, so torch.compile captures it as one graph
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
@@ -122,7 +108,9 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ init / counting
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation (see the module docstring)."""
+        """GPT-2's init: weights normal(0, 0.02), biases 0, LayerNorm (1, 0); the residual output
+        projections (``c_proj``) normal(0, 0.02/sqrt(2*n_layer)), so the residual stream's variance
+        does not grow with depth."""
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
@@ -196,11 +184,13 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) int64 -> ``(logits (B, T, padded_vocab_size), None)``, or with targets (B, T)
-        ``(None, mean CE loss in fp32)``: the loss path never materialises the logits (see above)."""
+        ``(None, mean CE loss in fp32)``: the loss path never materialises the logits (model.loss)."""
         x = self.hidden_states(idx)  # (B, T, C)
         if targets is None:
             return self.lm_head(x), None  # (B, T, V_padded)
-        # fp32 log-sum-exp per chunk even under bf16 autocast: over 50k columns bf16 loses digits
+        # fp32 log-sum-exp per chunk even under bf16 autocast: over 50k columns bf16 loses digits.
+        # Targets are real ids (< vocab_size): the padded columns only get gradient pushing their logits
+        # down, which is harmless (sampling masks them) and keeps the head a matmul-friendly width.
         loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         return None, loss
 

@@ -1,47 +1,14 @@
 """Hugging Face GPT-2 interop: import a local ``gpt2`` checkpoint folder, export one ``transformers`` loads.
 
-Contract
---------
-* **Import** (:func:`import_hf`) reads a folder in the hub's ``gpt2`` layout: ``config.json`` plus
-  ``model.safetensors`` (or a sharded ``model.safetensors.index.json``) or ``pytorch_model.bin``
-  (loaded with ``weights_only=True``). Keys with or without the ``transformer.`` prefix are accepted
-  (OpenAI's upload has none); the ``attn.bias``/``attn.masked_bias`` mask buffers are dropped. HF
-  stores the four projection matrices as ``Conv1D`` weights of shape (in, out); they are transposed
-  to ``nn.Linear``'s (out, in). Configs this architecture cannot represent exactly (another
-  activation, ``n_inner != 4*n_embd``, per-layer attention scaling, untied head) are refused.
-* **The three extra token rows.** OpenAI's model has 50257 rows; ours has 50260. An imported
-  50257-row model gains:
-  - ``<|startoftext|>`` (50257) := the ``<|endoftext|>`` row. GPT-2 was trained with EOT as the
-    document *separator*, so "the document starts here" is exactly the context EOT gave it; the
-    imported model then reads our ``[SOT] + text`` training format as it read its own. Because the
-    head is tied, SOT also gets EOT's output logit: an un-finetuned import splits its end-of-text
-    probability between the two ids (sampling then starts a new document instead of stopping).
-  - ``<|padding|>``, ``<|unknown|>`` := the mean of the 50257 trained rows. Trained GPT-2
-    embeddings share a large common component, so a random normal(0, 0.02) row would be off their
-    distribution; the mean row is an "average token" as input and, tied, gives an output logit
-    equal to the average logit, i.e. no spurious probability mass.
-  Rows of any other vocabulary size are copied as they are. Padded rows (up to a multiple of 64)
-  are zero: they are never sampled and get no gradient except the push-down from the softmax. A
-  folder written by :func:`export_hf` carries its padded rows in ``owtgpt_padded_rows.safetensors``
-  and gets them back, so export + import is the identical model.
-* **Export** (:func:`export_hf`) writes ``config.json`` (``GPT2Config`` fields,
-  ``architectures: ["GPT2LMHeadModel"]``) and ``model.safetensors`` with Conv1D-transposed weights.
-  ``vocab_size`` is the *real* 50260: the three owtgpt specials keep their trained rows, so our
-  tokenizer's ids all work in ``transformers``, and the padded rows are dropped, so HF's sampler
-  cannot produce ids that no tokenizer knows. ``bos_token_id`` = SOT (50257; the training format
-  starts every document with it), ``eos_token_id`` = EOT (50256), ``pad_token_id`` = PAD (50258).
-  safetensors refuses tensors that share memory, so only ``transformer.wte.weight`` is written and
-  ``transformers`` re-ties ``lm_head`` to it (``tie_word_embeddings: true``). A model trained with
-  ``bias=False`` is exported with zero biases, which is the same function.
-* A 50260-row export also holds the tokenizer (``vocab.json``, ``merges.txt``, ``tokenizer.json``,
-  ``tokenizer_config.json``, ``special_tokens_map.json``; :mod:`model.hf_tokenizer`), derived from
-  tiktoken's ranks, so ``AutoTokenizer``, ``pipeline("text-generation")`` and lm-evaluation-harness
-  load the folder as it is. Other vocabularies get no tokenizer files.
-* The padded rows go to ``owtgpt_padded_rows.safetensors`` beside the model (``transformers``
-  ignores the file). They are never sampled, but owtgpt's training loss is a softmax over all
-  padded columns, where trained padded rows carry (small) mass; without them a re-imported model's
-  loss would differ (by 1e-2 nats on a briefly trained tiny model), so a fine-tune from the export
-  would not start where the source ended.
+* :func:`import_hf` reads the hub's ``gpt2`` layout (``config.json`` + ``model.safetensors``, a sharded
+  index, or ``pytorch_model.bin`` with ``weights_only=True``), transposes HF's ``Conv1D`` (in, out) weights
+  to ``nn.Linear``'s (out, in), and refuses configs this architecture cannot represent exactly.
+* A 50257-row OpenAI model gains our three extra rows (:func:`model_from_hf_state` says how and why).
+* :func:`export_hf` writes ``config.json`` + ``model.safetensors`` with ``vocab_size`` 50260 (padded rows
+  dropped, so HF never samples an id no tokenizer knows), the tokenizer files (:mod:`model.hf_tokenizer`)
+  and the padded rows in ``owtgpt_padded_rows.safetensors``, so export + import is the identical model.
+
+README.md ("Weights in and out") has the rest.
 """
 
 from __future__ import annotations
@@ -188,8 +155,10 @@ def model_from_hf_state(
     padded_rows: torch.Tensor | None = None,
 ) -> GPT:
     """A ``GPT`` (eval mode) from a GPT-2 ``config.json`` dict and an HF state dict (``GPT2Model`` or
-    ``GPT2LMHeadModel`` keys); ``source`` names the folder or hub id in errors. ``padded_rows``
-    (from an owtgpt export) fill the embedding's padded rows instead of zeros."""
+    ``GPT2LMHeadModel`` keys, with or without the ``transformer.`` prefix; the ``attn.bias`` mask
+    buffers are dropped); ``source`` names the folder or hub id in errors. A 50257-row model gains
+    ``<|startoftext|>``, ``<|padding|>`` and ``<|unknown|>`` rows (why: at the code); other sizes are
+    copied as they are. Padded rows are zero, or ``padded_rows`` (from an owtgpt export)."""
     cfg, hf_vocab = config_from_hf(hf_config, f"{source} config")
 
     state: dict[str, torch.Tensor] = {}
@@ -222,7 +191,13 @@ def model_from_hf_state(
     rows = torch.zeros(cfg.padded_vocab_size, cfg.n_embd, dtype=dtype)  # padded rows stay zero
     rows[:hf_vocab] = wte
     if hf_vocab == OPENAI_VOCAB_SIZE:
+        # SOT := EOT's row: GPT-2 was trained with EOT as the document *separator*, so "a document starts
+        # here" is exactly the context EOT gave it, and it reads our [SOT] + text format as its own. Tied,
+        # SOT also gets EOT's output logit: an un-finetuned import splits end-of-text mass between the two.
         rows[SOT_ID] = wte[EOT_ID]
+        # PAD, UNK := the mean trained row: trained embeddings share a large common component, so a
+        # random normal(0, 0.02) row would be off their distribution; tied, the mean row's logit is the
+        # average logit (no spurious probability mass)
         mean = wte.float().mean(dim=0).to(dtype)
         rows[PAD_ID] = mean
         rows[UNK_ID] = mean
@@ -272,6 +247,7 @@ def hf_config_dict(cfg: GPTConfig) -> dict[str, Any]:
         "tie_word_embeddings": True,
     }
     if cfg.vocab_size == VOCAB_SIZE:
+        # bos = SOT: the training format starts every document with it
         out.update(bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=PAD_ID)
     return out
 
@@ -297,7 +273,9 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwr
     tensors: dict[str, torch.Tensor] = {}
     for key in _hf_keys(cfg.n_layer):
         if key == "transformer.wte.weight":
-            value = sd[key][: cfg.vocab_size]  # drop the padded rows
+            # the padded rows dropped; safetensors refuses shared tensors, so only wte is written and
+            # transformers re-ties lm_head to it (tie_word_embeddings: true)
+            value = sd[key][: cfg.vocab_size]
         elif key in sd:
             value = sd[key].t() if key.endswith(CONV1D_SUFFIXES) else sd[key]
         elif key.endswith(".bias") and not cfg.bias:
@@ -312,7 +290,9 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike[str], *, overwr
         for name in TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
     padded = sd["transformer.wte.weight"][cfg.vocab_size :].detach().to("cpu").contiguous().clone()
-    if len(padded):  # never sampled, but part of owtgpt's training loss (module docstring)
+    # never sampled, but owtgpt's training softmax spans them: without them a re-imported model's loss
+    # differs (1e-2 nats on a briefly trained tiny model) and a fine-tune would not start where it ended
+    if len(padded):
         atomic_write_bytes(out / PADDED_ROWS_FILE, safetensors_save({PADDED_ROWS_KEY: padded}))
     else:
         (out / PADDED_ROWS_FILE).unlink(missing_ok=True)

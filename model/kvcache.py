@@ -1,30 +1,11 @@
-"""KV caches for :func:`model.generate.generate_stream`, and the CUDA-graph decode step.
+"""KV caches for :mod:`model.generate`, and the CUDA-graph decode step.
 
-Contract
---------
-The model drives a cache through three calls per forward of T new tokens (see
-:meth:`model.gpt.GPT.hidden_states`): :meth:`KVCache.positions` (T,) once, :meth:`KVCache.attend`
-once per layer, :meth:`KVCache.advance` (T) after the last layer. ``pos`` is the number of cached
-positions as a host int.
-
-* :class:`KVCache` (the *dynamic* cache): per layer one preallocated ``(B, nh, max_len, hs)`` key
-  and value tensor written in place; a decode step attends to exactly the ``pos + 1`` keys
-  written so far, so its shapes grow by one every token. Right for eager decoding on any device.
-* :class:`StaticKVCache`: the same buffers, but a *decode* step (T == 1) has fixed shapes and reads
-  no host value: it writes its key/value at the position held in a device tensor (``index_copy_``),
-  attends over the whole ``max_len`` buffer with a mask that hides the unwritten positions, and
-  advances the device position in place. A decode step is then the same kernels with the same
-  arguments every token, which is what a CUDA graph needs. Prompt prefills (T > 1) are eager and
-  host-driven, as in the dynamic cache. Buffers start zeroed: a masked position gets weight
-  exactly 0, and 0 * (an uninitialised NaN) would still be NaN.
-* :class:`CUDAGraphStep` captures one decode step of a model bound to a :class:`StaticKVCache`
-  (token in, last-position logits out) and replays it per token: one launch instead of ~15 per
-  layer. At batch 1 a 124M model's eager decode is launch-bound on a GPU (BENCHMARKS.md, "GPU
-  check"), so this is where the cache's saving shows.
-
-Masked attention over the full buffer equals attention over the written prefix mathematically; the
-floating-point sums may differ in the last bits. Greedy decoding is checked token for token
-against the uncached path (tests/model/test_generation.py, tests/model/test_model_gpu.py).
+The model drives a cache with three calls per forward of T new tokens (:meth:`model.gpt.GPT.hidden_states`):
+:meth:`KVCache.positions` (T,) once, :meth:`KVCache.attend` per layer, :meth:`KVCache.advance` (T) after the
+last layer; ``pos`` is the number of cached positions as a host int. :class:`KVCache` is the dynamic cache
+(decode shapes grow by one per token); :class:`StaticKVCache` makes a decode step fixed-shape so that
+:class:`CUDAGraphStep` can capture it once and replay it per token. Greedy decoding matches the uncached
+path token for token (tests/model/test_generation.py, tests/model/test_model_gpu.py).
 """
 
 from __future__ import annotations
@@ -37,7 +18,9 @@ from torch import nn
 
 
 class KVCache:
-    """Per-layer keys and values of the tokens seen so far, preallocated to ``max_len`` positions.
+    """Per-layer keys and values of the tokens seen so far, preallocated to ``max_len`` positions and
+    written in place (no ``torch.cat``, which would copy O(T) per token); a decode step attends to
+    exactly the ``pos + 1`` keys written so far.
 
     Tensors are allocated lazily on the first write, with that write's batch size, dtype (bf16
     under autocast) and device.
@@ -106,7 +89,15 @@ class KVCache:
 
 
 class StaticKVCache(KVCache):
-    """A :class:`KVCache` whose decode step has static shapes and a device-side position (module doc)."""
+    """A :class:`KVCache` whose decode step (T == 1) has static shapes and reads no host value.
+
+    The step writes its key/value at the position held in a device tensor (``index_copy_``), attends
+    over the whole ``max_len`` buffer with a mask hiding the unwritten positions, and advances the
+    device position in place: the same kernels with the same arguments every token, as a CUDA graph
+    needs. Prefills (T > 1) are eager, as in :class:`KVCache`. Buffers start zeroed: a masked position
+    gets weight exactly 0, and 0 * (uninitialised NaN) would still be NaN. Masked attention over the
+    buffer equals attention over the prefix mathematically; the sums may differ in the last bits.
+    """
 
     def __init__(self, n_layer: int, max_len: int):
         super().__init__(n_layer, max_len)
@@ -167,7 +158,9 @@ class CUDAGraphStep:
     Build it after the prefill (the cache's buffers must exist: the graph reads them by address).
     ``step(tokens)``: tokens (B,) int64 at position ``cache.pos`` -> logits (B, V_padded), a buffer
     that the next replay overwrites. The cache must not be re-allocated while the graph lives
-    (same batch size, dtype and device; ``reset`` + re-prefill is fine).
+    (same batch size, dtype and device; ``reset`` + re-prefill is fine). One replay is one launch
+    instead of ~15 per layer: batch-1 eager decoding of a 124M model is launch-bound on a GPU
+    (BENCHMARKS.md, "GPU check").
     """
 
     def __init__(self, model: nn.Module, cache: StaticKVCache, batch: int, device: torch.device):

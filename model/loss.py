@@ -1,26 +1,11 @@
 """The LM loss without the full logits: a chunked, fused LM-head matmul + cross-entropy.
 
-Contract
---------
-* :func:`linear_cross_entropy` ``(h (N, C), weight (V, C), targets (N,))`` returns the mean
-  cross-entropy of ``h @ weight.T`` against ``targets`` in fp32, exactly what
-  ``F.cross_entropy(logits.float(), targets, ignore_index=-1)`` returns (all ignored -> nan, as
-  there), but it never holds the (N, V) logits: rows go through in chunks of ``chunk_rows``, and
-  only one chunk's logits (and their softmax) exist at a time.
-* With gradients wanted, the gradients of ``h`` and ``weight`` are computed chunk by chunk *in the
-  forward* (softmax minus one-hot, two matmuls) and kept, (N, C) and (V, C), until backward scales
-  them by the incoming gradient. So nothing is recomputed (the FLOPs are those of the plain path)
-  and no logits tensor is alive across backward. Without gradients (eval, ``no_grad``) only the
-  loss is computed.
-* Under autocast the matmuls run in the autocast dtype (bf16/fp16), as a plain ``Linear`` would,
-  while the log-sum-exp, softmax and loss are fp32 per chunk, so the fp32 copy is one chunk, not
-  (B, T, V). The weight gradient is accumulated over chunks in fp32.
-* It is traced by ``torch.compile`` as one graph (an ``autograd.Function`` with a fixed Python loop
-  over the chunks; shapes are static), so the training path keeps no graph breaks.
-
-Why: at micro batch 32, T=1024, GPT-2's 50,304 columns, the plain path holds bf16 logits (3.3 GB),
-their fp32 copy (6.6 GB), the fp32 log-softmax kept for backward (6.6 GB) and an fp32 gradient of the
-same size; that, not the transformer, limits the micro batch. ``bench/loss_memory.py`` measures it.
+:func:`linear_cross_entropy` ``(h (N, C), weight (V, C), targets (N,))`` returns what
+``F.cross_entropy((h @ weight.T).float(), targets, ignore_index=-1)`` returns (all ignored -> nan, as
+there), while only one chunk of ``chunk_rows`` rows' logits ever exists. Why: at micro batch 32, T=1024
+and 50,304 columns the plain path holds bf16 logits (3.3 GB), their fp32 copy and fp32 log-softmax
+(6.6 GB each) and an fp32 gradient of the same size, which, not the transformer, limits the micro batch
+(``bench/loss_memory.py``). It is one ``torch.compile`` graph (static shapes, a fixed Python loop).
 """
 
 from __future__ import annotations
@@ -58,7 +43,13 @@ def _loss_only(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_ro
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """Loss forward; gradients of ``h`` and ``weight`` computed in the same pass and held for backward."""
+    """Loss forward; gradients of ``h`` and ``weight`` computed in the same pass and held for backward.
+
+    Per chunk: softmax minus one-hot, two matmuls; the (N, C) and (V, C) gradients wait until backward
+    scales them by the incoming gradient, so nothing is recomputed (the plain path's FLOPs) and no
+    logits live across backward. Under autocast the matmuls run in the autocast dtype, as a ``Linear``
+    would, while log-sum-exp, softmax and loss are fp32 per chunk; the weight gradient sums in fp32.
+    """
 
     @staticmethod
     def forward(

@@ -1,29 +1,13 @@
-"""Full training checkpoints: atomic save, keep-last-K, resume with fallback, compatibility checks.
+"""Training checkpoints on disk: atomic save, keep-last-K, resume with fallback, compatibility checks.
 
-Contract
---------
-* A checkpoint is ``RUN/checkpoints/step-XXXXXXXX.pt`` (:func:`model.checkpoint.checkpoint_path`),
-  the model package's schema (``"model"``: the *uncompiled, unwrapped* state_dict, and
-  ``"model_config"``), so ``python -m model sample --checkpoint RUN`` works on a trainer run, plus
-  the training state: ``"optimizer"``, ``"scaler"``, ``"step"`` (optimizer steps completed),
-  ``"rng"``, ``"train_config"``, ``"dataset_fingerprint"``, ``"tokenizer_fingerprint"``,
-  ``"vocab_size"``, ``"counters"``, ``"format"`` and ``"init_from"`` (where a fine-tune's initial
-  weights came from, with their hash; None for a run from a random init; :mod:`trainer.init_from`).
-* Everything is a tensor or a plain container of str/int/float/bool/None, so loading is always
-  ``torch.load(weights_only=True)``: a checkpoint can never run code.
-* Writes go through :func:`pipeline.fsutil.atomic_open` (temp file in the same folder, fsync,
-  rename, fsync of the folder): a kill at any moment leaves the previous checkpoints intact and at
-  worst a hidden temp file, removed on the next start. After a successful write only the newest
-  ``keep_last`` are kept.
-* :func:`load_latest` tries checkpoints newest first; one that does not load (truncated, corrupt,
-  wrong schema) is reported through ``warn`` and skipped, so the run falls back to the previous.
-* :func:`check_compatible` refuses a resume across a different dataset, vocabulary or model shape
-  unless ``--force``.
-* Non-finite weights are never written (:func:`model.checkpoint.write_checkpoint` checks them on
-  the save path) and never resumed from: :func:`load_latest` skips such a checkpoint with a
-  warning naming the tensor and falls back to the newest finite one.
-* A save that fails (full disk, read-only ``checkpoints/``) raises :class:`CheckpointWriteError`,
-  one line naming the file and the fix; the temp file is removed and older checkpoints stay.
+* ``RUN/checkpoints/step-XXXXXXXX.pt`` holds :meth:`trainer.state.RunState.state_dict`, a superset of the
+  model package's schema (so ``python -m model sample --checkpoint RUN`` works on a run). Only tensors and
+  plain containers: loading is always ``torch.load(weights_only=True)`` and can never run code.
+* Writes are atomic (:func:`pipeline.fsutil.atomic_open`); after one, only the newest ``keep_last`` stay.
+  A failed save raises :class:`CheckpointWriteError` naming the file and the fix; older ones stay.
+* :func:`load_latest` tries newest first and skips, with a warning, one that does not load or holds
+  non-finite weights (those are never written either); :func:`check_compatible` refuses another dataset,
+  vocabulary or model shape unless ``--force``.
 """
 
 from __future__ import annotations

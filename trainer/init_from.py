@@ -1,31 +1,14 @@
 """``--init-from SOURCE``: start a fresh training run from existing weights (fine-tuning).
 
-Contract
---------
-* SOURCE is tried in this order:
-  1. an owtgpt checkpoint file, or a run folder (one with ``checkpoints/``: its newest loadable
-     checkpoint), through :func:`model.checkpoint.load_model`;
-  2. a local Hugging Face GPT-2 folder (``config.json`` + weights), through
-     :func:`model.hf.import_hf`, the mapping of ``python -m model import-hf``;
-  3. otherwise a hub id (``gpt2``, ``gpt2-medium``, ``openai-community/gpt2``), loaded with
-     ``transformers.GPT2LMHeadModel.from_pretrained`` (downloaded once into the usual Hugging Face
-     cache) and mapped by :func:`model.hf.model_from_hf_state`, the same mapping.
-* Only the weights are taken. Optimizer, step, lr schedule and data stream start fresh (step 0,
-  ``--seed``). The model shape comes from the source: ``--n-layer``/``--n-head``/``--n-embd``/
-  ``--block-size`` may be given only with the source's values, ``--model`` is not used,
-  ``--dropout`` applies. Weights are trained in float32 whatever dtype the source stored.
-* The origin is recorded as ``init_from`` in ``config.json`` and in every checkpoint:
-  ``{"kind": "owtgpt" | "huggingface" | "hub", "source": absolute path or hub id,
-  "weights_sha256": ..., "checkpoint"/"source_step" (owtgpt) or "revision" (hub commit)}``.
-  ``weights_sha256`` hashes the loaded weights in owtgpt's layout (each tensor of the state dict
-  in name order: name, dtype, shape, bytes; ``lm_head`` is ``wte`` and not repeated), so it names
-  the weights whatever file format carried them.
-* ``--resume`` continues a fine-tuning run from its own checkpoints (model shape and ``init_from``
-  from them) and never reloads the source. ``--init-from`` with ``--resume`` is refused when
-  ``--out`` already holds checkpoints; in a folder without any it starts the fine-tune. A
-  ``--preset finetune --resume`` with neither checkpoints nor ``--init-from`` is refused: it would
-  fine-tune a random init.
-See README.md, "Fine-tuning".
+* SOURCE is an owtgpt checkpoint or run folder, else a local Hugging Face GPT-2 folder, else a hub id
+  (:func:`load_source`); only the weights are taken, in float32. Optimizer, step, schedule and data
+  start fresh; the model shape is the source's (``--n-layer`` etc. only with its values; ``--dropout``
+  applies).
+* The origin goes into ``config.json`` and every checkpoint as ``init_from`` (kind, source,
+  ``weights_sha256`` of the weights in owtgpt's layout, and the checkpoint/step or hub revision).
+* ``--resume`` continues a fine-tune from its own checkpoints and never reloads the source (:func:`plan`).
+
+README.md ("Fine-tuning") has the rest.
 """
 
 from __future__ import annotations
@@ -149,7 +132,10 @@ def _load_hub(hub_id: str) -> InitSource:
 
 
 def load_source(source: str) -> InitSource:
-    """Load ``--init-from SOURCE`` (see the module docstring for the order); records its hash."""
+    """Load ``--init-from SOURCE``, trying in order: an owtgpt checkpoint file or run folder (its newest
+    loadable checkpoint, :func:`model.checkpoint.load_model`); a local HF GPT-2 folder (``config.json``
+    + weights, :func:`model.hf.import_hf`); a hub id (``gpt2``, ``openai-community/gpt2``) through
+    ``transformers.GPT2LMHeadModel.from_pretrained`` and the same mapping. Records its hash."""
     path = Path(source).expanduser()
     if path.is_file():
         init = _load_owtgpt(path, source)
@@ -200,7 +186,9 @@ def _newest_run_state(out: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def plan(cfg: TrainConfig) -> InitPlan:
-    """The model config and initial weights of this run (see the module docstring)."""
+    """The model config and initial weights of this run. ``--init-from`` with ``--resume`` is refused
+    when ``--out`` holds checkpoints (it starts the fine-tune in a folder without any); ``--preset
+    finetune --resume`` with neither is refused, since it would fine-tune a random init."""
     checkpoints = list_checkpoints(cfg.out) if cfg.resume else []
     if cfg.init_from is not None and checkpoints:
         raise ConfigError(

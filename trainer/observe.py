@@ -1,25 +1,13 @@
 """What a run shows and records: rich display, plain log lines, TensorBoard, metrics.jsonl, MFU, profiler.
 
-Contract
---------
-* Only rank 0 observes; other ranks get a :class:`Observer` whose methods do nothing.
-* The terminal shows a rich live progress bar (step, loss, lr, tokens/s, MFU, ETA) when stdout is
-  a terminal (or ``--progress``); otherwise (logs, CI, tests) a plain line every ``--log-every``
-  steps, flushed, so ``tail -f`` and parent processes see progress as it happens.
-* TensorBoard scalars (``SummaryWriter`` into the run folder): ``train/loss``, ``train/ppl``,
-  ``val/loss``, ``val/ppl``, ``lr``, ``grad_norm`` (pre-clip), ``tokens_per_s``, ``mfu``,
-  ``step_time_ms``, ``gpu_peak_mem_gib``, ``bad_steps``; text ``sample``. On resume the writer
-  purges events after the resumed step, so TensorBoard shows one clean curve.
-* ``--eval-tasks`` figures go to TensorBoard as ``val/<task>_<metric>`` (the ``val`` group, beside
-  ``val/loss``; a Custom Scalars layout puts them side by side), to metrics.jsonl as
-  ``{"step", "eval_tasks": {task: {metric: value, ...}}}`` and to the terminal.
-* ``metrics.jsonl``: one JSON object per step (and per eval), appended and flushed: the
-  machine-readable record tests and scripts read. After a crash and resume a step can appear
-  twice; readers keep the last line per step.
-* MFU = ``flops_per_token(T) x tokens/s per device / peak``. The peak comes from ``--peak-tflops``
-  or :data:`PEAK_TFLOPS` (dense bf16 tensor-core figures from the vendors' data sheets, matched as
-  whole words against ``torch.cuda.get_device_name``); on CPU, or for an unknown GPU, MFU is not
-  reported.
+* Only rank 0 observes; other ranks get an :class:`Observer` whose methods do nothing.
+* A rich progress bar on a terminal (or ``--progress``), else a flushed plain line every ``--log-every``
+  steps. TensorBoard gets :data:`TB_SCALARS` (and ``val/<task>_<metric>``); on resume it purges events
+  after the resumed step, so the curve stays one line.
+* ``metrics.jsonl``: one JSON object per step and per eval, appended and flushed; after a crash and
+  resume a step can appear twice, and readers keep the last line per step.
+* MFU = ``flops_per_token(T) x tokens/s per device / peak`` (``--peak-tflops`` or :data:`PEAK_TFLOPS`);
+  not reported on CPU or an unknown GPU. README.md ("Training") has the rest.
 """
 
 from __future__ import annotations
