@@ -1,24 +1,12 @@
-"""``python -m model``: sample, evaluate, import/export Hugging Face GPT-2, show the presets.
+"""``python -m model``: sample, eval, import-hf / export-hf, info (``python -m model COMMAND --help``).
 
-Commands
---------
-* ``sample --checkpoint PATH_OR_RUN_DIR --prompt TEXT`` streams the continuation to stdout as it is
-  produced (timing summary on stderr). The prompt is encoded as the training format starts a
-  document, ``[<|startoftext|>] + encode_ordinary(prompt)``. Output is decoded incrementally from
-  token *bytes* through an incremental UTF-8 decoder, so a character split across two BPE tokens is
-  printed whole once its last byte arrives, never as a replacement glyph.
-* ``import-hf DIR --out CKPT`` / ``export-hf CKPT --out DIR``: see :mod:`model.hf`.
-* ``eval --checkpoint PATH --task TASK``: zero-shot HellaSwag / LAMBADA / WikiText, or a shard
-  folder's val split, scored as lm-evaluation-harness 0.4 scores them; see :mod:`model.evaluate`.
-* ``info [--checkpoint PATH]``: the presets (or one checkpoint) with parameter counts and
-  training FLOPs per token (llm.c's 6N + 6LCT), computed on the meta device (no memory).
+* ``sample`` streams the continuation of ``[<|startoftext|>] + encode_ordinary(prompt)`` (the training
+  format's document start) to stdout as it is produced, never splitting a UTF-8 character; timing on stderr.
+* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.evaluate`); ``import-hf`` / ``export-hf``
+  are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device (no memory).
+* Failures go through :func:`pipeline.errors.run_command` (one line; exit 1 data, 2 usage, 130 Ctrl-C).
 
-Failures go through :func:`pipeline.errors.run_command`: one stderr line naming the flag or file,
-exit 1 for a bad file or folder, 2 for a bad flag, 130 for Ctrl-C; ``--debug`` (or
-``OWTGPT_DEBUG=1``) adds the traceback. A checkpoint holding NaN/inf weights is refused naming the
-tensor (a run folder falls back to its newest finite checkpoint, with a warning). A prompt longer
-than the model's context is not refused: generation conditions on the last tokens that fit (as it
-does once the output outgrows the context), and a one-line warning says how many were dropped.
+README.md ("Weights in and out", "Evaluating a model") has the rest.
 """
 
 from __future__ import annotations
@@ -131,6 +119,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     model.eval()
     prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
+    # not refused: generation conditions on the last tokens that fit, as it does once the output
+    # outgrows the context; a one-line warning says how many were dropped
     dropped = context_start(len(prompt_ids), model.config.block_size)
     if dropped:
         _warn(
