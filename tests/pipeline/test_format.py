@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,6 @@ import pytest
 from pipeline import format as fmt
 from pipeline.format import (
     HEADER_SIZE,
-    MAGIC,
     Manifest,
     ShardDataset,
     ShardEntry,
@@ -236,5 +236,20 @@ def test_atomic_open_keeps_old_file_on_error_and_stale_temps_are_removed(tmp_pat
     assert remove_stale_temps(tmp_path) == [stale] and target.exists()
 
 
-def test_magic_constant() -> None:
-    assert MAGIC == b"OWTSHARD" and len(MAGIC) == 8
+def test_todays_shard_opens_and_another_magic_is_refused(shard: Path, docs) -> None:
+    # the reference is the spec, not the constant: FORMAT.md's header table names the magic at offset 0
+    spec = (Path(fmt.__file__).parent / "FORMAT.md").read_text()
+    (spec_magic,) = re.findall(r"^\| 0 \| 8 bytes \| magic \| `(\w{8})` \|$", spec, flags=re.M)
+    raw = bytearray(shard.read_bytes())
+    assert raw[:8] == spec_magic.encode("ascii")
+    assert struct.unpack_from("<I", raw, 176)[0] == zlib.crc32(raw[:176])  # the CRC the spec describes
+    assert np.array_equal(open_shard(shard).doc(0), docs[0])
+    # another format's magic with a CRC that matches it: refused for the magic alone, with the fix
+    raw[:8] = b"OWTSHRD2"
+    struct.pack_into("<I", raw, 176, zlib.crc32(raw[:176]))
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ShardFormatError) as e:
+        open_shard(shard)
+    msg = str(e.value)
+    assert msg.count("\n") == 0 and shard.name in msg and "bad magic b'OWTSHRD2'" in msg
+    assert "python -m pipeline build" in msg
