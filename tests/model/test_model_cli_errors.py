@@ -5,9 +5,7 @@ and nothing already on disk changed.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,34 +14,14 @@ import torch
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, first_nonfinite, save_model
 from model.cli import main
-from tests.conftest import REPO
-from tests.trainer.conftest import child_env, run_faulty
+from tests.cli import one_error, run_module, snapshot
+from tests.trainer.conftest import run_faulty
 
 BAD = "transformer.h.0.mlp.c_proj.weight"
 
 
 def model_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model", *args], cwd=REPO, env=child_env(**env),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    out = {}
-    for root in roots:
-        for p in sorted(root.rglob("*")) if root.exists() else []:
-            if p.is_file():
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def one_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+    return run_module("model", *args, **env)
 
 
 def tiny(seed: int = 0) -> GPT:

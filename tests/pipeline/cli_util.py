@@ -1,17 +1,20 @@
 """Helpers for the tests that run the real ``python -m pipeline`` in a subprocess (issue 11).
 
 Each such test asserts the exit code, exactly one stderr line naming the path or flag, no traceback,
-and that nothing already on disk changed (:func:`snapshot` before and after).
+and that nothing already on disk changed (:func:`tests.cli.snapshot` before and after).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.cli import snapshot
+
+__all__ = ["ENV", "REPO", "one_error_line", "run_cli", "snapshot", "write_jsonl"]
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -43,21 +46,6 @@ def one_error_line(res: subprocess.CompletedProcess, code: int, *names: str) -> 
         assert n in lines[0], (n, lines[0])
     assert res.returncode == code, (res.returncode, res.stderr)
     return lines[0]
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """sha256 of every file (and the set of folders) under ``roots``: equal snapshots, nothing changed."""
-    out: dict[str, str] = {}
-    for root in roots:
-        if root.is_file():
-            out[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
-            continue
-        for dirpath, _, files in os.walk(root):
-            out[dirpath] = "<dir>"
-            for f in files:
-                p = Path(dirpath) / f
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -3,14 +3,12 @@ helper that runs ``python -m trainer`` in a fresh process (for kills, signals an
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.cli import run_module
 from tests.trainer.trainshards import make_shards
 
 # A very small model and batch: grad accumulation 2, so accumulation is exercised everywhere.
@@ -46,22 +44,9 @@ def gen_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_shards(tmp_path_factory.mktemp("trainer-shards") / "shards")
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
-    return env
-
-
 def run_trainer(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """``python -m trainer ARGS`` in a new process; returns the completed process (output captured)."""
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=REPO,
-        env=child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("trainer", *args, timeout=timeout, **env)
 
 
 def run_faulty(
@@ -69,11 +54,4 @@ def run_faulty(
 ) -> subprocess.CompletedProcess:
     """``python -m trainer ARGS`` (or ``model``) with ``faults`` (``KIND:STEP``) monkeypatched in; see faults.py."""
     spec = [x for f in faults for x in ("--fault", f)]
-    return subprocess.run(
-        [sys.executable, "-m", "tests.trainer.faults", *spec, "--", cli, *args],
-        cwd=REPO,
-        env=child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("tests.trainer.faults", *spec, "--", cli, *args, timeout=timeout, **env)

@@ -21,8 +21,9 @@ import torch
 
 from model.checkpoint import checkpoint_path
 from pipeline.sampler import TokenSampler
+from tests.cli import child_env
 from tests.conftest import REPO
-from tests.trainer.conftest import child_env, fast, run_trainer
+from tests.trainer.conftest import fast, run_trainer
 from trainer.config import config_from_args
 from trainer.observe import read_metrics
 from trainer.train import build_model

@@ -9,46 +9,18 @@ checkpoints are intact and a ``--resume`` continues from them exactly).
 
 from __future__ import annotations
 
-import hashlib
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from model.checkpoint import checkpoint_path, first_nonfinite, list_checkpoints
-from tests.conftest import REPO
-from tests.trainer.conftest import child_env, fast, run_faulty, run_trainer
+from tests.cli import error_lines, one_error, run_module, running, snapshot, wait_for_line
+from tests.trainer.conftest import fast, run_faulty, run_trainer
 from tests.trainer.faults import NAN_TENSOR
 
 ARGS = ("--max-steps", "10", "--ckpt-every", "5", "--eval-every", "0")
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """sha256 of every file under ``roots`` (what "nothing on disk changed" compares)."""
-    out = {}
-    for root in roots:
-        for p in sorted(root.rglob("*")) if root.exists() else []:
-            if p.is_file():
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return [ln for ln in proc.stderr.splitlines() if ln.startswith(("error", "interrupted"))]
-
-
-def one_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    """The single stderr error line of ``proc``, after checking its exit status and contents."""
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
-    lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def model_of(path: Path) -> dict[str, torch.Tensor]:
@@ -96,14 +68,8 @@ def test_data_problem_exits_1_and_debug_adds_the_traceback(tmp_path: Path):
 
 
 def test_help_shows_no_fault_injection():
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "--help"],
-        cwd=REPO,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    proc = run_module("trainer", "--help")
+    assert proc.returncode == 0, proc.stderr
     assert "--debug " in proc.stdout and "--lr" in proc.stdout
     assert "debug-nan-at-step" not in proc.stdout and "OWTGPT_TEST" not in proc.stdout
 
@@ -113,27 +79,14 @@ def test_help_shows_no_fault_injection():
 
 def test_second_run_or_resume_into_a_busy_folder_is_refused(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainer",
-        *fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0"),
-    ]
-    first = subprocess.Popen(
-        cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        for line in first.stdout:  # the first run holds the lock once it reports a step: no sleeping
-            if line.startswith("step 1/"):
-                break
+    run_args = fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0")
+    with running("trainer", *run_args) as first:
+        wait_for_line(first, "step 1/")  # the first run holds the lock once it reports a step
         for extra in ((), ("--resume",), ("--overwrite",)):
             second = run_trainer(fast(gen_shards, out, "--max-steps", "3", "--eval-every", "0", *extra))
             one_error(second, 1, f"another training run (pid {first.pid}) is writing {out}")
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 0, err  # the first run finished intact: stopped, saved, exit 0
     (newest,) = list_checkpoints(out)
     assert first_nonfinite(model_of(newest)) is None

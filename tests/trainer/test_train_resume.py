@@ -8,16 +8,14 @@ on CPU in fp32 the resumed losses and weights must be bit-identical, not merely 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from model.checkpoint import checkpoint_path, list_checkpoints
-from tests.conftest import REPO
-from tests.trainer.conftest import child_env, fast, run_faulty, run_trainer
+from tests.cli import running, wait_for_line
+from tests.trainer.conftest import fast, run_faulty, run_trainer
 from trainer.checkpoint import load_latest
 from trainer.observe import read_metrics
 
@@ -78,24 +76,11 @@ def test_sigkill_during_checkpoint_write_keeps_previous(gen_shards: Path, straig
 @pytest.mark.slow
 def test_sigterm_mid_run_saves_exits_zero_and_resumes(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainer",
-        *fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0"),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        for line in proc.stdout:  # blocks until the trainer reports step 3: no sleeping
-            if line.startswith("step 3/"):
-                break
+    run_args = fast(gen_shards, out, "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0")
+    with running("trainer", *run_args) as proc:
+        wait_for_line(proc, "step 3/")
         proc.send_signal(signal.SIGTERM)
         out_rest, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err and "stopped by signal" in out_rest
     (newest,) = list_checkpoints(out)
