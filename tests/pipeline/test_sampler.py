@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.format import Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name
+from pipeline.format import ShardDataset, ShardWriter, shard_name
 from pipeline.sampler import SamplerError, TokenSampler, ValWindows, _widen_cpu, _widen_on
-from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE
+from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
+from tests.shards import entry_of, save_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 FP = "test-tokenizer:0123456789abcdef"
@@ -46,19 +47,12 @@ def write_dataset(root: Path, splits: dict[str, list[list[int]]], *, vocab_size:
             name = shard_name(split, i)
             w = ShardWriter(root / name, vocab_size=vocab_size, tokenizer_fingerprint=FP)
             w.add_documents(tokens, np.array(doc_lens))
-            h = w.finish()
-            entries.append(ShardEntry(name, split, n, len(doc_lens), h.payload_sha256))
+            w.finish()
+            entries.append(entry_of(root / name, split))
             ref[split].append((base, tokens, offs[:-1]))
             base += n
     assert base < EOT_ID, "position encoding must stay below the special ids"
-    Manifest(
-        tokenizer_fingerprint=FP,
-        vocab_size=vocab_size,
-        special_tokens=dict(SPECIAL_TOKENS),
-        source="generated",
-        settings={},
-        shards=entries,
-    ).save(root)
+    save_manifest(root, entries, fingerprint=FP, vocab_size=vocab_size)
     return ref
 
 
@@ -480,15 +474,8 @@ def test_never_copies_a_shard_into_memory(tmp_path):
     toks = np.zeros(n, dtype=np.uint16)
     toks[::doc] = SOT_ID
     w.add_documents(toks, np.full(n // doc, doc))
-    h = w.finish()
-    Manifest(
-        tokenizer_fingerprint=FP,
-        vocab_size=VOCAB_SIZE,
-        special_tokens=dict(SPECIAL_TOKENS),
-        source="generated",
-        settings={},
-        shards=[ShardEntry(shard_name("train", 0), "train", n, n // doc, h.payload_sha256)],
-    ).save(big)
+    w.finish()
+    save_manifest(big, [entry_of(big / shard_name("train", 0), "train")], fingerprint=FP)
     del toks
     tracemalloc.start()
     try:

@@ -210,7 +210,8 @@ def _rss_file_kib() -> int | None:
 
 def random_folder(out: Path, *, shards: int, tokens_per_shard: int, seed: int = 0) -> np.ndarray:
     """Shards of random ordinary ids in documents of 1,000 tokens (markers included); returns the ids."""
-    from pipeline.format import Manifest, ShardEntry, ShardWriter, shard_name
+    from pipeline.format import ShardWriter, shard_name
+    from tests.shards import entry_of, save_manifest
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True)
@@ -222,19 +223,13 @@ def random_folder(out: Path, *, shards: int, tokens_per_shard: int, seed: int = 
         toks[starts], toks[starts + 999] = SOT, GPT2_EOT
         w = ShardWriter(out / shard_name("train", i), vocab_size=50260, tokenizer_fingerprint="test-random")
         w.add_documents(toks, lens)
-        h = w.finish()
-        entries.append(
-            ShardEntry(shard_name("train", i), "train", h.num_tokens, h.num_docs, h.payload_sha256)
-        )
+        w.finish()
+        entries.append(entry_of(out / shard_name("train", i), "train"))
         every.append(toks)
-    Manifest(
-        tokenizer_fingerprint="test-random",
-        vocab_size=50260,
-        special_tokens={"<|endoftext|>": GPT2_EOT, "<|startoftext|>": SOT},
-        source="random",
-        settings={},
-        shards=entries,
-    ).save(out)
+    special = {"<|endoftext|>": GPT2_EOT, "<|startoftext|>": SOT}
+    save_manifest(
+        out, entries, fingerprint="test-random", vocab_size=50260, special_tokens=special, source="random"
+    )
     return np.concatenate(every)
 
 

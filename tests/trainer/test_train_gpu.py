@@ -16,24 +16,14 @@ from trainer.config import ConfigError, config_from_args
 from trainer.train import train
 
 
-def _run(data: Path, out: Path, *extra: str):
-    return train(config_from_args(fast(data, out, *extra)))
+def _run(data: Path, out: Path, *flags: str):
+    """``train`` on the fast tiny config plus ``flags`` (each string may hold several, space-separated)."""
+    return train(config_from_args(fast(data, out, *(x for f in flags for x in f.split()))))
 
 
 @pytest.mark.gpu
 def test_cuda_bf16_compile_trains(gen_shards: Path, tmp_path: Path):
-    res = _run(
-        gen_shards,
-        tmp_path / "run",
-        "--device",
-        "cuda",
-        "--max-steps",
-        "6",
-        "--eval-every",
-        "3",
-        "--peak-tflops",
-        "100",
-    )
+    res = _run(gen_shards, tmp_path / "run", "--device cuda --max-steps 6 --eval-every 3 --peak-tflops 100")
     assert res.val_losses[6] < res.val_losses[0]
     assert res.peak_mem_gib and res.peak_mem_gib > 0 and res.mfu is not None
     state = torch.load(checkpoint_path(tmp_path / "run", 6), weights_only=True)
@@ -54,17 +44,7 @@ def test_cuda_nan_step_is_refused_on_the_device(gen_shards: Path, tmp_path: Path
     res = _run(
         gen_shards,
         out,
-        "--device",
-        "cuda",
-        "--no-compile",
-        "--max-steps",
-        "4",
-        "--ckpt-every",
-        "1",
-        "--eval-every",
-        "0",
-        "--debug-nan-at-step",
-        "3",
+        "--device cuda --no-compile --max-steps 4 --ckpt-every 1 --eval-every 0 --debug-nan-at-step 3",
     )
     assert res.bad_steps == 1 and res.final_step == 4
     s2, s3, s4 = (torch.load(checkpoint_path(out, k), weights_only=True) for k in (2, 3, 4))
@@ -81,15 +61,7 @@ def test_cuda_fp16_uses_grad_scaler(gen_shards: Path, tmp_path: Path):
     res = _run(
         gen_shards,
         tmp_path / "run",
-        "--device",
-        "cuda",
-        "--precision",
-        "fp16",
-        "--no-compile",
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "0",
+        "--device cuda --precision fp16 --no-compile --max-steps 4 --eval-every 0",
     )
     assert res.final_step == 4
     state = torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)
@@ -105,14 +77,7 @@ def test_cuda_checks_happen_before_any_kernel(tmp_path: Path, gen_shards: Path):
         _run(
             gen_shards,
             tmp_path / "run2",
-            "--device",
-            "cuda",
-            "--block-size",
-            "32",
-            "--seq-len",
-            "64",
-            "--total-batch-tokens",
-            "256",
+            "--device cuda --block-size 32 --seq-len 64 --total-batch-tokens 256",
         )
 
 
@@ -145,17 +110,7 @@ def test_compiled_run_with_evals_compiles_two_graphs_and_never_recompiles(gen_sh
     torch._dynamo.reset()
     counters.clear()
     try:
-        res = _run(
-            gen_shards,
-            tmp_path / "run",
-            "--compile",
-            "--max-steps",
-            "4",
-            "--eval-every",
-            "2",
-            "--eval-windows",
-            "5",
-        )
+        res = _run(gen_shards, tmp_path / "run", "--compile --max-steps 4 --eval-every 2 --eval-windows 5")
         assert sorted(res.val_losses) == [0, 2, 4]
         assert counters["stats"]["unique_graphs"] == 2
     finally:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.format import Manifest, ShardEntry, ShardWriter, read_header, shard_name
+from pipeline.format import ShardEntry, ShardWriter, shard_name
 from pipeline.tokenizer import (
-    SPECIAL_TOKENS,
     VOCAB_SIZE,
     encode_document,
     get_tokenizer,
     tokenizer_fingerprint,
 )
+from tests.shards import entry_of, save_manifest
 from tests.textgen import make_docs
 
 
@@ -29,14 +29,7 @@ def write_split(
     with ShardWriter(path, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint) as w:
         for d in docs:
             w.add_document(d)
-    h = read_header(path)
-    return ShardEntry(
-        file=path.name,
-        split=split,
-        num_tokens=h.num_tokens,
-        num_docs=h.num_docs,
-        payload_sha256=h.payload_sha256,
-    )
+    return entry_of(path, split)
 
 
 def make_shards(
@@ -59,12 +52,7 @@ def make_shards(
         write_split(out, "train", docs[val_docs:], vocab_size, fp),
         write_split(out, "val", docs[:val_docs], vocab_size, fp),
     ]
-    Manifest(
-        tokenizer_fingerprint=fp,
-        vocab_size=vocab_size,
-        special_tokens=dict(SPECIAL_TOKENS),
-        source="tests.textgen",
-        settings={"seed": seed},
-        shards=entries,
-    ).save(out)
+    save_manifest(
+        out, entries, fingerprint=fp, vocab_size=vocab_size, source="tests.textgen", settings={"seed": seed}
+    )
     return out
