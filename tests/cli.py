@@ -69,7 +69,7 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 def one_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    """The single stderr error line of ``proc``, after checking its exit status and that it names ``needles``."""
+    """The one stderr error line of ``proc``, after checking its exit status and that it names ``needles``."""
     assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stderr

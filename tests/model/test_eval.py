@@ -74,7 +74,8 @@ def test_hellaswag_preprocessing_by_hand():
     )  # fmt: skip
     # str.capitalize lowercases the rest: "THE man" -> "The man"
     assert hellaswag_item(r[1])[0] == (
-        "Making tea: A man fills a kettle with water and sets it on the stove. The water begins to boil. The man"
+        "Making tea: A man fills a kettle with water and sets it on the stove. "
+        "The water begins to boil. The man"
     )
     # " [title]" -> ". ", brackets dropped, one pass of "  " -> " " (a triple space leaves a double)
     query, choices, gold = hellaswag_item(r[2])
@@ -93,15 +94,22 @@ def test_lambada_split_by_hand():
 
 
 def test_wikitext_detokenizer_by_hand():
-    page = " = Mill Road Bridge = \n The Mill Road Bridge is a brick bridge over the river in the old town . Built in 1790 , it was the town 's first crossing for carts . \n"
+    page = (
+        " = Mill Road Bridge = \n The Mill Road Bridge is a brick bridge over the river in the old town . "
+        "Built in 1790 , it was the town 's first crossing for carts . \n"
+    )
     assert wikitext_detokenize(page) == (
         " = Mill Road Bridge =\nThe Mill Road Bridge is a brick bridge over the river in the old town. "
         "Built in 1790, it was the town's first crossing for carts.\n"
     )
     assert wikitext_counts(page) == (37, len(page))  # 35 words + the empty ends re.split leaves
-    s = 'It is 24 @.@ 5 m , 1 @,@ 200 m ; glass @-@ maker at 20 \u00b0 C ( a note ) " a fine piece " said the keepers \' report . = = Design = ='
+    s = (
+        "It is 24 @.@ 5 m , 1 @,@ 200 m ; glass @-@ maker at 20 \u00b0 C ( a note ) "
+        '" a fine piece " said the keepers \' report . = = Design = ='
+    )
     assert wikitext_detokenize(s) == (
-        'It is 24.5 m, 1,200 m; glass-maker at 20\u00b0C (a note) "a fine piece" said the keepers\' report. == Design =='
+        "It is 24.5 m, 1,200 m; glass-maker at 20\u00b0C (a note) "
+        '"a fine piece" said the keepers\' report. == Design =='
     )
 
 
@@ -298,14 +306,15 @@ def test_hub_datasets_are_loaded_through_datasets(uniform_ckpt, monkeypatch, cap
     [
         (None, ["--task", "nope"], 2, "--task 'nope' is not a task"),
         (None, ["--task", "hellaswag", "--data", "missing.jsonl"], 1, "does not exist"),
-        ('{"activity_label": "a", "ctx_a": "b", "endings": ["c"], "label": "0"}\n', ["--task", "hellaswag"], 1,
-         "row 0 has no field 'ctx_b'"),
+        ('{"activity_label": "a", "ctx_a": "b", "endings": ["c"], "label": "0"}\n',
+         ["--task", "hellaswag"], 1, "row 0 has no field 'ctx_b'"),
         ("\n", ["--task", "lambada"], 1, "no rows"),
         ('{"text": "a b"}\n', ["--task", "lambada,hellaswag"], 2, "one task's file"),
         (None, ["--task", "shards"], 2, "needs --data DIR"),
         ("x", ["--task", "lambada", "--suffix", ".csv"], 2, "unknown suffix '.csv'"),
         ("not json\n", ["--task", "lambada"], 1, "line 1 is not JSON"),
-        ('{"text": "say ' + "qzxv" * 40 + '"}\n', ["--task", "lambada"], 1, "exceeds the model's context of 16"),
+        ('{"text": "say ' + "qzxv" * 40 + '"}\n', ["--task", "lambada"], 1,
+         "exceeds the model's context of 16"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line(uniform_ckpt, tmp_path, capsys, content, args, code, message):

@@ -111,7 +111,8 @@ def run_harness(export_dir: Path, ydir: Path, batch_size: int = 16) -> dict[str,
     from lm_eval.tasks import TaskManager
 
     out = simple_evaluate(
-        model="hf", model_args=f"pretrained={export_dir}", tasks=["owt_hellaswag", "owt_lambada", "owt_wikitext"],
+        model="hf", model_args=f"pretrained={export_dir}",
+        tasks=["owt_hellaswag", "owt_lambada", "owt_wikitext"],
         task_manager=TaskManager(include_path=str(ydir)), batch_size=batch_size, device="cpu",
         bootstrap_iters=0,
     )  # fmt: skip

@@ -158,7 +158,8 @@ def test_lm_eval_runs_on_the_export_with_no_extra_model_args(ours, export_dir, t
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # no network here
     cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={export_dir}",
            "--tasks", "owtgpt_export_mc,owtgpt_export_rolling,owtgpt_export_gen",
-           "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "out"), "--log_samples"]  # fmt: skip
+           "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "out"),
+           "--log_samples"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

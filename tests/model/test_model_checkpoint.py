@@ -123,8 +123,8 @@ def test_first_nonfinite_matches_a_per_tensor_check():
 
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
-        state = {f"t{i}": torch.randn(3, 5, generator=g).to((torch.float32, torch.bfloat16, torch.float16)[i % 3])
-                 for i in range(6)}  # fmt: skip
+        dtypes = (torch.float32, torch.bfloat16, torch.float16)
+        state = {f"t{i}": torch.randn(3, 5, generator=g).to(dtypes[i % 3]) for i in range(6)}
         state["ids"] = torch.arange(4)  # integer tensors cannot be non-finite: ignored
         for _ in range(trial % 3):
             k = f"t{int(torch.randint(0, 6, (1,), generator=g))}"

@@ -1,4 +1,5 @@
-"""CUDA checks (skipped without a GPU): bf16 autocast (fused SDPA kernels) against fp32 CPU, cached decoding."""
+"""CUDA checks (skipped without a GPU): bf16 autocast (fused SDPA kernels) against fp32 CPU, cached
+decoding."""
 
 from __future__ import annotations
 

@@ -82,8 +82,8 @@ def test_reader_process_build_is_byte_identical_to_in_process(corpus, tmp_path, 
 
 def test_state_log_has_one_line_per_shard_and_ignores_a_torn_tail(corpus, tmp_path):
     out = tmp_path / "s"
-    m = build_shards(ShardConfig(source=str(corpus), out=out, shard_tokens=5000, val_fraction=0.05, workers=1),
-                     progress=False)  # fmt: skip
+    cfg = ShardConfig(source=str(corpus), out=out, shard_tokens=5000, val_fraction=0.05, workers=1)
+    m = build_shards(cfg, progress=False)
     lines = (out / STATE_NAME).read_text().splitlines()
     assert len(lines) == 1 + len(m.shards)
     head = json.loads(lines[0])

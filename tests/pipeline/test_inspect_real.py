@@ -1,6 +1,6 @@
 """stats / verify / show on real OpenWebText documents (``../shared/corpora/owt-sample``; skipped
-when absent; about 2 s, so part of the default suite): the figures equal an independent count made here with tiktoken, and the stored
-tokens equal nanoGPT's own prepare.py output for the same documents."""
+when absent; about 2 s, so part of the default suite): the figures equal an independent count made
+here with tiktoken, and the stored tokens equal nanoGPT's own prepare.py output for the same documents."""
 
 from __future__ import annotations
 

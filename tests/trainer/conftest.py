@@ -52,6 +52,6 @@ def run_trainer(args: list[str], timeout: float = 300, **env: str) -> subprocess
 def run_faulty(
     faults: list[str], args: list[str], cli: str = "trainer", timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:
-    """``python -m trainer ARGS`` (or ``model``) with ``faults`` (``KIND:STEP``) monkeypatched in; see faults.py."""
+    """``python -m trainer ARGS`` (or ``model``) with ``faults`` (``KIND:STEP``, see faults.py) patched in."""
     spec = [x for f in faults for x in ("--fault", f)]
     return run_module("tests.trainer.faults", *spec, "--", cli, *args, timeout=timeout, **env)

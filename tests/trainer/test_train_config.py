@@ -33,7 +33,8 @@ DOCUMENTED_FLAGS = {
     "--model", "--n-layer", "--n-head", "--n-embd", "--block-size", "--dropout",
     "--seq-len", "--micro-batch", "--total-batch-tokens", "--max-steps", "--doc-aligned", "--no-doc-aligned",
     "--prefetch", "--seed",
-    "--lr", "--min-lr-ratio", "--warmup-steps", "--weight-decay", "--beta1", "--beta2", "--eps", "--grad-clip",
+    "--lr", "--min-lr-ratio", "--warmup-steps", "--weight-decay", "--beta1", "--beta2", "--eps",
+    "--grad-clip",
     "--device", "--precision", "--compile", "--no-compile", "--sdpa-backend",
     "--eval-every", "--eval-windows", "--log-every", "--sample-every", "--sample-prompt", "--sample-tokens",
     "--eval-tasks", "--eval-tasks-every", "--eval-tasks-limit", "--eval-tasks-data", "--peak-tflops",
@@ -172,8 +173,9 @@ def test_cli_errors_name_the_flag_and_exit_by_kind(capsys, tmp_path: Path):
 
 
 @pytest.mark.parametrize(("flag", "value", "why"), [
-    ("--lr", "inf", "finite"), ("--lr", "nan", "finite"), ("--lr", "0", "(0, inf)"), ("--weight-decay", "nan", "finite"),
-    ("--weight-decay", "-0.1", "[0, inf)"), ("--eps", "0", "(0, inf)"), ("--eps", "inf", "finite"),
+    ("--lr", "inf", "finite"), ("--lr", "nan", "finite"), ("--lr", "0", "(0, inf)"),
+    ("--weight-decay", "nan", "finite"), ("--weight-decay", "-0.1", "[0, inf)"),
+    ("--eps", "0", "(0, inf)"), ("--eps", "inf", "finite"),
     ("--grad-clip", "nan", "finite"), ("--grad-clip", "inf", "finite"), ("--beta1", "1", "[0, 1)"),
     ("--beta2", "nan", "finite"), ("--min-lr-ratio", "1.5", "[0, 1]"), ("--dropout", "1", "[0, 1)"),
     ("--peak-tflops", "0", "(0, inf)"), ("--peak-tflops", "inf", "finite"),

@@ -151,9 +151,10 @@ def test_resume_of_a_finetune_resumes_the_run_not_the_init(gen_shards, hf_export
     run(gen_shards, tmp_path / "b", "--init-from", str(hf_export), *args)
     checkpoint_path(tmp_path / "b", 4).unlink()  # as if it had stopped after step 2
     # no --init-from and no shape flags: the tiny preset's own shape (4 x 128) is not the source's
-    resumed = train(config_from_args(["--data", str(gen_shards), "--out", str(tmp_path / "b"), "--preset", "tiny",
-                                      "--seq-len", "32", "--micro-batch", "2", "--total-batch-tokens", "128",
-                                      "--no-tensorboard", *args, "--resume"]))  # fmt: skip
+    flags = ["--data", str(gen_shards), "--out", str(tmp_path / "b"), "--preset", "tiny", "--seq-len", "32",
+             "--micro-batch", "2", "--total-batch-tokens", "128", "--no-tensorboard",
+             *args, "--resume"]  # fmt: skip
+    resumed = train(config_from_args(flags))
     assert resumed.start_step == 2
     assert [resumed.losses[s] for s in (3, 4)] == [straight.losses[s] for s in (3, 4)]
     assert torch.load(checkpoint_path(tmp_path / "b", 4), weights_only=True)["init_from"] == _record(
