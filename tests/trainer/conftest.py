@@ -49,6 +49,13 @@ def run_trainer(args: list[str], timeout: float = 300, **env: str) -> subprocess
     return run_module("trainer", *args, timeout=timeout, **env)
 
 
+def finished_run(data: Path, out: Path, *extra: str) -> Path:
+    """A finished ``python -m trainer`` run into ``out`` on the fast config (asserts exit 0)."""
+    proc = run_trainer(fast(data, out, *extra))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 def run_faulty(
     faults: list[str], args: list[str], cli: str = "trainer", timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import torch
 
 from model.checkpoint import checkpoint_path, first_nonfinite, list_checkpoints
 from tests.cli import error_lines, one_error, run_module, running, snapshot, wait_for_line
-from tests.trainer.conftest import fast, run_faulty, run_trainer
+from tests.trainer.conftest import fast, finished_run, run_faulty, run_trainer
 from tests.trainer.faults import NAN_TENSOR
 
 ARGS = ("--max-steps", "10", "--ckpt-every", "5", "--eval-every", "0")
@@ -30,10 +30,7 @@ def model_of(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def straight(gen_shards: Path, tmp_path_factory) -> Path:
     """An uninterrupted 10-step run: what a failed-then-resumed run must reproduce bit for bit."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    proc = run_trainer(fast(gen_shards, out, *ARGS))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return finished_run(gen_shards, tmp_path_factory.mktemp("straight") / "run", *ARGS)
 
 
 def assert_resume_matches(gen_shards: Path, out: Path, straight: Path, from_step: int) -> None:

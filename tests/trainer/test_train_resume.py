@@ -15,7 +15,7 @@ import torch
 
 from model.checkpoint import checkpoint_path, list_checkpoints
 from tests.cli import running, wait_for_line
-from tests.trainer.conftest import fast, run_faulty, run_trainer
+from tests.trainer.conftest import fast, finished_run, run_faulty, run_trainer
 from trainer.checkpoint import load_latest
 from trainer.observe import read_metrics
 
@@ -24,10 +24,7 @@ ARGS = ("--max-steps", "20", "--ckpt-every", "5", "--dropout", "0.1", "--eval-ev
 
 @pytest.fixture(scope="module")
 def straight(gen_shards: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight") / "run"
-    proc = run_trainer(fast(gen_shards, out, *ARGS))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return finished_run(gen_shards, tmp_path_factory.mktemp("straight") / "run", *ARGS)
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
