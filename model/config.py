@@ -1,7 +1,5 @@
 """``GPTConfig``: the one typed configuration of the model, and the GPT-2 presets.
 
-Contract
---------
 * Fields are plain ints/floats/bools so a config round-trips through JSON and through
   ``torch.load(weights_only=True)`` as a dict (:meth:`GPTConfig.to_dict` / :meth:`GPTConfig.from_dict`).
 * ``vocab_size`` is the *real* vocabulary (50260 = GPT-2's 50257 + ``<|startoftext|>``,

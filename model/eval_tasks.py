@@ -1,7 +1,5 @@
 """Zero-shot eval tasks: where their data comes from, and the text each one asks the model to score.
 
-Contract
---------
 * Every task follows lm-evaluation-harness 0.4's definition (its task YAMLs and ``utils.py``), so
   numbers compare with published ones; README.md "Evaluating a model" lists them:
   - ``hellaswag`` (hub ``Rowan/hellaswag``, validation): query ``preprocess(activity_label + ": " +

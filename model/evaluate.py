@@ -1,7 +1,5 @@
 """The scoring engine of ``python -m model eval`` and of the trainer's ``--eval-tasks``.
 
-Contract
---------
 * :class:`Scorer` answers lm-evaluation-harness's ``loglikelihood`` request: for token lists
   ``(context, continuation)`` the summed log-probability of the continuation and whether greedy
   decoding would produce it. Inputs longer than the model's context keep their last

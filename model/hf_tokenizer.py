@@ -1,7 +1,5 @@
 """The Hugging Face tokenizer files of an ``export-hf`` folder, derived from tiktoken (no download).
 
-Contract
---------
 * ``vocab.json`` maps each GPT-2 BPE token to its id: the token's bytes are spelled with GPT-2's
   byte-to-unicode table (:func:`bytes_to_unicode`), ids 0..50255 are tiktoken's ranks and
   ``<|endoftext|>`` is 50256. It holds the same entries as OpenAI's ``encoder.json``.

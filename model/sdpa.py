@@ -1,7 +1,5 @@
 """Which fused attention kernel ``F.scaled_dot_product_attention`` runs: chosen on purpose, and said.
 
-Contract
---------
 * Names: ``auto``, ``cudnn``, ``flash``, ``efficient`` (memory-efficient), ``math`` (the reference
   composite), mapped to :class:`torch.nn.attention.SDPBackend`. Left alone, torch picks per call by
   its own priority list, and the run cannot say which kernel it trained with.

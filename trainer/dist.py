@@ -1,7 +1,5 @@
 """Process-group setup for torchrun (DDP), and the device / precision choice of this process.
 
-Contract
---------
 * Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), we join
   the process group: NCCL on CUDA, gloo on CPU. Without those variables this is a single process
   and nothing distributed is touched, so ``python -m trainer`` needs no launcher.

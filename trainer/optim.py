@@ -1,7 +1,5 @@
 """AdamW with GPT-2 parameter groups, and the warmup + cosine learning-rate schedule.
 
-Contract
---------
 * :func:`param_groups`: weight decay on every parameter with ``dim >= 2`` (Linear weights and the
   token/position embeddings; the LM head is tied to ``wte`` and appears once), none on biases and
   LayerNorm gains (decaying those only pulls them towards 0 for no regularisation benefit, as in

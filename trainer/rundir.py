@@ -1,7 +1,5 @@
 """The run folder: refuse to clobber, ``--overwrite`` cleanly, and record what produced the run.
 
-Contract
---------
 * A folder that already holds a run (``config.json``, checkpoints, events, ``metrics.jsonl``) is
   only touched with ``--resume`` (continue it) or ``--overwrite`` (start over). ``--overwrite``
   deletes only the trainer's own artifacts, never anything else in the folder, so a mistaken
