@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.errors import UserError
 from pipeline.format import SPLITS, Shard, ShardDataset
+from pipeline.fsutil import folder_locked_by
 
 
 class SamplerError(UserError, ValueError):
@@ -30,9 +31,12 @@ class OutOfVocabError(SamplerError):
 
 
 def open_dataset(data: str | Path | ShardDataset) -> ShardDataset:
-    """A :class:`ShardDataset` from a folder path, or the dataset itself."""
+    """A :class:`ShardDataset` from a folder path, or the dataset itself; refuses a folder being built."""
     if isinstance(data, ShardDataset):
         return data
+    pid = folder_locked_by(data)
+    if pid is not None:  # a rebuild (--overwrite) may be replacing the very shards we would map
+        raise SamplerError(f"{data}: build in progress (pid {pid}); wait for it to finish, then rerun")
     return ShardDataset(data)
 
 

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from model.sdpa import choose_sdpa_backend, sdpa_context
-from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
+from pipeline.sampler_index import open_dataset
 from pipeline.tokenizer import tokenizer_fingerprint
 from trainer import checkpoint as ckpt
 from trainer import init_from
@@ -119,11 +119,10 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     grad_accum = cfg.grad_accum_steps(env.world_size)
     if env.is_main:  # only rank 0 decides (and later changes) the run folder: no check-vs-mkdir race
         check_run_dir(cfg)
-    init = init_from.plan(
-        cfg
-    )  # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
+    # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
+    init = init_from.plan(cfg)
     model_config = init.model_config
-    dataset = ShardDataset(cfg.data)
+    dataset = open_dataset(cfg.data)  # refuses a folder that a build still holds
     if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
         raise ConfigError(
             f"--data {cfg.data}: the val split is empty, so --eval-every {cfg.eval_every} has nothing to "

@@ -51,3 +51,19 @@ def test_out_of_vocab_ids_exit_1_with_one_line(gen_shards, tmp_path):
     with open(path, "rb") as f:
         f.seek(HEADER_SIZE + 2 * offset)
         assert int.from_bytes(f.read(2), "little") == token >= vocab
+
+
+def test_a_shard_folder_still_being_built_is_refused_not_read(gen_shards, tmp_path):
+    """The trainer never maps shards that a build (e.g. ``--overwrite``) holds: one line, exit 1."""
+    from pipeline.fsutil import folder_lock
+    from tests.cli import one_error, snapshot
+
+    data = Path(shutil.copytree(gen_shards, tmp_path / "shards"))
+    with folder_lock(data, "build"):  # this process plays the build holding the folder
+        before = snapshot(data)
+        proc = run_trainer(fast(data, tmp_path / "run", "--max-steps", "2"))
+        assert snapshot(data) == before
+    one_error(proc, 1, str(data), "build in progress")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # once the build has let go, the same command trains
+    assert run_trainer(fast(data, tmp_path / "run", "--max-steps", "2")).returncode == 0
