@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fsutil import atomic_write_text, fsync_dir, temp_path_for
+from pipeline.fsutil import atomic_write_text, fsync_dir, refuse_if_being_built, temp_path_for
 
 MAGIC = b"OWTSHARD"
 FORMAT_VERSION = 1
@@ -451,6 +451,7 @@ class ShardDataset:
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
+        refuse_if_being_built(self.directory)  # every reader (stats, show, trainer, eval) goes through here
         self.manifest = Manifest.load(self.directory)
         self._open: dict[str, list[Shard]] = {}
 

@@ -180,3 +180,10 @@ def folder_locked_by(directory: str | os.PathLike[str]) -> int | None:
         return pid
     finally:
         os.close(fd)
+
+
+def refuse_if_being_built(directory: str | os.PathLike[str]) -> None:
+    """A folder a build still holds is unfinished, not corrupt: readers say so and stop (exit 1)."""
+    pid = folder_locked_by(directory)
+    if pid is not None:
+        raise UserError(f"{directory}: build in progress (pid {pid}); wait for it to finish, then rerun")

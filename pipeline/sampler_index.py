@@ -19,7 +19,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.errors import UserError
 from pipeline.format import SPLITS, Shard, ShardDataset
-from pipeline.fsutil import folder_locked_by
 
 
 class SamplerError(UserError, ValueError):
@@ -31,12 +30,9 @@ class OutOfVocabError(SamplerError):
 
 
 def open_dataset(data: str | Path | ShardDataset) -> ShardDataset:
-    """A :class:`ShardDataset` from a folder path, or the dataset itself; refuses a folder being built."""
+    """A :class:`ShardDataset` from a folder path (refused while a build holds it), or the dataset itself."""
     if isinstance(data, ShardDataset):
         return data
-    pid = folder_locked_by(data)
-    if pid is not None:  # a rebuild (--overwrite) may be replacing the very shards we would map
-        raise SamplerError(f"{data}: build in progress (pid {pid}); wait for it to finish, then rerun")
     return ShardDataset(data)
 
 

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from pipeline.errors import UsageError, UserError
 from pipeline.format import SPLITS, ShardDataset, ShardFormatError, check_entry, open_shard
-from pipeline.fsutil import folder_locked_by
+from pipeline.fsutil import refuse_if_being_built
 from pipeline.tools.stats import DEFAULT_CHUNK_TOKENS as STATS_CHUNK
 from pipeline.tools.verify import DEFAULT_CHUNK_TOKENS as VERIFY_CHUNK
 from pipeline.tools.views import command_progress, piece_repr, verified_summary, verify_table
@@ -117,20 +117,12 @@ def strip_markers(ids: np.ndarray, sot: int, eot: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- commands
 
 
-def _refuse_if_building(d: Path) -> None:
-    """A folder a build is still writing is not corrupt, only unfinished: say so, and stop."""
-    pid = folder_locked_by(d)
-    if pid is not None:
-        raise UserError(f"{d}: build in progress (pid {pid}); wait for it to finish, then rerun")
-
-
 def _friendly(fn):
     """The expected failures as one line (printed by ``run_command``): a folder still being built
     or without a manifest, a corrupt shard (exit 1), an out-of-range index or bad flag (exit 2)."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
-        _refuse_if_building(args.dir)
         try:
             return fn(args)
         except ShardFormatError as e:
@@ -177,7 +169,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.tools.verify import errors, planned_bytes, verify_dataset
 
-    _refuse_if_building(args.dir)
+    refuse_if_being_built(args.dir)  # verify reads shard files directly, not through ShardDataset
     err = Console(stderr=True)
     with command_progress(err, bytes_mode=True, disable=args.no_progress) as prog:
         task = prog.add_task("verify", total=planned_bytes(args.dir))
