@@ -3,6 +3,11 @@
 :class:`TokenSampler` ``.get_batch(step)`` returns ``x, y``: ``(batch_size, seq_len)`` int64 tensors on
 ``device``, ``y`` = ``x`` shifted by one. Each row is ``seq_len + 1`` consecutive tokens of one train
 shard at a uniformly random start (``doc_aligned``: at a ``<|startoftext|>``); no window crosses a shard.
+``sampling="permutation"`` draws without replacement instead: an *epoch* is the windows at starts
+``0, T, 2T, ...`` of every shard (back to back, ``(len - 1) // T`` per shard; ``doc_aligned``: every
+document start with room for a window), and the global batches of consecutive steps walk one seeded
+permutation of it (:class:`pipeline.permutation.EpochOrder`), so every window comes once per epoch, on
+one rank, and each epoch has a fresh order.
 A batch is a pure function of ``(seed, step, rank, world_size)``, so resuming needs only the step; the
 global batch depends only on ``(seed, step, world_size * B)`` (elastic resume). Every batch's ids are
 checked against ``vocab_size`` before they leave the host (:class:`OutOfVocabError`). ``batches(start)``
@@ -25,9 +30,12 @@ import torch
 
 from pipeline.device import resolve_device
 from pipeline.format import ShardDataset
+from pipeline.permutation import EpochOrder
 from pipeline.sampler_index import OutOfVocabError, SamplerError, WindowIndex, checked_split, open_dataset
 
-__all__ = ["OutOfVocabError", "SamplerError", "TokenSampler", "ValWindows"]
+__all__ = ["SAMPLING_MODES", "OutOfVocabError", "SamplerError", "TokenSampler", "ValWindows"]
+
+SAMPLING_MODES = ("random", "permutation")
 
 # First SeedSequence word of the training stream; keeps it apart from any other use of the same seed.
 _TRAIN_STREAM = 0x0767_7470  # "owtgpt" sampler, v1
@@ -55,6 +63,7 @@ def _open_windows(
     expected_vocab_size: int | None,
     expected_tokenizer_fingerprint: str | None,
     madvise: bool = False,
+    stride: int = 1,
 ) -> tuple[ShardDataset, WindowIndex]:
     """Open ``data``, check ``split`` against the caller's vocab/tokenizer, index its window starts."""
     dataset = open_dataset(data)
@@ -72,6 +81,7 @@ def _open_windows(
         split=split,
         vocab_size=dataset.vocab_size,
         madvise=madvise,
+        stride=stride,
     )
     return dataset, index
 
@@ -248,7 +258,8 @@ class TokenSampler:
 
     ``num_tokens``: tokens in the split. ``tokens_per_step``: ``batch_size * seq_len`` (this rank).
     ``madvise``: the cold-cache page policy (``MADV_RANDOM`` + ``MADV_WILLNEED`` of the next batch);
-    it changes speed only, never the batches.
+    it changes speed only, never the batches. ``sampling``: ``"random"`` (with replacement, any start)
+    or ``"permutation"`` (each window of the epoch once; ``epoch_windows`` of them, else ``None``).
     """
 
     def __init__(
@@ -267,7 +278,14 @@ class TokenSampler:
         expected_vocab_size: int | None = None,
         expected_tokenizer_fingerprint: str | None = None,
         madvise: bool = True,
+        sampling: str = "random",
     ):
+        if sampling not in SAMPLING_MODES:
+            raise SamplerError(
+                f"sampling={sampling!r} is not a sampling mode; use 'random' (windows at uniformly random "
+                "starts, with replacement) or 'permutation' (each window once per epoch)"
+            )
+        self.sampling = sampling
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seq_len = _check_int("seq_len", seq_len, 1)
         self.seed = _check_int("seed", seed, 0)
@@ -285,7 +303,11 @@ class TokenSampler:
             expected_vocab_size,
             expected_tokenizer_fingerprint,
             self.madvise,
+            # permutation: back-to-back windows (each token is an input once and a target once per epoch)
+            stride=self.seq_len if sampling == "permutation" and not self.doc_aligned else 1,
         )
+        self._order = EpochOrder(self.index.total, self.seed) if sampling == "permutation" else None
+        self.epoch_windows: int | None = self.index.total if self._order is not None else None
         self.num_tokens = int(self.index.lengths.sum())
         self.tokens_per_step = self.batch_size * self.seq_len
         self._lock = threading.Lock()  # get_batch and the prefetch thread share the staging ring
@@ -318,6 +340,12 @@ class TokenSampler:
 
     def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         world = self.world_size
+        if self._order is not None:
+            # the global batch of step s is positions s*world*B .. (s+1)*world*B - 1 of the epoch stream;
+            # rank r takes r, r + world, ... (as the random draws): ranks disjoint, elastic at equal world*B
+            first = step * world * self.batch_size + self.rank
+            positions = first + world * np.arange(self.batch_size, dtype=np.int64)
+            return self.index.locate(np.sort(self._order.items(positions)))
         # a fresh SeedSequence per step: no state but the step (streams fixed per numpy version)
         rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
         # one stream of world * B draws (the global batch); rank r takes draws r, r + world, ...:
@@ -440,7 +468,9 @@ class TokenSampler:
         self.close()
 
     def __repr__(self) -> str:
-        mode = "doc-aligned" if self.doc_aligned else "random"
+        mode = f"{self.sampling}, doc-aligned" if self.doc_aligned else self.sampling
+        if self._order is not None:
+            mode += f", {self.index.total:,} windows per epoch"
         return (
             f"TokenSampler({self.dataset.directory}, split={self.split!r}, B={self.batch_size}, "
             f"T={self.seq_len}, seed={self.seed}, rank={self.rank}/{self.world_size}, {mode}, "

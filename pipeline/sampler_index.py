@@ -4,9 +4,10 @@ A *window* is ``T + 1`` consecutive tokens of one shard, never crossing its end.
 numbers every allowed start of a split with one global integer in ``[0, total)``: in random mode shard
 ``i`` contributes ``len_i - T`` starts (so a uniform draw picks shards in proportion to their starts);
 in doc-aligned mode, its documents whose ``<|startoftext|>`` leaves room for a window (a prefix of the
-sorted ``doc_offsets``, found by one binary search). Only per-shard counts live in RAM, never a
-per-token or per-document array. :meth:`WindowIndex.gather` copies a batch with one numpy call per
-shard touched. README.md, "Design" (Sampler).
+sorted ``doc_offsets``, found by one binary search); with ``stride=T`` (the permutation sampler's epoch),
+only the starts ``0, T, 2T, ...`` of each shard, ``(len_i - 1) // T`` of them: back-to-back windows.
+Only per-shard counts live in RAM, never a per-token or per-document array. :meth:`WindowIndex.gather`
+copies a batch with one numpy call per shard touched. README.md, "Design" (Sampler).
 """
 
 from __future__ import annotations
@@ -98,19 +99,24 @@ class WindowIndex:
         split: str,
         vocab_size: int | None = None,
         madvise: bool = False,
+        stride: int = 1,
     ):
         if window < 2:
             raise ValueError(f"window must be >= 2 tokens (seq_len >= 1), got {window}")
+        if stride < 1 or (doc_aligned and stride != 1):
+            raise ValueError(f"stride must be >= 1, and 1 when doc_aligned; got {stride}")
         self.shards = shards
         self.window = window
         self.doc_aligned = doc_aligned
+        self.stride = stride
         self.vocab_size = vocab_size
         self.where = Path(where)
         self.lengths = np.array([len(s) for s in shards], dtype=np.int64)
         if doc_aligned:
             counts = np.array([_eligible_docs(s, window) for s in shards], dtype=np.int64)
         else:
-            counts = np.maximum(self.lengths - window + 1, 0)
+            # starts 0, stride, 2 * stride, ... up to len - window
+            counts = np.maximum((self.lengths - window) // stride + 1, 0)
         self.counts = counts
         self.ends = np.cumsum(counts)  # ends[i] = first global start past shard i
         self.total = int(self.ends[-1]) if len(counts) else 0
@@ -149,7 +155,7 @@ class WindowIndex:
         shard_ids = np.searchsorted(self.ends, g, side="right")
         local = g - (self.ends[shard_ids] - self.counts[shard_ids])
         if not self.doc_aligned:
-            return shard_ids, local
+            return shard_ids, local * self.stride if self.stride != 1 else local
         starts = np.empty_like(local)
         for j, lo, hi in self._groups(shard_ids):
             starts[lo:hi] = self.shards[j].doc_offsets[local[lo:hi]]
