@@ -10,6 +10,8 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 * ``sampler+prefetch``   the consumer's view of ``TokenSampler.batches()`` with its prefetch thread
                          (and its ``MADV_WILLNEED`` hints); ``, no madvise``: ``madvise=False``;
 * ``sampler doc-aligned``the same with ``doc_aligned=True``;
+* ``sampler permutation`` ``sampling="permutation"`` (each window once per epoch; ``, doc-aligned``
+                         too): the ratio to ``sampler`` is the cost of sampling without replacement;
 * ``loop (nanoGPT)``     baseline: re-open ``np.memmap`` each batch, ``torch.stack`` of per-row
                          ``torch.from_numpy(data[i:i+T].astype(np.int64))`` for x and for y;
 * ``gather: ...``        gather only (uint16 (B, T+1), no RNG, no widening), four ways, same starts:
@@ -19,7 +21,10 @@ over the same shards, interleaved rounds (machines are noisy; the median round i
 * ``memcpy``             ``np.copyto`` of the same number of bytes from one contiguous block (ceiling).
 
 Tokens are counted as B*T model tokens per batch for every row, so the figures compare directly.
-The headline is ``sampler / loop`` (target >= 8x).
+The headline is ``sampler / loop`` (target >= 8x). After the table: the draw alone
+(``window_starts``: starts of one batch, no token read), random vs permutation side by side, on these
+shards and on the window counts of OpenWebText (9B tokens: 8.8M windows at T=1024, 70M at T=128), and
+the memory each draw allocates (tracemalloc peak) against a materialised permutation of the epoch.
 
 Data: shards built with ``pipeline.tools.build.build_shards`` from
 ``../shared/corpora/imdb-reviews.jsonl.zst`` when both exist (``--source``), else ``--tokens`` random
@@ -48,6 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,7 +63,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.format import HEADER_SIZE, Manifest, ShardDataset, ShardEntry, ShardWriter, shard_name
-from pipeline.sampler import TokenSampler
+from pipeline.permutation import BatchOrder
+from pipeline.sampler import _TRAIN_STREAM, TokenSampler
 from pipeline.tokenizer import EOT_ID, SOT_ID, SPECIAL_TOKENS, VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +151,10 @@ def make_methods(
     block = np.ascontiguousarray(shards[0].tokens[: b * (t + 1)]).reshape(b, t + 1)
     sync = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0)
     docs = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0, doc_aligned=True)
+    perm = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=0, sampling="permutation")
+    perm_docs = TokenSampler(
+        ds, batch_size=b, seq_len=t, prefetch=0, sampling="permutation", doc_aligned=True
+    )
     pre = TokenSampler(ds, batch_size=b, seq_len=t, prefetch=2)
     pre_iter = pre.batches(0)
     # the same sampler without the per-batch id check (instance attribute shadows the method)
@@ -188,13 +199,15 @@ def make_methods(
         "sampler+prefetch": lambda i: next(pre_iter),
         "sampler+prefetch, no madvise": lambda i: next(pre_plain_iter),
         "sampler doc-aligned": lambda i: docs.get_batch(i),
+        "sampler permutation": perm.get_batch,
+        "sampler permutation doc-aligned": perm_docs.get_batch,
         "loop (nanoGPT)": loop,
         "gather: strided view": strided,
         "gather: fancy index": fancy,
         "gather: np.take": take,
         "gather: row-slice loop": row_loop,
         "memcpy": lambda i: np.copyto(buf, block),
-    }, [sync, docs, pre, unchecked, pre_plain]
+    }, [sync, docs, pre, unchecked, pre_plain, perm, perm_docs]
 
 
 def time_id_check(root: Path, b: int, t: int, reps: int = 20_000) -> float:
@@ -210,6 +223,97 @@ def time_id_check(root: Path, b: int, t: int, reps: int = 20_000) -> float:
                 s.index.check_ids(buf, shard_ids, starts)
             runs.append((time.perf_counter() - t0) / (reps // 5) * 1e6)
     return statistics.median(runs)
+
+
+OWT_TOKENS = 9_000_000_000  # OpenWebText in GPT-2 tokens, for the epoch sizes below
+
+
+def _median_us(fn: Callable[[int], object], reps: int, rounds: int = 5) -> float:
+    runs = []
+    step = 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn(step)
+            step += 1
+        runs.append((time.perf_counter() - t0) / reps * 1e6)
+    return statistics.median(runs)
+
+
+def _peak_bytes(fn: Callable[[int], object]) -> int:
+    """Peak bytes that numpy and Python allocate during one call (tracemalloc sees numpy's buffers), for
+    a step far from the last one: the permutation then makes a new block of rows (its worst case)."""
+    fn(0)
+    tracemalloc.start()
+    try:
+        fn(1_000_003)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def bench_draw(root: Path, b: int, t: int, world: int = 8, reps: int = 2000) -> dict:
+    """The draw alone, random vs permutation, interleaved: on the shards, and at OpenWebText's epoch sizes."""
+    rows: dict[str, dict[str, float]] = {}
+    with (
+        TokenSampler(root, batch_size=b, seq_len=t, prefetch=0) as rnd,
+        TokenSampler(root, batch_size=b, seq_len=t, prefetch=0, sampling="permutation") as perm,
+        TokenSampler(root, batch_size=b, seq_len=t, prefetch=0, doc_aligned=True) as rnd_doc,
+        TokenSampler(
+            root, batch_size=b, seq_len=t, prefetch=0, doc_aligned=True, sampling="permutation"
+        ) as pd,
+    ):
+        pairs = {
+            f"shards, T={t}": (rnd.window_starts, perm.window_starts, perm.epoch_windows),
+            f"shards doc-aligned, T={t}": (rnd_doc.window_starts, pd.window_starts, pd.epoch_windows),
+        }
+        for tt in (1024, 128):  # the order alone at OpenWebText's sizes: B rows of rank 0 of `world`
+            n = (OWT_TOKENS - 1) // tt
+            order = BatchOrder(n, 0, batch_size=b, rank=0, world_size=world)
+
+            def rand(step: int, n: int = n) -> np.ndarray:  # what the random sampler's _draw does
+                rng = np.random.default_rng([_TRAIN_STREAM, 0, step])
+                return np.sort(rng.integers(0, n, size=world * b, dtype=np.int64)[::world])
+
+            def permuted(step: int, order: BatchOrder = order) -> np.ndarray:  # as the sampler's _draw
+                return np.sort(order.items(step))
+
+            pairs[f"OpenWebText order only, T={tt}, world={world}"] = (rand, permuted, n)
+        for name, (f_rand, f_perm, n) in pairs.items():
+            us_r, us_p = [], []
+            for _ in range(3):  # interleaved, so both see the same machine load
+                us_r.append(_median_us(f_rand, reps // 3, rounds=3))
+                us_p.append(_median_us(f_perm, reps // 3, rounds=3))
+            r, p = statistics.median(us_r), statistics.median(us_p)
+            rows[name] = {
+                "windows_per_epoch": int(n),
+                "random_us": r,
+                "permutation_us": p,
+                "ratio": p / r,
+                "random_peak_bytes": _peak_bytes(f_rand),
+                "permutation_peak_bytes": _peak_bytes(f_perm),
+                "materialised_bytes": 8 * int(n),
+            }
+    table = Table(title=f"draw of one batch of B={b} starts (no token read), random vs permutation; median")
+    for col in ("case", "windows/epoch", "random us", "perm us", "perm/random", "peak KiB r/p", "array MiB"):
+        table.add_column(col, justify="right" if col != "case" else "left")
+    for name, r in rows.items():
+        table.add_row(
+            name,
+            f"{r['windows_per_epoch']:,}",
+            f"{r['random_us']:.1f}",
+            f"{r['permutation_us']:.1f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['random_peak_bytes'] / 1024:.1f} / {r['permutation_peak_bytes'] / 1024:.1f}",
+            f"{r['materialised_bytes'] / 2**20:,.0f}",
+        )
+    console.print(table)
+    console.print(
+        "permutation state: 6 round keys per epoch (48 bytes) and the rows of one block of steps "
+        f"({BatchOrder.BLOCK_ROWS} int64, 32 KiB); 'array MiB' is what an int64 permutation of the epoch "
+        "would hold instead"
+    )
+    return rows
 
 
 def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
@@ -248,6 +352,13 @@ def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
     )
     policy = med["sampler+prefetch, no madvise"] / med["sampler+prefetch"]
     console.print(f"page policy on warm cache: (no madvise) / (madvise) batches/s = {policy:.3f}x")
+    perm = med["sampler permutation"] / med["sampler"]
+    perm_doc = med["sampler permutation doc-aligned"] / med["sampler doc-aligned"]
+    console.print(
+        f"sampling without replacement: permutation / random get_batch batches/s = {perm:.3f}x "
+        f"(doc-aligned {perm_doc:.3f}x)"
+    )
+    draw = bench_draw(root, b, t)
     return {
         "mode": "cpu",
         "batch_size": b,
@@ -259,6 +370,9 @@ def bench_cpu(args: argparse.Namespace, root: Path, what: str) -> dict:
         "id_check_cost": check,
         "id_check_us": check_us,
         "madvise_warm_cost": policy,
+        "permutation_over_random": perm,
+        "permutation_over_random_doc_aligned": perm_doc,
+        "draw": draw,
     }
 
 

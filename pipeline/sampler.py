@@ -30,7 +30,7 @@ import torch
 
 from pipeline.device import resolve_device
 from pipeline.format import ShardDataset
-from pipeline.permutation import EpochOrder
+from pipeline.permutation import BatchOrder
 from pipeline.sampler_index import OutOfVocabError, SamplerError, WindowIndex, checked_split, open_dataset
 
 __all__ = ["SAMPLING_MODES", "OutOfVocabError", "SamplerError", "TokenSampler", "ValWindows"]
@@ -306,7 +306,10 @@ class TokenSampler:
             # permutation: back-to-back windows (each token is an input once and a target once per epoch)
             stride=self.seq_len if sampling == "permutation" and not self.doc_aligned else 1,
         )
-        self._order = EpochOrder(self.index.total, self.seed) if sampling == "permutation" else None
+        self._order: BatchOrder | None = None
+        if sampling == "permutation":
+            b, r, w = self.batch_size, self.rank, self.world_size
+            self._order = BatchOrder(self.index.total, self.seed, batch_size=b, rank=r, world_size=w)
         self.epoch_windows: int | None = self.index.total if self._order is not None else None
         self.num_tokens = int(self.index.lengths.sum())
         self.tokens_per_step = self.batch_size * self.seq_len
@@ -339,15 +342,13 @@ class TokenSampler:
         return self._draw(step)
 
     def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        world = self.world_size
         if self._order is not None:
             # the global batch of step s is positions s*world*B .. (s+1)*world*B - 1 of the epoch stream;
             # rank r takes r, r + world, ... (as the random draws): ranks disjoint, elastic at equal world*B
-            first = step * world * self.batch_size + self.rank
-            positions = first + world * np.arange(self.batch_size, dtype=np.int64)
-            return self.index.locate(np.sort(self._order.items(positions)))
+            return self.index.locate(np.sort(self._order.items(step)))
         # a fresh SeedSequence per step: no state but the step (streams fixed per numpy version)
         rng = np.random.default_rng([_TRAIN_STREAM, self.seed, step])
+        world = self.world_size
         # one stream of world * B draws (the global batch); rank r takes draws r, r + world, ...:
         # ranks never share a draw, and the global batch survives a change of world size at equal world * B
         draws = rng.integers(0, self.index.total, size=world * self.batch_size, dtype=np.int64)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pipeline.format import HEADER_SIZE
-from pipeline.permutation import EpochOrder, split_domain
+from pipeline.permutation import BatchOrder, EpochOrder, split_domain
 from pipeline.sampler import OutOfVocabError, SamplerError, TokenSampler
 from pipeline.tokenizer import VOCAB_SIZE
 from tests.pipeline.test_sampler import batch_digest, doc_lengths, locate_row, windows, write_dataset
@@ -94,8 +94,9 @@ def walk_epochs(batches: list[list[list[tuple[int, int]]]], expected: set) -> in
 
 @pytest.mark.parametrize("doc_aligned", [False, True])
 @pytest.mark.parametrize(("batch_size", "world"), [(5, 1), (4, 3), (7, 2)])
-def test_every_window_once_per_epoch_on_disjoint_ranks(data, doc_aligned, batch_size, world):
+def test_every_window_once_per_epoch_on_disjoint_ranks(data, doc_aligned, batch_size, world, monkeypatch):
     root, ref = data
+    monkeypatch.setattr(BatchOrder, "BLOCK_ROWS", 3 * batch_size)  # rows made 3 steps at a time: many blocks
     expected = expected_epoch(ref["train"], doc_aligned)
     per_step = batch_size * world
     steps = -(-3 * len(expected) // per_step) + 1  # a little over three epochs
@@ -221,6 +222,23 @@ def test_keyed_permutation_is_a_bijection(n):
         pos = np.arange(2 * n) + epoch * n
         np.testing.assert_array_equal(order.items(pos[:n]), perm)
         np.testing.assert_array_equal(np.sort(order.items(pos[n:])), np.arange(n))
+
+
+@pytest.mark.parametrize(("batch_size", "world", "block_rows"), [(3, 1, 10), (4, 3, 4096), (1, 2, 7)])
+def test_batch_rows_are_the_stream_dealt_to_ranks_in_any_access_order(
+    batch_size, world, block_rows, monkeypatch
+):
+    """Rows made a block of steps at a time equal the stream positions computed one by one."""
+    monkeypatch.setattr(BatchOrder, "BLOCK_ROWS", block_rows)
+    n, seed = 37, 4
+    order = EpochOrder(n, seed)
+    steps = [*np.random.default_rng(1).permutation(60).tolist(), 10**6, 0, 59, 10**6]  # jumps, repeats
+    for rank in range(world):
+        rows = BatchOrder(n, seed, batch_size=batch_size, rank=rank, world_size=world)
+        for step in steps:
+            positions = [step * world * batch_size + rank + world * j for j in range(batch_size)]
+            want = [int(order.items(np.array([p]))[0]) for p in positions]
+            assert rows.items(step).tolist() == want
 
 
 @pytest.mark.parametrize("n", [8_800_000, 70_000_001, 9_000_000_000])
