@@ -26,9 +26,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("prefetch", "doc_aligned"), [(0, False), (1, True), (3, False)])
-def test_cuda_batches_equal_cpu_batches(root, prefetch, doc_aligned):
-    kw = dict(batch_size=16, seq_len=T, seed=9, doc_aligned=doc_aligned)
+@pytest.mark.parametrize(
+    ("prefetch", "doc_aligned", "sampling"),
+    [(0, False, "random"), (1, True, "random"), (3, False, "random"), (2, True, "permutation")],
+)
+def test_cuda_batches_equal_cpu_batches(root, prefetch, doc_aligned, sampling):
+    kw = dict(batch_size=16, seq_len=T, seed=9, doc_aligned=doc_aligned, sampling=sampling)
     with (
         TokenSampler(root, device="cpu", prefetch=0, **kw) as cpu,
         TokenSampler(root, device="cuda", prefetch=prefetch, **kw) as gpu,
