@@ -336,7 +336,8 @@ class TokenSampler:
     def window_starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, token offset within that shard) of every row of ``step``'s batch, in row order.
 
-        Cheap (no token is read; doc-aligned reads the document index): use it to find which text a step trained on.
+        Cheap (no token is read; doc-aligned reads the document index): use it to find which text a
+        step trained on.
         """
         step = _check_int("step", step, 0)
         return self._draw(step)
