@@ -16,6 +16,7 @@ as for 4,096). README.md, "Design" (Sampler).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -108,6 +109,9 @@ def feistel_decrypt(y: np.ndarray, a: int, b: int, keys: np.ndarray) -> np.ndarr
     return left + np.uint64(a) * right
 
 
+_Feistel = Callable[[np.ndarray, int, int, np.ndarray], np.ndarray]
+
+
 class EpochOrder:
     """Positions ``0, 1, 2, ...`` -> items of ``[0, n)``: each epoch of ``n`` positions is a permutation.
 
@@ -137,41 +141,33 @@ class EpochOrder:
 
     def permute(self, i: np.ndarray, epoch: np.ndarray | int) -> np.ndarray:
         """Item at index ``i`` (int64 in ``[0, n)``) of ``epoch``'s order (int64 out, same shape)."""
-        i = np.asarray(i, dtype=np.int64)
-        epoch = np.broadcast_to(np.asarray(epoch, dtype=np.int64), i.shape)
-        if i.size == 0:
-            return i.copy()
+        return self._walk(i, epoch, feistel_encrypt)
+
+    def index_of(self, item: np.ndarray, epoch: np.ndarray | int) -> np.ndarray:
+        """The inverse of :meth:`permute`: where ``item`` comes in ``epoch``'s order."""
+        return self._walk(item, epoch, feistel_decrypt)
+
+    def _walk(self, values: np.ndarray, epoch: np.ndarray | int, feistel: _Feistel) -> np.ndarray:
+        values = np.asarray(values, dtype=np.int64)
+        epoch = np.broadcast_to(np.asarray(epoch, dtype=np.int64), values.shape)
+        if values.size == 0:
+            return values.copy()
+        if int(values.min()) < 0 or int(values.max()) >= self.n:
+            raise ValueError(
+                f"values must lie in [0, {self.n}), got {int(values.min())}..{int(values.max())}"
+            )
         first = int(epoch.min())
         keys = self._keys(first, int(epoch.max()) - first + 1)
         if keys.shape[1] > 1:
             keys = keys[:, epoch - first]
-        y = feistel_encrypt(i.astype(np.uint64), self.a, self.b, keys)
+        y = feistel(values.astype(np.uint64), self.a, self.b, keys)
         out = y >= np.uint64(self.n)
         # cycle walking: a bijection of [0, a*b) restricted to [0, n) by re-applying it until the value is
         # back in range; x's own cycle returns to [0, n), so it ends, after one step for all but < 1/sqrt(n)
         while out.any():
-            k = keys if keys.shape[1] == 1 else keys[:, out]
-            y[out] = feistel_encrypt(y[out], self.a, self.b, k)
+            y[out] = feistel(y[out], self.a, self.b, keys if keys.shape[1] == 1 else keys[:, out])
             out = y >= np.uint64(self.n)
         return y.astype(np.int64)
-
-    def index_of(self, item: np.ndarray, epoch: np.ndarray | int) -> np.ndarray:
-        """The inverse of :meth:`permute`: where ``item`` comes in ``epoch``'s order."""
-        item = np.asarray(item, dtype=np.int64)
-        epoch = np.broadcast_to(np.asarray(epoch, dtype=np.int64), item.shape)
-        if item.size == 0:
-            return item.copy()
-        first = int(epoch.min())
-        keys = self._keys(first, int(epoch.max()) - first + 1)
-        if keys.shape[1] > 1:
-            keys = keys[:, epoch - first]
-        x = feistel_decrypt(item.astype(np.uint64), self.a, self.b, keys)
-        out = x >= np.uint64(self.n)
-        while out.any():
-            k = keys if keys.shape[1] == 1 else keys[:, out]
-            x[out] = feistel_decrypt(x[out], self.a, self.b, k)
-            out = x >= np.uint64(self.n)
-        return x.astype(np.int64)
 
     def items(self, positions: np.ndarray) -> np.ndarray:
         """Items at stream ``positions`` (int64 >= 0): ``p`` is index ``p % n`` of epoch ``p // n``."""

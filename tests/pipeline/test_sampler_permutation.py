@@ -222,6 +222,8 @@ def test_keyed_permutation_is_a_bijection(n):
         pos = np.arange(2 * n) + epoch * n
         np.testing.assert_array_equal(order.items(pos[:n]), perm)
         np.testing.assert_array_equal(np.sort(order.items(pos[n:])), np.arange(n))
+    with pytest.raises(ValueError, match=rf"values must lie in \[0, {n}\)"):
+        EpochOrder(n, 0).permute(np.array([n]), 0)  # not silently a duplicate of some item
 
 
 @pytest.mark.parametrize(("batch_size", "world", "block_rows"), [(3, 1, 10), (4, 3, 4096), (1, 2, 7)])
