@@ -1,0 +1,120 @@
+"""``python -m trainer.launch``: torchrun, with Ctrl-C and SIGTERM ending a run the way they end one process.
+
+Takes torchrun's arguments unchanged (``python -m trainer.launch --standalone --nproc_per_node=8 -m trainer
+...``; ``make train`` uses it). torchrun's own agent turns SIGINT/SIGTERM into an exception: it signals
+the ranks, SIGKILLs them after ``--shutdown-timeout`` (30 s: a CPU step or a big checkpoint is longer),
+and exits 1 with a traceback. Here the agent instead passes every SIGINT and SIGTERM on to each rank
+(torchrun starts them in sessions of their own, so a terminal's Ctrl-C reaches only the agent) and
+keeps waiting for them. So, as for ``python -m trainer`` alone:
+
+* the first Ctrl-C (or SIGTERM): every rank finishes the step, rank 0 saves a checkpoint, and the
+  launcher exits 0 with the ranks;
+* a second Ctrl-C: the ranks abort without saving, exit 130;
+* a third: the ranks still alive are SIGKILLed (a rank stuck in a collective or the kernel).
+
+A rank that fails ends the job with that rank's exit status; its own one-line error is the message
+(no torchrun failure report). SIGHUP and SIGQUIT keep torchrun's handling.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pipeline.errors import EXIT_INTERRUPTED
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    """The pids whose parent is ``parent`` (this process by default), read from ``/proc``."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # fields after the command name, which is in parentheses and may hold spaces: state, ppid, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+class Forwarder:
+    """The agent's SIGINT/SIGTERM handler: pass each one on to the ranks (this process's children)."""
+
+    def __init__(self) -> None:
+        self.interrupts = 0  # SIGINTs received
+        self.received: list[int] = []
+
+    def handle(self, signum: int, frame) -> None:
+        self.received.append(signum)
+        pids = child_pids()
+        if not pids:  # no rank started yet (or all gone): stop the agent as torchrun would
+            from torch.distributed.elastic.multiprocessing.api import SignalException
+
+            raise SignalException(f"{signal.Signals(signum).name} before the ranks started", signal.Signals(signum))
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+        sig = signal.SIGKILL if self.interrupts >= 3 else signum
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def install(self) -> None:
+        for s in FORWARDED:
+            signal.signal(s, self.handle)
+
+
+def _exit_code(failures) -> int:
+    """The job's exit status from torchrun's per-rank failures: the first rank's own code, or 128+signal."""
+    first = min(failures.values(), key=lambda f: f.timestamp)
+    return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not hasattr(args, "signals_to_handle"):
+        print(
+            "error: this torch's torchrun has no --signals-to-handle; upgrade torch (make setup) or run "
+            "torchrun directly (Ctrl-C then kills the ranks after --shutdown-timeout)",
+            file=sys.stderr,
+        )
+        return 2
+    # torchrun's agent keeps SIGHUP/SIGQUIT; SIGINT/SIGTERM are the Forwarder's
+    kept = [s.strip() for s in args.signals_to_handle.split(",") if s.strip() not in ("SIGINT", "SIGTERM")]
+    args.signals_to_handle = ",".join(kept) or "SIGQUIT"
+    fwd = Forwarder()
+    fwd.install()
+    try:
+        run(args)
+    except ChildFailedError as e:
+        code = _exit_code(e.failures)
+        if code > 128 and code != EXIT_INTERRUPTED:  # killed by a signal: the rank printed nothing
+            first = min(e.failures.values(), key=lambda f: f.timestamp)
+            print(
+                f"error: rank {first.local_rank} (pid {first.pid}) was killed by {first.signal_name()}; "
+                "rerun with --resume to continue from the newest checkpoint",
+                file=sys.stderr,
+            )
+        return code
+    except SignalException as e:
+        print(f"interrupted ({signal.Signals(e.sigval).name}) before the ranks started", file=sys.stderr)
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
