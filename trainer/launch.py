@@ -18,6 +18,7 @@ A rank that fails ends the job with that rank's exit status; its own one-line er
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -59,15 +60,14 @@ class Forwarder:
         if not pids:  # no rank started yet (or all gone): stop the agent as torchrun would
             from torch.distributed.elastic.multiprocessing.api import SignalException
 
-            raise SignalException(f"{signal.Signals(signum).name} before the ranks started", signal.Signals(signum))
+            sig = signal.Signals(signum)
+            raise SignalException(f"{sig.name} before the ranks started", sig)
         if signum == signal.SIGINT:
             self.interrupts += 1
         sig = signal.SIGKILL if self.interrupts >= 3 else signum
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def install(self) -> None:
         for s in FORWARDED:
