@@ -32,7 +32,9 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM)
 def child_pids(parent: int | None = None) -> list[int]:
     """The pids whose parent is ``parent`` (this process by default), read from ``/proc``."""
     parent = os.getpid() if parent is None else parent
-    found = []
+    found: list[int] = []
+    if not os.path.isdir("/proc"):  # not Linux: no forwarding, torchrun's own shutdown (Forwarder.handle)
+        return found
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -83,9 +85,17 @@ def _exit_code(failures) -> int:
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    parser = get_args_parser()
+    parser.prog = "python -m trainer.launch"
+    parser.description = (
+        "torchrun, with the same arguments, whose agent passes Ctrl-C and SIGTERM on to every rank and "
+        "waits for them: each finishes its step, rank 0 saves a checkpoint, all exit 0 (a second Ctrl-C "
+        "aborts, a third kills). Example: python -m trainer.launch --standalone --nproc_per_node=8 "
+        "-m trainer --data shards --preset gpt2 --out runs/gpt2"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not hasattr(args, "signals_to_handle"):
         print(
             "error: this torch's torchrun has no --signals-to-handle; upgrade torch (make setup) or run "

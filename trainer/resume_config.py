@@ -76,9 +76,11 @@ def apply_overrides(
             continue
         if name not in MAY_CHANGE and (name in NEVER_CHANGE or not force):
             anyway = "" if name in NEVER_CHANGE else ", or pass --force to change it anyway"
+            shown = "none (the preset's)" if old is None else old
             raise ConfigError(
-                f"{flag(name)} {value} differs from the run's recorded {old} ({record}); --resume continues "
-                f"the run as recorded: drop {flag(name)}, or start a new run in another --out{anyway}"
+                f"{flag(name)} {value} differs from the run's recorded {shown} ({record}); --resume "
+                f"continues the run as recorded: drop {flag(name)}, or start a new run in another "
+                f"--out{anyway}"
             )
         values[name] = value
     return values

@@ -239,7 +239,7 @@ def test_resume_refuses_what_changes_the_run_and_force_allows_only_non_shape(tmp
         (["--config", str(toml)], "--seed 9 differs from the run's recorded 1337"),
         (["--total-batch-tokens", "512"], "--total-batch-tokens 512 differs from the run's recorded 256"),
         (["--preset", "demo"], "--preset demo differs from the run's recorded tiny"),
-        (["--n-embd", "64", "--force"], "--n-embd 64 differs from the run's recorded None"),
+        (["--n-embd", "64", "--force"], r"--n-embd 64 differs from the run's recorded none \(the preset's\)"),
     ):
         with pytest.raises(ConfigError, match=needle):
             config_from_args(["--out", str(out), "--resume", *argv])
