@@ -76,9 +76,18 @@ class Forwarder:
             signal.signal(s, self.handle)
 
 
+def _first(failures):
+    """The failure that tells the story: a rank's own error (exit 1, 2) before an interruption (130),
+    before a kill by a signal; the earliest of those."""
+    return min(
+        failures.values(),
+        key=lambda f: (f.exitcode <= 0, f.exitcode == EXIT_INTERRUPTED, f.timestamp),
+    )
+
+
 def _exit_code(failures) -> int:
-    """The job's exit status from torchrun's per-rank failures: the first rank's own code, or 128+signal."""
-    first = min(failures.values(), key=lambda f: f.timestamp)
+    """The job's exit status from torchrun's per-rank failures: that rank's own code, or 128+signal."""
+    first = _first(failures)
     return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
 
 
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as e:
         code = _exit_code(e.failures)
         if code > 128 and code != EXIT_INTERRUPTED:  # killed by a signal: the rank printed nothing
-            first = min(e.failures.values(), key=lambda f: f.timestamp)
+            first = _first(e.failures)
             print(
                 f"error: rank {first.local_rank} (pid {first.pid}) was killed by {first.signal_name()}; "
                 "rerun with --resume to continue from the newest checkpoint",

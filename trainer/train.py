@@ -307,7 +307,14 @@ def _run(
         ):
             first = start_step == 0
             _evaluate_at(run, 0, val=first and val is not None, tasks=first and tasks is not None)
-            _loop(run, stop, prof)
+            try:
+                _loop(run, stop, prof)
+            except RuntimeError:  # torch.distributed's errors (gloo, NCCL) are RuntimeErrors
+                if env.distributed and stop.requested:
+                    # a second Ctrl-C reaches every rank; the peer that aborted first closed this rank's
+                    # collective under it: the same interruption, not another failure
+                    raise KeyboardInterrupt from None
+                raise
     finally:
         obs.close()
     return result
