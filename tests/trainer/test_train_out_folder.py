@@ -18,7 +18,7 @@ import torch
 from model.config import GPTConfig
 from tests.cli import child_env, one_error, snapshot
 from tests.conftest import REPO
-from tests.trainer.conftest import fast, finished_run, run_trainer
+from tests.trainer.conftest import fast, run_trainer
 from trainer.config import config_from_args
 from trainer.dist import DistEnv
 from trainer.evals import task_evaluator
@@ -51,14 +51,6 @@ def test_out_must_be_new_empty_or_a_run_folder(gen_shards: Path, tmp_path: Path,
     proc = run_trainer(fast(gen_shards, out, "--max-steps", "1", *extra))
     one_error(proc, 2, f"--out {out} {kind}", "choose another --out")
     assert snapshot(gen_shards, tmp_path) == before
-
-
-def test_overwrite_replaces_only_the_trainers_own_files(gen_shards: Path, tmp_path: Path):
-    out = finished_run(gen_shards, tmp_path / "run", "--max-steps", "1", "--eval-every", "0")
-    (out / "notes.txt").write_text("mine\n")  # a user's file beside the run: kept, and no refusal
-    again = run_trainer(fast(gen_shards, out, "--max-steps", "1", "--eval-every", "0", "--overwrite"))
-    assert again.returncode == 0, again.stderr
-    assert (out / "notes.txt").read_text() == "mine\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU-only machines")
