@@ -83,15 +83,23 @@ bench-eval:  ## `model eval` vs lm-evaluation-harness on the same CPU, model and
 bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 	$(PY) bench/train_gpu.py
 
-train:  ## train PRESET on DATA with torchrun over NGPU GPUs (RESUME=1 to continue)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU) -m trainer \
-		--data $(DATA) --preset $(PRESET) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+# The launches go through trainer.launch (torchrun's arguments; Ctrl-C/SIGTERM: every rank saves a
+# checkpoint and exits 0). RESUME=1 takes the run's recorded settings from RUN/config.json, passing
+# --data/--preset only when given here. Recipes hold no quotes so make runs them without a shell
+# (a shell between make and the launcher would turn its clean exit after Ctrl-C into "Interrupt").
+given = $(if $(filter command line environment,$(origin $(1))),$(2) $($(1)))
+
+train:  ## train PRESET on DATA with torchrun over NGPU GPUs (RESUME=1 to continue RUN as recorded)
+	$(PY) -m trainer.launch --standalone --nproc_per_node=$(NGPU) -m trainer --out $(RUN) \
+		$(if $(RESUME),--resume $(call given,DATA,--data) $(call given,PRESET,--preset),--data $(DATA) \
+		--preset $(PRESET)) $(TRAIN_ARGS)
 
 finetune:  ## fine-tune SOURCE (run, .pt, HF folder or hub id like gpt2) on DATA into FT_RUN (RESUME=1 to continue)
 	$(if $(RESUME),,$(if $(filter command line environment,$(origin SOURCE)),,$(error make finetune needs \
 		SOURCE=RUN_OR_CHECKPOINT_OR_HF_FOLDER_OR_HUB_ID (the weights to start from) and DATA=SHARDS)))
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU) -m trainer \
-		--data $(DATA) --preset finetune --out $(FT_RUN) $(if $(RESUME),--resume,--init-from $(SOURCE)) $(TRAIN_ARGS)
+	$(PY) -m trainer.launch --standalone --nproc_per_node=$(NGPU) -m trainer --out $(FT_RUN) \
+		$(if $(RESUME),--resume $(call given,DATA,--data),--data $(DATA) --preset finetune --init-from $(SOURCE)) \
+		$(TRAIN_ARGS)
 
 sample:  ## generate from the newest checkpoint in RUN (or CKPT=path)
 	$(PY) -m model sample --checkpoint $(CKPT) --prompt "$(PROMPT)"

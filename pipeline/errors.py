@@ -63,10 +63,16 @@ _OS_FIXES: dict[int, tuple[str, str]] = {
 }
 
 
-def describe_oserror(e: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One line for an ``OSError``: the path, what went wrong, and the fix."""
+def describe_oserror(e: OSError, path: str | os.PathLike[str] | None = None, then: str | None = None) -> str:
+    """One line for an ``OSError``: the path, what went wrong, and the fix.
+
+    ``then`` replaces the generic next step ("rerun the same command to resume", "retry") where the
+    caller knows the one command that continues (the trainer's ``--resume``).
+    """
     where = path if path is not None else (e.filename if e.filename is not None else "")
     what, fix = _OS_FIXES.get(e.errno or -1, (e.strerror or type(e).__name__, "check the path and retry"))
+    if then is not None:
+        fix = fix.split(", then ")[0].removesuffix(" and retry") + f", then {then}"
     if e.errno == errno.ENOSPC and where:
         folder = os.path.dirname(os.path.abspath(os.fspath(where)))
         return f"{where}: {what} (the filesystem of {folder} is full); {fix}"

@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import UserError, run_command
+    from pipeline.errors import EXIT_INTERRUPTED, UserError, run_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     prefix = f"error (rank {os.environ['RANK']}): " if "RANK" in os.environ else "error: "
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train(config_from_args(argv))
+        except KeyboardInterrupt:
+            if os.environ.get("RANK", "0") != "0":  # a second Ctrl-C reaches every rank: rank 0 says it
+                return EXIT_INTERRUPTED
+            raise
         except OSError as e:
             if (
                 e.errno is None and e.args

@@ -97,17 +97,17 @@ def save_checkpoint(
     weights hold a NaN/inf or the filesystem refuses the write.
     """
     path = checkpoint_path(run_dir, step)
-    resume = "rerun with --resume to continue from the newest checkpoint"
+    resume = "rerun with --resume to continue from the newest checkpoint"  # the one instruction
     try:
         write_checkpoint(path, payload)
     except NonFiniteWeightsError as e:
         raise CheckpointWriteError(
             f"step {step}: {e}; no checkpoint written, the older ones are kept. Resume from the newest with "
-            "a lower --lr, or check the data (`python -m pipeline verify`)"
+            "--resume --force --lr LOWER, or check the data (`python -m pipeline verify`)"
         ) from None
     except OSError as e:
         raise CheckpointWriteError(
-            f"checkpoint of step {step} not written: {describe_oserror(e)}; {resume}"
+            f"checkpoint of step {step} not written: {describe_oserror(e, then=resume)}"
         ) from None
     prune(run_dir, keep_last, keep=path)
     return path
@@ -209,7 +209,7 @@ def check_compatible(
         raise ResumeError(
             f"refusing to resume from {path}:\n  - "
             + "\n  - ".join(problems)
-            + "\nPass the settings the run was started with, start a new run in another --out, "
+            + "\nResume with the data the run was trained on (--data), start a new run in another --out, "
             "or pass --force to resume anyway (a different model shape still cannot load the weights)."
         )
     for p in problems:

@@ -4,6 +4,7 @@
   metadata; ``python -m trainer --help`` is generated from the fields.
 * Precedence (:func:`resolve_config`): defaults < ``--preset`` (:mod:`trainer.presets`) < ``--config
   FILE.toml`` < explicit flags; argparse defaults are suppressed so "given on the command line" is exact.
+  With ``--resume`` the run's recorded settings come first (:func:`resolve_resume_config`).
 * Every error names the flag (:class:`ConfigError`, exit 2). Checks that need the world size or the model
   are :meth:`TrainConfig.grad_accum_steps` and :meth:`TrainConfig.model_config`.
 """
@@ -78,7 +79,9 @@ class TrainConfig:
     resume: bool = field(
         default=False,
         metadata=_h(
-            "continue from the newest loadable checkpoint in --out (starts fresh when there is none)"
+            "continue from the newest loadable checkpoint in --out with the settings recorded in its "
+            "config.json (starts fresh when there is none); flags given with it may change only the length, "
+            "eval/log/checkpoint cadence, device and speed, not the run's model, data, batch or optimizer"
         ),
     )
     overwrite: bool = field(
@@ -87,7 +90,10 @@ class TrainConfig:
     )
     force: bool = field(
         default=False,
-        metadata=_h("resume even when the checkpoint's dataset fingerprint, vocab or model shape differ"),
+        metadata=_h(
+            "resume even when the checkpoint's dataset fingerprint or vocab differ, or with a changed "
+            "setting such as --lr (never the model shape)"
+        ),
     )
     init_from: str | None = field(
         default=None,
@@ -522,9 +528,40 @@ def resolve_config(
     return TrainConfig(**values)
 
 
+def resolve_resume_config(
+    cli: dict[str, Any] | None = None, toml_path: str | os.PathLike[str] | None = None
+) -> TrainConfig:
+    """``--resume``: the run's recorded settings, with the given ones that may change applied
+    (:mod:`trainer.resume_config`); without a record in ``--out``, as :func:`resolve_config`."""
+    from trainer.resume_config import RUN_RECORD, apply_overrides, read_run_record
+
+    cli = dict(cli or {})
+    given = load_toml(toml_path) if toml_path else {}
+    for name, value in cli.items():
+        if name not in FIELDS:
+            raise _unknown(name, "command line")
+        given[name] = coerce(name, value, flag(name))
+    out = Path(given.get("out", Path("runs") / given.get("preset", TrainConfig.preset)))
+    recorded = read_run_record(out)
+    if recorded is None:  # nothing recorded (a run killed before it started): a fresh run, which says so
+        return resolve_config(cli, toml_path)
+    preset = recorded.get("preset", TrainConfig.preset)
+    values: dict[str, Any] = {"preset": preset, **PRESETS.get(preset, {})}  # for settings added since
+    for name, value in recorded.items():
+        if name in FIELDS:  # a setting since removed is dropped
+            values[name] = coerce(name, value, f"{out / RUN_RECORD}")
+    values = apply_overrides(values, given, force=bool(given.get("force")), record=out / RUN_RECORD)
+    for name in ("resume", "overwrite", "force"):
+        values[name] = bool(given.get(name, False))
+    values["out"] = out
+    return TrainConfig(**values)
+
+
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse ``argv`` (``sys.argv[1:]`` when None) into a resolved :class:`TrainConfig`."""
     ns = vars(build_parser().parse_args(argv))
     toml_path = ns.pop("config", None)
     ns.pop("debug", None)  # read by trainer.__main__ (how errors are shown), not a run setting
+    if ns.get("resume"):
+        return resolve_resume_config(ns, toml_path)
     return resolve_config(ns, toml_path)

@@ -5,17 +5,22 @@ Each runs on every rank at the same steps (the loop decides), except sampling (r
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
 from model.gpt import GPT
 from model.loss import IGNORE_INDEX
 from model.sdpa import sdpa_context
+from pipeline.errors import UserError
 from pipeline.sampler import ValWindows
 from pipeline.tokenizer import SOT_ID, decode, get_tokenizer
 from trainer.config import TrainConfig
 from trainer.dist import DistEnv, all_reduce_
 from trainer.observe import Observer
+
+_DATA_FLAG = re.compile(r"(?<![\w-])--data(?![\w-])")
 
 
 def evaluate_loss(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> float:
@@ -50,20 +55,30 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
         return None
     from model.evaluate import TaskEvaluator
 
-    data = (
-        cfg.eval_tasks_data
-        if cfg.eval_tasks_data is not None
-        else (cfg.data if names == ["shards"] else None)
-    )
-    return TaskEvaluator(
-        names,
-        data=data,
-        limit=cfg.eval_tasks_limit,
-        rank=env.rank,
-        world_size=env.world_size,
-        batch_size=cfg.micro_batch,
-        vocab_size=model_config.vocab_size,
-    )
+    def load(tasks: list[str], data, data_flag: str) -> TaskEvaluator:
+        try:
+            return TaskEvaluator(
+                tasks, data=data, limit=cfg.eval_tasks_limit, rank=env.rank, world_size=env.world_size,
+                batch_size=cfg.micro_batch, vocab_size=model_config.vocab_size,
+            )  # fmt: skip
+        except UserError as e:  # model/'s messages name `model eval`'s --data: name the trainer's flag
+            raise type(e)(_DATA_FLAG.sub(data_flag, str(e))) from None
+
+    # the shards task reads --data (the run's own shards) unless --eval-tasks-data names another folder;
+    # every other task reads --eval-tasks-data, or the hub
+    shards_data = cfg.eval_tasks_data if cfg.eval_tasks_data is not None else cfg.data
+    shards_flag = "--eval-tasks-data" if cfg.eval_tasks_data is not None else "--data"
+    evaluator = None
+    docs = {}
+    for group, data, data_flag in (
+        ([n for n in names if n != "shards"], cfg.eval_tasks_data, "--eval-tasks-data"),
+        ([n for n in names if n == "shards"], shards_data, shards_flag),
+    ):
+        if group:
+            evaluator = load(group, data, data_flag)
+            docs.update(evaluator.docs)
+    evaluator.docs = {n: docs[n] for n in names}  # in the order given
+    return evaluator
 
 
 def evaluate_tasks(tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int) -> None:

@@ -185,12 +185,22 @@ def _newest_run_state(out: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def _started_from(out: Path, init_from: str) -> bool:
+    """Whether the run in ``out`` is the fine-tune of ``init_from`` (a resume restating its recorded
+    source, as ``--resume`` does from config.json, continues it)."""
+    state = _newest_run_state(out)
+    record = state[1]["init_from"] if state is not None else None
+    if not isinstance(record, dict):
+        return False
+    return record.get("source") in (init_from, str(Path(init_from).expanduser().resolve()))
+
+
 def plan(cfg: TrainConfig) -> InitPlan:
     """The model config and initial weights of this run. ``--init-from`` with ``--resume`` is refused
-    when ``--out`` holds checkpoints (it starts the fine-tune in a folder without any); ``--preset
-    finetune --resume`` with neither is refused, since it would fine-tune a random init."""
+    when ``--out`` holds checkpoints of another run (it starts the fine-tune in a folder without any);
+    ``--preset finetune --resume`` with neither is refused, since it would fine-tune a random init."""
     checkpoints = list_checkpoints(cfg.out) if cfg.resume else []
-    if cfg.init_from is not None and checkpoints:
+    if cfg.init_from is not None and checkpoints and not _started_from(cfg.out, cfg.init_from):
         raise ConfigError(
             f"--init-from {cfg.init_from} with --resume: --out {cfg.out} already holds checkpoints "
             f"({checkpoints[0].name}), and --resume continues that run from them. Drop --init-from to "

@@ -4,8 +4,9 @@
 * A rich progress bar on a terminal (or ``--progress``), else a flushed plain line every ``--log-every``
   steps. TensorBoard gets :data:`TB_SCALARS` (and ``val/<task>_<metric>``); on resume it purges events
   after the resumed step, so the curve stays one line.
-* ``metrics.jsonl``: one JSON object per step and per eval, appended and flushed; after a crash and
-  resume a step can appear twice, and readers keep the last line per step.
+* ``metrics.jsonl``: one JSON object per step and per eval, appended and flushed. A resume first drops
+  (atomically) the records of the steps it will redo, those logged after the checkpoint it resumes
+  from, as TensorBoard's ``purge_step`` drops their events: every step appears once.
 * MFU = ``flops_per_token(T) x tokens/s per device / peak`` (``--peak-tflops`` or :data:`PEAK_TFLOPS`);
   not reported on CPU or an unknown GPU. README.md ("Training") has the rest.
 """
@@ -25,6 +26,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from pipeline.fsutil import atomic_write_text
 
 # Dense bf16/fp16 tensor-core TFLOP/s per GPU (no sparsity), from the vendors' data sheets. A key
 # matches the device name as a whole word (``GB200`` is not a ``B200``, ``A100`` not an ``A10``), and
@@ -133,11 +136,14 @@ class Observer:
         self._nsteps = 0
         if not enabled:
             return
+        # the first step this process logs: after the resumed one, or the step-0 eval of a (re)started run
+        first = start_step + 1 if start_step else 0
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step: events after the resumed step (written before a crash) are dropped
-            self.writer = SummaryWriter(log_dir=str(out), purge_step=start_step + 1 if start_step else None)
+            # purge_step: events from `first` on (written before a crash, redone now) are dropped
+            self.writer = SummaryWriter(log_dir=str(out), purge_step=first)
+        truncate_metrics(out / "metrics.jsonl", first)
         self.metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         live = self.console.is_terminal if progress is None else progress
         if live:
@@ -310,6 +316,30 @@ def make_profiler(enabled: bool, out: Path, device: torch.device, wait: int, act
         profile_memory=True,
         with_stack=False,
     )
+
+
+def truncate_metrics(path: Path, first: int) -> int:
+    """Drop the records of step ``first`` and later from ``path`` (atomically); returns how many went.
+
+    A line that does not parse (the torn last line of a killed run) goes too.
+    """
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                keep = int(rec["step"]) < first
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
 
 
 def read_metrics(path: str | os.PathLike[str]) -> tuple[dict[int, dict], dict[int, float]]:

@@ -1,9 +1,10 @@
 """The run folder: refuse to clobber, ``--overwrite`` cleanly, and record what produced the run.
 
-* A folder that already holds a run (``config.json``, checkpoints, events, ``metrics.jsonl``) is
-  only touched with ``--resume`` (continue it) or ``--overwrite`` (start over). ``--overwrite``
-  deletes only the trainer's own artifacts, never anything else in the folder, so a mistaken
-  ``--out .`` cannot wipe a source tree.
+* ``--out`` is a new or empty folder, or one this trainer wrote (:func:`foreign_kind`: its
+  ``config.json`` run record, ``checkpoints/``, ``metrics.jsonl`` or events are the marker). A shard
+  folder, an exported model or any other non-empty folder is refused, naming what it is, even with
+  ``--overwrite``. A run folder is only touched with ``--resume`` (continue it) or ``--overwrite``
+  (start over), which deletes only the trainer's own artifacts, never anything else in the folder.
 * One writer per run folder: :func:`run_folder_lock` holds ``pipeline.fsutil.folder_lock`` on
   ``--out`` for the whole run (rank 0 only under torchrun), so a second run or a ``--resume`` into
   the same folder is refused at once, naming the holder's pid. The kernel drops the lock of a killed
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fnmatch
 import json
 import platform
 import shutil
@@ -30,11 +32,16 @@ import torch
 from model.checkpoint import CKPT_DIRNAME
 from pipeline.fsutil import LOCK_NAME, atomic_write_text, folder_lock
 from trainer.config import ConfigError, TrainConfig
+from trainer.resume_config import RUN_RECORD
 
-CONFIG_NAME = "config.json"
+CONFIG_NAME = RUN_RECORD
 METRICS_NAME = "metrics.jsonl"
 PROFILE_DIRNAME = "profile"
 _EVENTS_GLOB = "events.out.tfevents.*"
+# other writers' markers (pipeline/format.py, pipeline/tools/build_state.py, model/hf.py): a folder that
+# holds one is theirs, never a run folder
+_SHARD_MARKERS = ("manifest.json", "build-state.jsonl", "build-state.json", "train-*.bin", "val-*.bin")
+_MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def run_artifacts(out: Path) -> list[Path]:
@@ -45,6 +52,54 @@ def run_artifacts(out: Path) -> list[Path]:
         out / n for n in (CONFIG_NAME, METRICS_NAME, CKPT_DIRNAME, PROFILE_DIRNAME) if (out / n).exists()
     ]
     return found + sorted(out.glob(_EVENTS_GLOB))
+
+
+def _is_run_record(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("config"), dict)
+
+
+def foreign_kind(out: Path) -> str | None:
+    """What ``out`` is when it is neither missing, empty, nor a folder this trainer wrote; else None."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return "a file, not a folder"
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if not names:
+        return None
+
+    def listed(found: list[str]) -> str:
+        return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+
+    shard = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in _SHARD_MARKERS)]
+    if shard:
+        return f"a shard folder ({listed(shard)})"
+    record = out / CONFIG_NAME
+    if record.exists() and not _is_run_record(record):
+        found = [CONFIG_NAME] + [n for n in _MODEL_MARKERS if n in names]
+        if len(found) > 1:
+            return f"an exported model folder ({listed(found)})"
+        return f"a folder whose {CONFIG_NAME} is not a training run's record"
+    if run_artifacts(out):
+        return None
+    model = [n for n in _MODEL_MARKERS if n in names]
+    if model:
+        return f"an exported model folder ({listed(model)})"
+    return f"a non-empty folder that holds no training run ({listed(names)})"
+
+
+def check_out_kind(out: Path) -> None:
+    """Refuse an ``--out`` that is not the trainer's (a shard folder, a model, a user's files), naming it."""
+    kind = foreign_kind(out)
+    if kind is not None:
+        raise ConfigError(
+            f"--out {out} is {kind}, not a training run folder; the trainer writes only into a new or "
+            "empty folder or its own run folder: choose another --out"
+        )
 
 
 @contextlib.contextmanager
@@ -59,6 +114,7 @@ def run_folder_lock(out: Path, is_main: bool = True) -> Iterator[None]:
         return
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder; pass a folder path")
+    check_out_kind(out)  # before taking the lock: in a shard folder that lock is the build's
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "training run"):
@@ -75,6 +131,7 @@ def check_run_dir(cfg: TrainConfig) -> None:
     """Raise unless ``--out`` is new/empty of runs, or ``--resume``/``--overwrite`` says what to do."""
     if cfg.out.exists() and not cfg.out.is_dir():
         raise ConfigError(f"--out {cfg.out} exists and is not a folder")
+    check_out_kind(cfg.out)
     existing = run_artifacts(cfg.out)
     if existing and not (cfg.resume or cfg.overwrite):
         names = ", ".join(p.name for p in existing[:5])

@@ -122,6 +122,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
     init = init_from.plan(cfg)
     model_config = init.model_config
+    _refuse_long_cpu_run(cfg, device, model_config)
     dataset = open_dataset(cfg.data)  # refuses a folder that a build still holds
     if cfg.eval_every > 0 and dataset.num_tokens("val") == 0:
         raise ConfigError(
@@ -160,6 +161,27 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks)
     finally:
         sampler.close()
+
+
+# FLOPs of a whole run above which `--device auto` landing on a CPU is refused: ~1e15 is hours on a
+# many-core CPU (1e11-1e12 FLOP/s). GPT-2 124M's 10B tokens are ~7e18: months; tiny/demo are ~1e12.
+CPU_AUTO_MAX_FLOPS = 1e15
+
+
+def _refuse_long_cpu_run(cfg: TrainConfig, device: torch.device, model_config) -> None:
+    """No GPU and no explicit ``--device cpu``: refuse a run far too big for a CPU, pointing at the demo."""
+    if device.type != "cpu" or cfg.device == "cpu":
+        return
+    d, layers = model_config.n_embd, model_config.n_layer
+    params = 12 * layers * d * d + (model_config.padded_vocab_size + model_config.block_size) * d
+    flops = 6 * params * cfg.total_batch_tokens * cfg.max_steps
+    if flops > CPU_AUTO_MAX_FLOPS:
+        raise ConfigError(
+            f"no CUDA GPU here, and --preset {cfg.preset} ({params / 1e6:,.0f}M parameters, "
+            f"{cfg.max_steps:,} steps of {cfg.total_batch_tokens:,} tokens, ~{flops:.1e} FLOPs) would take "
+            "weeks on a CPU; "
+            "`make demo` or --preset tiny trains on a CPU in minutes, or pass --device cpu to run this anyway"
+        )
 
 
 @dataclass
@@ -285,7 +307,14 @@ def _run(
         ):
             first = start_step == 0
             _evaluate_at(run, 0, val=first and val is not None, tasks=first and tasks is not None)
-            _loop(run, stop, prof)
+            try:
+                _loop(run, stop, prof)
+            except RuntimeError:  # torch.distributed's errors (gloo, NCCL) are RuntimeErrors
+                if env.distributed and stop.requested:
+                    # a second Ctrl-C reaches every rank; the peer that aborted first closed this rank's
+                    # collective under it: the same interruption, not another failure
+                    raise KeyboardInterrupt from None
+                raise
     finally:
         obs.close()
     return result
@@ -394,7 +423,7 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
             raise NonFiniteError(
                 f"step {done}: the update made weights non-finite (loss {loss_f}, grad norm {norm_f}); "
                 f"they are not saved, the newest checkpoint is {result.checkpoint or 'none'}. Resume from "
-                "it with a lower --lr or a larger --eps."
+                "it with --resume --force and a lower --lr or a larger --eps."
             )
         if not ok:
             obs.warn(
@@ -406,8 +435,8 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
                 raise NonFiniteError(
                     f"step {done}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
                     f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
-                    f"{done - consecutive_bad}. Resume from the last checkpoint with a lower --lr, or "
-                    "check the data (`python -m pipeline verify`)."
+                    f"{done - consecutive_bad}. Resume from the last checkpoint with --resume --force --lr "
+                    "LOWER, or check the data (`python -m pipeline verify`)."
                 )
         return stop_v > 0
 

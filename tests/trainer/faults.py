@@ -16,6 +16,8 @@ KINDs (STEP = the optimizer step whose checkpoint or update is hit):
   (which ignores permissions) the open of its temp file raises ``PermissionError(EACCES)`` too.
 * ``sigint-during-ckpt`` two SIGINTs arrive while the checkpoint of STEP is being written (the
   second Ctrl-C a user presses when the save takes long).
+* ``kill-at-step``     SIGKILL right after step STEP is logged (metrics.jsonl holds steps the newest
+  checkpoint does not: a crash between saves, at a known step).
 * ``nan-before-ckpt``  one weight of the payload of STEP's checkpoint is NaN (tests the save path).
 * ``nan-update``       update number STEP (1-based ``AdamW.step`` call) writes NaN into a weight.
 """
@@ -82,6 +84,17 @@ def install(kind: str, step: int) -> None:
             return path
 
         tck.save_checkpoint = save_then_kill
+    elif kind == "kill-at-step":
+        import trainer.observe as tobs
+
+        real_step = tobs.Observer.step
+
+        def log_then_kill(self, s, total, rec):
+            real_step(self, s, total, rec)
+            if s == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        tobs.Observer.step = log_then_kill
     elif kind == "kill-during-ckpt":
         import io
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from model.config import GPTConfig
+from pipeline.errors import UserError
 from trainer.config import PRESETS, ConfigError, TrainConfig, build_parser, config_from_args
 from trainer.dist import resolve_precision
 
@@ -204,3 +206,52 @@ def test_float_flags_accept_their_edges():
         ]
     )
     assert cfg.min_lr_ratio == 1.0 and cfg.grad_clip == 0.0
+
+
+# ------------------------------------------------ issue 18: --resume takes the run's recorded settings
+
+
+def _recorded_run(tmp_path: Path, *args: str) -> Path:
+    """A run folder whose config.json records the config of ``args`` (as trainer.rundir writes it)."""
+    cfg = config_from_args(["--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), *args])
+    cfg.out.mkdir()
+    (cfg.out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "git": {}}))
+    return cfg.out
+
+
+def test_resume_restores_the_record_and_applies_what_may_change(tmp_path: Path):
+    out = _recorded_run(tmp_path, "--preset", "tiny", "--n-layer", "2", "--lr", "0.002", "--seed", "5")
+    cfg = config_from_args(["--out", str(out), "--resume", "--max-steps", "99", "--eval-every", "3",
+                            "--data", str(tmp_path / "moved"), "--seed", "5"])  # fmt: skip
+    assert (cfg.preset, cfg.n_layer, cfg.lr, cfg.seed, cfg.resume) == ("tiny", 2, 0.002, 5, True)
+    assert (cfg.max_steps, cfg.eval_every, cfg.data) == (99, 3, tmp_path / "moved")
+    toml = tmp_path / "more.toml"
+    toml.write_text("keep_last = 7\n")
+    assert config_from_args(["--out", str(out), "--resume", "--config", str(toml)]).keep_last == 7
+
+
+def test_resume_refuses_what_changes_the_run_and_force_allows_only_non_shape(tmp_path: Path):
+    out = _recorded_run(tmp_path, "--preset", "tiny")
+    toml = tmp_path / "seed.toml"
+    toml.write_text("seed = 9\n")
+    for argv, needle in (
+        (["--seed", "9"], "--seed 9 differs from the run's recorded 1337"),
+        (["--config", str(toml)], "--seed 9 differs from the run's recorded 1337"),
+        (["--total-batch-tokens", "512"], "--total-batch-tokens 512 differs from the run's recorded 256"),
+        (["--preset", "demo"], "--preset demo differs from the run's recorded tiny"),
+        (["--n-embd", "64", "--force"], r"--n-embd 64 differs from the run's recorded none \(the preset's\)"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            config_from_args(["--out", str(out), "--resume", *argv])
+    forced = config_from_args(["--out", str(out), "--resume", "--seed", "9", "--force"])
+    assert forced.seed == 9 and forced.force
+
+
+def test_resume_without_a_record_is_a_fresh_resolve_and_a_foreign_record_is_refused(tmp_path: Path):
+    cfg = config_from_args(["--out", str(tmp_path / "none"), "--resume", "--preset", "tiny", "--seed", "3"])
+    assert (cfg.preset, cfg.seed, cfg.resume) == ("tiny", 3, True)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"n_layer": 12, "model_type": "gpt2"}))
+    with pytest.raises(UserError, match="is not a training run's record"):
+        config_from_args(["--out", str(hf), "--resume"])

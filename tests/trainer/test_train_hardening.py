@@ -145,6 +145,7 @@ def test_full_disk_during_a_save_then_resume(gen_shards: Path, straight: Path, t
     proc = run_faulty(["enospc-ckpt:10"], fast(gen_shards, out, *ARGS))
     line = one_error(proc, 1, "checkpoints/step-00000010.pt", "no space left", "--resume")
     assert "unexpected pos" not in line
+    assert line.count("rerun") == 1 and "same command" not in line  # one instruction (issue 18)
     assert [p.name for p in list_checkpoints(out)] == ["step-00000005.pt"]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # temp file removed
     assert_resume_matches(gen_shards, out, straight, 5)

@@ -167,10 +167,15 @@ def test_refusals_name_the_flag(gen_shards, source, hf_export, tmp_path):
     src_dir, _ = source
     out = tmp_path / "ft"
     run(gen_shards, out, "--init-from", str(src_dir), "--max-steps", "1", "--eval-every", "0")
+    # --resume takes the recorded source; another one is refused (restating the same one continues)
     with pytest.raises(
-        ConfigError, match=r"--init-from .* with --resume: --out .* already holds checkpoints"
+        ConfigError, match=r"--init-from .* differs from the run's recorded .*drop --init-from"
     ):
-        run(gen_shards, out, "--init-from", str(src_dir), "--resume", "--max-steps", "2")
+        run(gen_shards, out, "--init-from", str(hf_export), "--resume", "--max-steps", "2")
+    again = run(
+        gen_shards, out, "--init-from", str(src_dir), "--resume", "--max-steps", "2", "--eval-every", "0"
+    )
+    assert (again.start_step, again.final_step) == (1, 2)
     # --resume --init-from into a folder without checkpoints starts the fine-tune
     fresh = run(gen_shards, tmp_path / "new", "--init-from", str(src_dir), "--resume", *ONE_STEP)
     assert fresh.start_step == 0 and _record(tmp_path / "new")["kind"] == "owtgpt"

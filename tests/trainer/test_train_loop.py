@@ -125,7 +125,11 @@ def test_run_folder_policy(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds no training run \(notes.txt\).*choose another --out"):
+        run(gen_shards, out, "--max-steps", "2", "--ckpt-every", "1")  # a user's folder: not the trainer's
+    (out / "notes.txt").unlink()
     run(gen_shards, out, "--max-steps", "2", "--ckpt-every", "1")
+    (out / "notes.txt").write_text("mine")  # a user's file beside a run
     with pytest.raises(ConfigError, match=r"already holds a run.*--resume.*--overwrite"):
         run(gen_shards, out, "--max-steps", "2")
     res = run(gen_shards, out, "--max-steps", "1", "--overwrite")
@@ -148,7 +152,7 @@ def test_resume_refuses_other_shards_unless_forced(gen_shards: Path, tmp_path: P
     other = make_shards(tmp_path / "other", n_docs=40, val_docs=5, seed=7)
     with pytest.raises(ResumeError, match="dataset fingerprint"):
         run(other, out, "--max-steps", "2", "--resume")
-    with pytest.raises(ResumeError, match=r"n_embd 32 \(checkpoint\) != 64"):
+    with pytest.raises(ConfigError, match=r"--n-embd 64 differs from the run's recorded 32"):
         run(gen_shards, out, "--max-steps", "2", "--resume", "--n-embd", "64")
     res = run(other, out, "--max-steps", "2", "--resume", "--force")
     assert (res.start_step, res.final_step) == (1, 2)

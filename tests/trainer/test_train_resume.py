@@ -7,6 +7,7 @@ on CPU in fp32 the resumed losses and weights must be bit-identical, not merely 
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from model.checkpoint import checkpoint_path, list_checkpoints
-from tests.cli import running, wait_for_line
+from tests.cli import one_error, running, snapshot, wait_for_line
 from tests.trainer.conftest import fast, finished_run, run_faulty, run_trainer
 from trainer.checkpoint import load_latest
 from trainer.observe import read_metrics
@@ -25,6 +26,13 @@ ARGS = ("--max-steps", "20", "--ckpt-every", "5", "--dropout", "0.1", "--eval-ev
 @pytest.fixture(scope="module")
 def straight(gen_shards: Path, tmp_path_factory) -> Path:
     return finished_run(gen_shards, tmp_path_factory.mktemp("straight") / "run", *ARGS)
+
+
+@pytest.fixture(scope="module")
+def short_run(gen_shards: Path, tmp_path_factory) -> Path:
+    return finished_run(
+        gen_shards, tmp_path_factory.mktemp("short") / "run", "--max-steps", "2", "--eval-every", "0"
+    )
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -103,3 +111,60 @@ def test_sigterm_mid_run_saves_exits_zero_and_resumes(gen_shards: Path, tmp_path
     recs, _ = read_metrics(out / "metrics.jsonl")
     assert max(recs) == stopped_at + 2
     assert list_checkpoints(out)[0] == checkpoint_path(out, stopped_at + 2)
+
+
+# ----------------------------------------------------------- issue 18: --resume takes the recorded run
+
+
+def test_resume_alone_takes_the_recorded_settings(gen_shards: Path, straight: Path, tmp_path: Path):
+    """`--out RUN --resume` and nothing else: every setting comes from RUN/config.json, and the run
+    continues bit for bit (before: the defaults' gpt2 shape, refused as a different model)."""
+    out = tmp_path / "run"
+    killed = run_faulty(["kill-after-ckpt:10"], fast(gen_shards, out, *ARGS))
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_trainer(["--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 10" in resumed.stdout and "warning" not in resumed.stderr
+    _assert_same_run(straight, out)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "recorded"),
+    [("--lr", "0.01", "0.003"), ("--n-layer", "3", "2")],
+)
+def test_resume_refuses_an_override_that_changes_the_run(
+    gen_shards: Path, short_run: Path, flag: str, value: str, recorded: str
+):
+    out = short_run
+    before = snapshot(out, gen_shards)
+    proc = run_trainer(["--out", str(out), "--resume", "--max-steps", "4", flag, value])
+    line = one_error(proc, 2, f"{flag} {value}", f"recorded {recorded}", str(out / "config.json"))
+    assert ("--force" in line) == (flag == "--lr")  # a shape change could never load the weights
+    assert snapshot(out, gen_shards) == before
+
+
+def test_metrics_hold_each_step_once_after_a_resume(gen_shards: Path, tmp_path: Path):
+    """Killed at step 13 with the newest checkpoint at 10: the resume redoes 11-13, and metrics.jsonl and
+    TensorBoard keep one record of each step (before: 11-13 twice in metrics.jsonl)."""
+    out = tmp_path / "run"
+    args = fast(gen_shards, out, *ARGS, "--eval-every", "5", "--tensorboard")
+    killed = run_faulty(["kill-at-step:13"], args)
+    assert killed.returncode == -signal.SIGKILL
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 14, "lo')  # the torn line of a write the kill cut short
+    # --max-steps and --log-every may change on resume (the rest comes from the record)
+    resumed = run_trainer(["--out", str(out), "--resume", "--max-steps", "22", "--log-every", "2"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 10" in resumed.stdout and "step 22/22" in resumed.stdout
+    assert "step 21/22" not in resumed.stdout  # --log-every 2 took effect
+    assert json.loads((out / "config.json").read_text())["config"]["max_steps"] == 22
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in lines if "loss" in r]
+    val_steps = [r["step"] for r in lines if "val_loss" in r]
+    assert train_steps == list(range(1, 23)) and val_steps == [0, 5, 10, 15, 20, 22]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 23))
