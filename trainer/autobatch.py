@@ -32,7 +32,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.memplan import GiB, MemoryPlan
 
 MARGIN = 0.10  # of the card's memory, kept free: fragmentation, the eval graph, other processes' drift
-MAX_PROBES = 5  # real steps at most (each compiles its own graph): seconds, not minutes
+MAX_PROBES = 4  # steps before trying a size up (each compiles its own graph): seconds, not minutes
 
 # probe(micro_batch, checkpointing) -> the measured peak in bytes; raises torch.OutOfMemoryError
 Probe = Callable[[int, bool], int]
@@ -140,10 +140,10 @@ def search(
     for ckpt in modes:
         start = plan.largest_fitting(cands, budget, ckpt) or cands[0]
         i = cands.index(start)
-        while i >= 0 and len(probes) < max_probes and not fits(cands[i], ckpt):
+        while i >= 0 and not fits(cands[i], ckpt):
             i -= 1
-        if i < 0 or not verdict.get((cands[i], ckpt)):
-            continue  # nothing fits this way (or out of probes): checkpointing next, if allowed
+        if i < 0:
+            continue  # not even micro batch 1 fits this way: with checkpointing next, if allowed
         while i + 1 < len(cands) and len(probes) < max_probes and fits(cands[i + 1], ckpt):
             i += 1  # the plan was pessimistic: one size up fits too
         b = cands[i]
@@ -162,7 +162,7 @@ def search(
     raise OutOfMemory(
         f"--micro-batch auto: no micro batch fits on this {card} (tried {tried}; planned peak at micro "
         f"batch 1 {plan.peak(1, True) / GiB:.2f} GiB with checkpointing); "
-        + fixes(after_micro_batch=True)
+        + fixes(after_micro_batch=True, checkpointing=modes[-1])
     )
 
 
