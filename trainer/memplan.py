@@ -117,7 +117,8 @@ def make_plan(
     cfg = model_config
     C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.padded_vocab_size, seq_len
     n = V * C + cfg.block_size * C + C * 2  # wte (tied lm_head), wpe, ln_f
-    n += L * (4 * C + 3 * C * C + 3 * C + C * C + C + 4 * C + 4 * C * C + 4 * C + 4 * C * C + C)
+    # per block: ln_1 and ln_2 (4C), c_attn (3C^2 + 3C), attn c_proj (C^2 + C), c_fc (4C^2 + 4C), c_proj
+    n += L * (4 * C + 3 * C * C + 3 * C + C * C + C + 4 * C * C + 4 * C + 4 * C * C + C)
     if not cfg.bias:
         n -= L * (2 * C + 3 * C + C + 4 * C + C) + C
     amp = precision in ("bf16", "fp16")
