@@ -35,12 +35,12 @@ ASSUMED_MFU = 0.35
 
 def plan_table(seq_len: int = 1024, total: int = 2**19) -> list[dict]:
     """What the plan predicts auto picks for gpt2 on each card size (compiled, bf16, AdamW)."""
+    import torch
+
     from model.config import GPTConfig
     from model.gpt import GPT
     from trainer.autobatch import MARGIN
     from trainer.memplan import GiB, make_plan
-
-    import torch
 
     mc = GPTConfig.from_preset("gpt2")
     with torch.device("meta"):
@@ -125,7 +125,9 @@ def main() -> int:
     p.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
     args, rest = p.parse_known_args()
     if args.child_json:
-        return child(args.child if args.child > 0 else None, args.child_json, rest[1:] if rest[:1] == ["--"] else rest)
+        return child(
+            args.child if args.child > 0 else None, args.child_json, rest[1:] if rest[:1] == ["--"] else rest
+        )
     if args.plan:
         rows = plan_table()
         for r in rows:
@@ -150,9 +152,17 @@ def main() -> int:
             caps: list[float | None] = [None]
         else:
             data = write_synthetic_shards(tmp / "shards", 20_000_000, 1_000_000)
-            common = ["--preset", "gpt2", "--device", "cuda", "--total-batch-tokens", str(args.total_batch_tokens)]
+            common = [
+                "--preset",
+                "gpt2",
+                "--device",
+                "cuda",
+                "--total-batch-tokens",
+                str(args.total_batch_tokens),
+            ]
             caps = [None, *(float(c) for c in args.caps.split(","))]
-        common += ["--data", str(data), "--max-steps", str(args.steps), "--eval-every", "0", "--sample-every", "0",
+        common += ["--data", str(data), "--max-steps", str(args.steps), "--eval-every", "0",
+                   "--sample-every", "0",
                    "--ckpt-every", "0", "--no-tensorboard", "--no-progress", "--log-every", "1",
                    "--micro-batch", "auto", "--warmup-steps", "2"]  # fmt: skip
         for cap in caps:
@@ -162,7 +172,11 @@ def main() -> int:
                    *common, "--out", str(run_dir)]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True)
             print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
-            rec = json.loads(out_json.read_text()) if out_json.exists() else {"cap_gib": cap, "error": proc.stderr[-500:]}
+            rec = (
+                json.loads(out_json.read_text())
+                if out_json.exists()
+                else {"cap_gib": cap, "error": proc.stderr[-500:]}
+            )
             results.append(rec)
     base = results[0].get("tokens_per_s")
     for r in results:
@@ -173,7 +187,8 @@ def main() -> int:
             print(f"{label}: {r['error']}")
             continue
         print(
-            f"{label}: micro batch {r['micro_batch']}{' + checkpointing' if r['activation_checkpointing'] else ''}, "
+            f"{label}: micro batch {r['micro_batch']}"
+            f"{' + checkpointing' if r['activation_checkpointing'] else ''}, "
             f"probe {r['probe_seconds']} s, {r['tokens_per_s']:,.0f} tok/s "
             f"({r.get('tokens_per_s_vs_uncapped', 1):.2f}x uncapped), peak {r['peak_gib'] or 0:.2f} GiB, "
             f"plan {r['planned_gib']:.2f} GiB"

@@ -182,10 +182,8 @@ class GPT(nn.Module):
         x = self.transformer.drop(tok_emb + pos_emb)
         recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            if recompute:  # keep only x (B, T, C); the block's insides are recomputed in backward
-                x = checkpoint(block, x, None, i, use_reentrant=False)
-            else:
-                x = block(x, cache, i)
+            # checkpointed: keep only x (B, T, C); the block's insides are recomputed in backward
+            x = checkpoint(block, x, None, i, use_reentrant=False) if recompute else block(x, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)

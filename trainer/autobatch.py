@@ -96,7 +96,9 @@ def cpu_choice(cfg: TrainConfig, cands: list[int]) -> AutoChoice:
     b = max(c for c in cands if c <= want) if cands[0] <= want else cands[0]
     why = f"micro batch {b}: the preset's value (--micro-batch auto probes only on CUDA)"
     if b != want:
-        why = f"micro batch {b}: the preset's {want} does not divide the per-rank batch of {cands[-1]} windows"
+        why = (
+            f"micro batch {b}: the preset's {want} does not divide the per-rank batch of {cands[-1]} windows"
+        )
     return AutoChoice(b, bool(cfg.activation_checkpointing), why)
 
 
@@ -158,7 +160,9 @@ def search(
             why += "; activation checkpointing turned on: micro batch 1 does not fit without it"
         why += f" (probed {len(probes)} step{'s' if len(probes) != 1 else ''} in {seconds:.1f} s)"
         return AutoChoice(b, ckpt, why, seconds, probes)
-    tried = ", ".join(f"{p['micro_batch']}{' +ckpt' if p['activation_checkpointing'] else ''}" for p in probes)
+    tried = ", ".join(
+        f"{p['micro_batch']}{' +ckpt' if p['activation_checkpointing'] else ''}" for p in probes
+    )
     raise OutOfMemory(
         f"--micro-batch auto: no micro batch fits on this {card} (tried {tried}; planned peak at micro "
         f"batch 1 {plan.peak(1, True) / GiB:.2f} GiB with checkpointing); "
@@ -189,7 +193,7 @@ def cuda_capacity(device: torch.device) -> int:
 
 
 def can_probe(device: torch.device) -> bool:
-    """Whether auto can measure on ``device`` (CUDA's allocator statistics); elsewhere it takes the preset's."""
+    """Whether auto can measure on ``device`` (CUDA's allocator statistics); elsewhere: the preset's."""
     return device.type == "cuda"
 
 
@@ -286,10 +290,10 @@ def oom_message(what: str, device: torch.device, cfg: TrainConfig, checkpoint: P
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         peak = torch.cuda.max_memory_allocated(device)
-        mem = f" on {torch.cuda.get_device_name(device)} ({total / GiB:.1f} GiB, peak {peak / GiB:.2f} GiB allocated)"
+        name = torch.cuda.get_device_name(device)
+        mem = f" on {name} ({total / GiB:.1f} GiB, peak {peak / GiB:.2f} GiB allocated)"
     ckpt = (
-        "the last checkpoint "
-        f"{checkpoint} is intact (--resume continues from it)"
+        f"the last checkpoint {checkpoint} is intact (--resume continues from it)"
         if checkpoint
         else "no checkpoint was written by this run yet"
     )
@@ -337,7 +341,8 @@ def dry_run(cfg: TrainConfig) -> MemoryPlan:
     label = card_label(device, capacity) if capacity else "CPU"
     table = Table(
         title=f"memory plan: {cfg.model} at T={cfg.seq_len}, {precision}{', compiled' if compiled else ''}, "
-        f"{optimizer}, micro batch {b} ({how}), grad accum {cfg.total_batch_tokens // (b * cfg.seq_len * world_size)}",
+        f"{optimizer}, micro batch {b} ({how}), "
+        f"grad accum {cfg.total_batch_tokens // (b * cfg.seq_len * world_size)}",
         title_justify="left",
     )
     table.add_column("item")

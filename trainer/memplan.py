@@ -64,7 +64,9 @@ class MemoryPlan:
     def peak(self, micro_batch: int, checkpointing: bool) -> int:
         """The device's predicted peak allocation during a training step at this micro batch."""
         rows = min(micro_batch * self.seq_len, self.chunk_rows)
-        loss = self.loss_workspace * rows // self.chunk_rows if rows < self.chunk_rows else self.loss_workspace
+        loss = (
+            self.loss_workspace * rows // self.chunk_rows if rows < self.chunk_rows else self.loss_workspace
+        )
         return (
             self.static
             + self.loss_saved
@@ -167,7 +169,7 @@ def plan_rows(
     both = lambda v: (_gib(v), _gib(v))  # noqa: E731
     rows = [
         (f"parameters ({plan.n_params / 1e6:,.1f}M, fp32)", *both(plan.params)),
-        (f"gradients (fp32)", *both(plan.grads)),
+        ("gradients (fp32)", *both(plan.grads)),
         (f"optimizer state ({opt})", *both(plan.optimizer)),
     ]
     if plan.amp_weights:

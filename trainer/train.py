@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.checkpoint import list_checkpoints
 from model.sdpa import choose_sdpa_backend, sdpa_context
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.sampler_index import open_dataset
 from pipeline.tokenizer import tokenizer_fingerprint
-from model.checkpoint import list_checkpoints
-from trainer import autobatch
+from trainer import autobatch, init_from
 from trainer import checkpoint as ckpt
-from trainer import init_from
 from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evaluator
@@ -118,18 +117,25 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
+@dataclass
+class _Doing:
+    """What runs now (the loop updates it) and with which resolved config: the out-of-memory line's."""
+
+    what: str
+    cfg: TrainConfig
+
+
 def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
-    doing = ["setting up"]  # what runs now, for the out-of-memory line (the loop updates it)
+    doing = _Doing("setting up", cfg)
     try:
         return _train_body(cfg, env, doing)
     except torch.OutOfMemoryError:
         newest = list_checkpoints(cfg.out)
-        msg = autobatch.oom_message(doing[0], env.device, doing[1] if len(doing) > 1 else cfg,
-                                    newest[-1] if newest else None)  # fmt: skip
+        msg = autobatch.oom_message(doing.what, env.device, doing.cfg, newest[-1] if newest else None)
     raise autobatch.OutOfMemory(msg)  # outside the handler: the OOM's frames (and tensors) are gone
 
 
-def _train_body(cfg: TrainConfig, env: DistEnv, doing: list) -> TrainResult:
+def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
     device = env.device
     # ---- cheap checks first, nothing written yet
     precision = resolve_precision(cfg, device)
@@ -147,16 +153,15 @@ def _train_body(cfg: TrainConfig, env: DistEnv, doing: list) -> TrainResult:
         )
     # ---- --micro-batch auto (probing on CUDA), after the cheap checks and before anything sized by it
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    doing[0] = "--micro-batch auto's probing"
+    doing.what = "--micro-batch auto's probing"
     auto = autobatch.choose(cfg, device, env.world_size, model_config, precision, use_compile)
     if auto is not None:
         auto = _agree(auto, env)
         cfg = dataclasses.replace(
             cfg, micro_batch=auto.micro_batch, activation_checkpointing=auto.checkpointing
         )
-    doing.append(cfg)  # the resolved config, for the out-of-memory line
+    doing.what, doing.cfg = "setting up", cfg
     grad_accum = cfg.grad_accum_steps(env.world_size)
-    doing[0] = "setting up"
     tok_fp = tokenizer_fingerprint()
     sampler_kw = dict(
         expected_vocab_size=model_config.vocab_size,
@@ -208,7 +213,7 @@ class _Run:
     result: TrainResult
     flops_per_token: int
     peak: float | None  # the device's peak TFLOP/s for MFU; None when unknown
-    doing: list = field(default_factory=lambda: [""])  # [what runs now]: the out-of-memory line's
+    doing: _Doing
 
 
 def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
@@ -226,7 +231,7 @@ def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
 
 def _run(
     cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None, auto=None,
-    doing=None,
+    doing: _Doing | None = None,
 ) -> TrainResult:  # fmt: skip
     device = env.device
     if device.type == "cuda":
@@ -327,7 +332,7 @@ def _run(
     )
     run = _Run(
         state, fwd_model, compiled, val, tasks, autocast, grad_accum, obs, result, flops_per_token, peak,
-        doing if doing is not None else [""],
+        doing or _Doing("setting up", cfg),
     )  # fmt: skip
     try:
         with (
@@ -346,7 +351,7 @@ def _run(
 def _evaluate_at(run: _Run, step: int, val: bool, tasks: bool) -> None:
     """Val loss and ``--eval-tasks`` (on the raw model) after ``step``, recorded and logged."""
     env = run.state.env
-    run.doing[0] = f"evaluation after step {step}"
+    run.doing.what = f"evaluation after step {step}"
     if val:
         v = evaluate_loss(run.eval_model, run.val, run.autocast, env)
         run.result.val_losses[step] = v
@@ -467,7 +472,7 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
     stop_now = False
     try:
         while step < cfg.max_steps:
-            run.doing[0] = f"training step {step + 1}"
+            run.doing.what = f"training step {step + 1}"
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
             if cfg.dropout > 0:  # dropout masks as a function of (seed, rank, step): a resume repeats them
@@ -527,10 +532,10 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
                 prof.step()
             _evaluate_at(run, step, do_eval, do_tasks)
             if do_sample and env.is_main:
-                run.doing[0] = f"text sampling after step {step}"
+                run.doing.what = f"text sampling after step {step}"
                 obs.sample(step, sample_text(state.model, cfg, device, autocast))
             if do_ckpt or stop_now:
-                run.doing[0] = f"saving the checkpoint of step {step}"
+                run.doing.what = f"saving the checkpoint of step {step}"
                 result.checkpoint = state.save()
             if do_eval or do_tasks or do_sample or do_ckpt or stop_now:
                 t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.checkpoint import checkpoint_path
-from tests.cli import one_error, run_module, snapshot
+from tests.cli import run_module, snapshot
 from tests.trainer.conftest import FAST, fast
 from trainer import autobatch
 from trainer import train as train_mod
@@ -86,8 +86,9 @@ def test_auto_turns_on_checkpointing_when_micro_batch_1_does_not_fit(gen_shards,
     assert probed == [(4, False), (2, False), (1, False), (4, True), (2, True)]
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert info["config"]["micro_batch"] == 2 and info["config"]["activation_checkpointing"] is True
-    assert "activation checkpointing turned on: micro batch 1 does not fit without it" in (
-        info["micro_batch_auto"]["reason"]
+    assert (
+        "activation checkpointing turned on: micro batch 1 does not fit without it"
+        in (info["micro_batch_auto"]["reason"])
     )
     assert res.final_step == 1
 
@@ -95,7 +96,9 @@ def test_auto_turns_on_checkpointing_when_micro_batch_1_does_not_fit(gen_shards,
 def test_no_micro_batch_fits_is_one_error(gen_shards: Path, tmp_path: Path, fake_card):
     fits, probed = fake_card
     fits[0] = lambda b, ckpt: False
-    with pytest.raises(autobatch.OutOfMemory, match=r"no micro batch fits on this 1.0 GiB card.*--seq-len") as e:
+    with pytest.raises(
+        autobatch.OutOfMemory, match=r"no micro batch fits on this 1.0 GiB card.*--seq-len"
+    ) as e:
         _run(gen_shards, tmp_path / "run", "--no-activation-checkpointing", micro="auto")
     assert probed == [(4, False), (2, False), (1, False)]  # --no-activation-checkpointing: never with it
     assert "try --activation-checkpointing, then a smaller --seq-len" in str(e.value)
@@ -162,7 +165,9 @@ def test_out_of_memory_in_a_step_is_one_line_and_keeps_the_checkpoint(gen_shards
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("out of memory during training step 3 (micro batch 2 x T 32)")
-    order = [msg.index(f) for f in ("--micro-batch", "--activation-checkpointing", "--seq-len", "smaller model")]
+    order = [
+        msg.index(f) for f in ("--micro-batch", "--activation-checkpointing", "--seq-len", "smaller model")
+    ]
     assert order == sorted(order)
     assert f"the last checkpoint {checkpoint_path(out, 2)} is intact" in msg
     assert load_checkpoint(checkpoint_path(out, 2))["step"] == 2  # loads, and is step 2's
@@ -200,14 +205,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(gen_shards: Path, tmp_path: 
     proc = run_module("trainer", *_args(gen_shards, out, "--dry-run", micro=None))
     assert proc.returncode == 0, proc.stderr
     for row in ("parameters", "gradients", "optimizer state (AdamW: 2 moments)", "activations per window",
-                "activations at micro batch 4", "total at peak", "no checkpointing", "activation checkpointing"):  # fmt: skip
+                "activations at micro batch 4", "total at peak", "no checkpointing",
+                "activation checkpointing"):  # fmt: skip
         assert row in proc.stdout, (row, proc.stdout)
     assert "nothing was written" in proc.stdout
     assert not out.exists() and snapshot(tmp_path, gen_shards) == before
 
 
 def test_dry_run_in_process_returns_without_a_run(tmp_path: Path, capsys):
-    cfg = config_from_args(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r"), *FAST, "--dry-run"])
+    cfg = config_from_args(
+        ["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r"), *FAST, "--dry-run"]
+    )
     res = train(cfg)  # the data folder is not even opened
     assert res.final_step == 0 and not (tmp_path / "r").exists()
     assert "memory plan" in capsys.readouterr().out

@@ -83,7 +83,9 @@ def test_auto_on_cuda_records_its_choice_and_trains(gen_shards: Path, tmp_path: 
     rec = info["micro_batch_auto"]
     assert info["config"]["micro_batch"] == rec["micro_batch"] == 4  # the whole per-rank batch of a tiny run
     assert rec["probes"] and rec["probe_seconds"] > 0 and "no accumulation" in rec["reason"]
-    manual = _run(gen_shards, tmp_path / "manual", "--device cuda --micro-batch 4 --max-steps 4 --eval-every 2")
+    manual = _run(
+        gen_shards, tmp_path / "manual", "--device cuda --micro-batch 4 --max-steps 4 --eval-every 2"
+    )
     for s in (1, 2, 3, 4):  # CUDA's atomics make bits differ run to run; the math is the same
         assert res.losses[s] == pytest.approx(manual.losses[s], rel=1e-3)
     assert "--micro-batch auto: micro batch 4" in capsys.readouterr().out
@@ -91,15 +93,22 @@ def test_auto_on_cuda_records_its_choice_and_trains(gen_shards: Path, tmp_path: 
 
 def test_real_out_of_memory_is_one_line(gen_shards: Path, tmp_path: Path, capped):
     capped(0.25)  # 256 MiB: the LM loss's workspace alone at micro batch 64 x T 64 does not fit
-    with pytest.raises(autobatch.OutOfMemory, match=r"out of memory during .*micro batch 64 x T 32.*--micro-batch"):
-        _run(gen_shards, tmp_path / "run", "--device cuda --no-compile --micro-batch 64 --total-batch-tokens 2048")
+    with pytest.raises(
+        autobatch.OutOfMemory, match=r"out of memory during .*micro batch 64 x T 32.*--micro-batch"
+    ):
+        _run(
+            gen_shards,
+            tmp_path / "run",
+            "--device cuda --no-compile --micro-batch 64 --total-batch-tokens 2048",
+        )
 
 
 def test_auto_under_a_capped_card_fits(gen_shards: Path, tmp_path: Path, capped):
     capped(0.75)
     res = _run(
         gen_shards, tmp_path / "run",
-        "--device cuda --no-compile --micro-batch auto --total-batch-tokens 8192 --max-steps 2 --eval-every 0",
+        "--device cuda --no-compile --micro-batch auto --total-batch-tokens 8192",
+        "--max-steps 2 --eval-every 0",
     )  # fmt: skip
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert 1 <= info["config"]["micro_batch"] < 256 and res.final_step == 2
