@@ -118,13 +118,16 @@ def search(
     t0 = time.perf_counter()
     probes: list[dict[str, Any]] = []
     verdict: dict[tuple[int, bool], bool] = {}
+    measured: dict[tuple[int, bool], int] = {}
 
     def fits(b: int, ckpt: bool) -> bool:
         if (b, ckpt) not in verdict:
             try:
-                peak = probe(b, ckpt)
+                peak = measured[b, ckpt] = probe(b, ckpt)
                 ok = peak <= budget
-            except torch.OutOfMemoryError:
+            except Exception as e:
+                if not is_oom(e):
+                    raise
                 peak, ok = None, False
             verdict[b, ckpt] = ok
             probes.append(
@@ -146,14 +149,30 @@ def search(
             i -= 1
         if i < 0:
             continue  # not even micro batch 1 fits this way: with checkpointing next, if allowed
-        while i + 1 < len(cands) and len(probes) < max_probes and fits(cands[i + 1], ckpt):
+        planned_out = None  # (size, bytes) of the next size up when the corrected plan rules it out
+        while i + 1 < len(cands) and len(probes) < max_probes:
+            nxt = cands[i + 1]
+            if (nxt, ckpt) not in verdict:  # the plan, corrected by what the last fit measured
+                got = measured.get((cands[i], ckpt))
+                scale = got / plan.peak(cands[i], ckpt) if got else 1.0
+                need = plan.peak(nxt, ckpt) * scale
+                if need > budget:
+                    planned_out = (nxt, need)
+                    break  # not worth a compile: it would not fit
+            if not fits(nxt, ckpt):
+                break
             i += 1  # the plan was pessimistic: one size up fits too
         b = cands[i]
         seconds = time.perf_counter() - t0
         if i + 1 < len(cands):
             nxt = cands[i + 1]
-            how = "does not fit" if (nxt, ckpt) in verdict else "is planned not to fit"
-            why = f"micro batch {b}: {nxt} {how} on this {card}"
+            if planned_out is not None:
+                why = (
+                    f"micro batch {b}: {nxt} would need about {planned_out[1] / GiB:.1f} GiB (the plan, "
+                    f"scaled by what {b} measured) of the {budget / GiB:.1f} GiB budget on this {card}"
+                )
+            else:
+                why = f"micro batch {b}: {nxt} does not fit on this {card}"
         else:
             why = f"micro batch {b}: the whole per-rank batch fits on this {card}, no accumulation"
         if ckpt and checkpointing is None:
@@ -168,6 +187,19 @@ def search(
         f"batch 1 {plan.peak(1, True) / GiB:.2f} GiB with checkpointing); "
         + fixes(after_micro_batch=True, checkpointing=modes[-1])
     )
+
+
+def is_oom(e: BaseException) -> bool:
+    """An out-of-memory, also when it surfaces wrapped (a compile's autotuning, a backend error)."""
+    for _ in range(8):  # the cause chain, a few links deep
+        if isinstance(e, torch.OutOfMemoryError):
+            return True
+        if isinstance(e, RuntimeError) and "out of memory" in str(e)[:2000].lower():
+            return True  # e.g. "CUDA error: out of memory" from a kernel launch, not the allocator
+        e = e.__cause__ or e.__context__
+        if e is None:
+            return False
+    return False
 
 
 def fixes(after_micro_batch: bool = False, checkpointing: bool = False) -> str:

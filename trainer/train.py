@@ -129,7 +129,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     doing = _Doing("setting up", cfg)
     try:
         return _train_body(cfg, env, doing)
-    except torch.OutOfMemoryError:
+    except Exception as e:
+        if not autobatch.is_oom(e):
+            raise
         newest = list_checkpoints(cfg.out)
         msg = autobatch.oom_message(doing.what, env.device, doing.cfg, newest[-1] if newest else None)
     raise autobatch.OutOfMemory(msg)  # outside the handler: the OOM's frames (and tensors) are gone

@@ -240,3 +240,44 @@ def test_fp16_grad_scaler_trains_and_resumes_exactly_on_cpu(gen_shards, tmp_path
     assert state["scaler"] and state["scaler"]["scale"] > 0
     ref = torch.load(checkpoint_path(tmp_path / "whole", 4), weights_only=True)
     assert all(torch.equal(ref["model"][k], state["model"][k]) for k in ref["model"])
+
+
+def test_search_corrects_the_plan_with_what_it_measured():
+    """A probe that measures a peak twice the plan's: auto does not compile a size the corrected plan
+    rules out, and says why; a wrapped out-of-memory (as a compile reports it) counts as not fitting."""
+    from model.config import GPTConfig
+    from trainer.memplan import make_plan
+
+    plan = make_plan(GPTConfig.from_preset("gpt2"), 1024, "bf16", compiled=True)
+    budget = plan.peak(8, False)  # the plan alone would take 8
+    tried = []
+
+    def probe(b: int, ckpt: bool) -> int:
+        tried.append(b)
+        if b >= 8:
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError("backend compiler failed") from e
+        return plan.peak(b, ckpt) + plan.activations(b, ckpt)  # twice the plan's activations
+
+    choice = autobatch.search([1, 2, 4, 8, 16], plan, budget, probe, False, "test card")
+    assert tried == [8, 4] and choice.micro_batch == 4 and not choice.checkpointing
+    assert choice.reason.startswith("micro batch 4: 8 does not fit on this test card")
+    budget2 = probe(4, False)  # 4 fits exactly; 8 would need far more
+    tried.clear()
+    choice = autobatch.search([1, 2, 4, 8, 16], plan, budget2, probe, False, "test card")
+    assert tried == [4] and "8 would need about" in choice.reason
+
+
+def test_is_oom_sees_through_wrappers_and_not_past_other_errors():
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        except torch.OutOfMemoryError as e:
+            raise RuntimeError("compile failed") from e
+    except RuntimeError as e:
+        assert autobatch.is_oom(e)
+    assert autobatch.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not autobatch.is_oom(ValueError("bad value"))
+    assert not autobatch.is_oom(autobatch.OutOfMemory("out of memory during ..."))  # ours: already a line
