@@ -346,6 +346,12 @@ class TrainConfig:
         Under ``--micro-batch auto`` (None, not yet resolved) only micro batch 1 is checked: the
         resolved value always divides the per-rank batch (:mod:`trainer.autobatch`)."""
         per_step = (self.micro_batch or 1) * self.seq_len * world_size
+        if self.total_batch_tokens % per_step and self.micro_batch is None:
+            raise ConfigError(
+                f"--total-batch-tokens {self.total_batch_tokens} is not divisible by --seq-len "
+                f"{self.seq_len} × world size {world_size} = {per_step}, so no --micro-batch (auto) can "
+                f"keep it; pick a total that is a multiple of {per_step} or change --seq-len"
+            )
         if self.total_batch_tokens % per_step:
             raise ConfigError(
                 f"--total-batch-tokens {self.total_batch_tokens} is not divisible by --micro-batch "

@@ -281,3 +281,22 @@ def test_is_oom_sees_through_wrappers_and_not_past_other_errors():
     assert autobatch.is_oom(RuntimeError("CUDA error: out of memory"))
     assert not autobatch.is_oom(ValueError("bad value"))
     assert not autobatch.is_oom(autobatch.OutOfMemory("out of memory during ..."))  # ours: already a line
+
+
+def test_micro_batch_flag_and_toml_take_auto(tmp_path: Path, capsys):
+    from trainer.config import ConfigError
+
+    assert config_from_args(["--micro-batch", "auto"]).micro_batch is None
+    assert config_from_args(["--micro-batch", "8"]).micro_batch == 8
+    toml = tmp_path / "run.toml"
+    toml.write_text('micro_batch = "auto"\n')
+    assert config_from_args(["--config", str(toml), "--micro-batch", "16"]).micro_batch == 16
+    assert config_from_args(["--config", str(toml)]).micro_batch is None
+    with pytest.raises(SystemExit) as e:
+        config_from_args(["--micro-batch", "many"])
+    assert e.value.code == 2 and "'many' is neither an integer nor auto" in capsys.readouterr().err
+    with pytest.raises(
+        ConfigError,
+        match=r"--total-batch-tokens 100 is not divisible by --seq-len 64 .* no --micro-batch \(auto\)",
+    ):
+        config_from_args(["--micro-batch", "auto", "--seq-len", "64", "--total-batch-tokens", "100"])
