@@ -138,6 +138,7 @@ def test_a_failing_rank_ends_the_whole_job(gen_shards: Path, tmp_path: Path):
     assert max(train_recs) < 6
 
 
+@pytest.mark.slow
 def test_ddp_with_auto_micro_batch_and_activation_checkpointing(gen_shards: Path, tmp_path: Path):
     """torchrun x2 with --micro-batch auto (the ranks agree through an all-reduce; on CPU the preset's 4)
     and --activation-checkpointing under DDP: the same losses as one plain process reading the same global

@@ -300,3 +300,20 @@ def test_micro_batch_flag_and_toml_take_auto(tmp_path: Path, capsys):
         match=r"--total-batch-tokens 100 is not divisible by --seq-len 64 .* no --micro-batch \(auto\)",
     ):
         config_from_args(["--micro-batch", "auto", "--seq-len", "64", "--total-batch-tokens", "100"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own use of torch.jit
+def test_activation_checkpointing_under_torch_compile(gen_shards: Path, tmp_path: Path):
+    """torch.compile traces the non-reentrant checkpoint (one graph, the recompute in its backward): the
+    same losses as the compiled run without it, to float rounding (inductor may fuse the two differently)."""
+    torch._dynamo.reset()
+    try:
+        flags = ("--max-steps", "2", "--eval-every", "2", "--compile")
+        plain = _run(gen_shards, tmp_path / "plain", *flags)
+        ckpt = _run(gen_shards, tmp_path / "ckpt", *flags, "--activation-checkpointing")
+    finally:
+        torch._dynamo.reset()
+    for step in (1, 2):
+        assert ckpt.losses[step] == pytest.approx(plain.losses[step], rel=1e-5)
+    assert ckpt.val_losses[2] == pytest.approx(plain.val_losses[2], rel=1e-5)
