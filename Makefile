@@ -117,8 +117,8 @@ demo:  ## offline end to end on CPU: shards from DEMO_SOURCE, stats, train tiny,
 clean-demo:
 	rm -rf demo
 
-gpu-check:  ## prepared GPU check (bench/gpu_check.sh; DRY=1 for the CPU dry run); `make gpu-check-prepare` first
-	PY=$(PY) bench/gpu_check.sh $(if $(DRY),--dry-run)
+gpu-check:  ## prepared GPU check (bench/gpu_check.sh; DRY=1 for the CPU dry run, STAGES="smallgpu" for a subset); `make gpu-check-prepare` first
+	PY=$(PY) bench/gpu_check.sh $(if $(DRY),--dry-run) $(if $(STAGES),--stages "$(STAGES)")
 
 gpu-check-prepare:  ## fill .gpu-carry/ (tokenizer files, wheels) for the GPU machine
 	PY=$(PY) bench/gpu_check.sh prepare

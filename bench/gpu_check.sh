@@ -5,7 +5,9 @@
 #   bench/gpu_check.sh                    # on the GPU machine: all stages, results under $OUT
 #   bench/gpu_check.sh --dry-run          # any machine: the same stages on CPU as far as they go
 #   bench/gpu_check.sh --stages "train ddp"   # a subset (facts gputests train sampler generate ddp;
-#                                             # opt-in: sdpa, flash vs the auto kernel, after train)
+#                                             # opt-in: sdpa, flash vs the auto kernel, after train;
+#                                             # smallgpu, gpt2 with --micro-batch auto on 8 and 4 GiB
+#                                             # caps vs uncapped, cap 300 s)
 #
 # Each stage runs under its own `timeout`, so one hang cannot eat the lease; the caps add up to
 # 475 s (under 8 minutes). Every stage appends a JSON line to $OUT/summary.jsonl, its output goes to
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         prepare) PY="${PY:-python3}"; prepare; exit $? ;;
         --dry-run) DRY=1 ;;
         --stages) STAGES="$2"; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -157,7 +159,7 @@ print(s)" 2>/dev/null)
     stage train_mb64 80 "$PY" bench/train_gpu.py "${targs[@]}" --micro-batch "$mb64" --no-baseline \
         --json "$OUT/train_mb64.json"
     rc=$?
-    if [ "$rc" != 0 ] && tail -50 "$LOG" | grep -q "OutOfMemoryError\|CUDA out of memory"; then
+    if [ "$rc" != 0 ] && tail -50 "$LOG" | grep -q "OutOfMemory\|out of memory"; then
         record train_mb64 "out of memory" "micro batch 64 does not fit" "$STAGE_S"
     else
         fig=$("$PY" -c "
@@ -179,6 +181,31 @@ s = f\"flash {f['tokens_per_s']:,.0f} tok/s peak {f['peak_mem_gib'] or 0:.1f} Gi
 s += f\"; {a['compile'].get('sdpa_backend', 'auto')} {a['compile']['tokens_per_s']:,.0f} tok/s: auto/flash {a['compile']['tokens_per_s'] / f['tokens_per_s']:.3f}x\"
 print(s)" 2>/dev/null)
     record sdpa "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
+fi
+
+# ------------------------------------------------------------------ 3c. (opt-in) small cards, issue 20
+if want smallgpu; then
+    if [ "$DRY" = 1 ]; then
+        sgargs=(--device cpu --steps 3)
+    else
+        sgargs=(--device cuda --caps 8,4 --steps 8)
+    fi
+    stage smallgpu 300 "$PY" bench/smallgpu.py "${sgargs[@]}" --json "$OUT/smallgpu.json"
+    rc=$?
+    fig=$("$PY" -c "
+import json; r = json.load(open('$OUT/smallgpu.json'))
+parts = []
+for x in r['results']:
+    lab = 'uncapped' if x['cap_gib'] is None else f\"{x['cap_gib']:g} GiB\"
+    if 'error' in x:
+        parts.append(f\"{lab}: {x['error'][:80]}\"); continue
+    s = f\"{lab}: mb {x['micro_batch']}{' +ckpt' if x['activation_checkpointing'] else ''} {x['tokens_per_s']:,.0f} tok/s\"
+    s += f\" ({x.get('tokens_per_s_vs_uncapped', 1):.2f}x), probe {x['probe_seconds']}s\"
+    if x.get('plan_error') is not None:
+        s += f\", plan {100 * x['plan_error']:+.0f}%\"
+    parts.append(s)
+print('; '.join(parts))" 2>/dev/null)
+    record smallgpu "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
 fi
 
 # ------------------------------------------------------------------ 4. data wait per step

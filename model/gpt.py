@@ -6,6 +6,9 @@
   OpenAI / Hugging Face checkpoints by name (HF stores the Linear weights transposed, as ``Conv1D``).
 * A KV cache comes in as a plain ``cache`` argument (:mod:`model.kvcache`); generation lives in
   :mod:`model.generate`, which drives this module and is never imported by it.
+* ``activation_checkpointing = True`` keeps only each block's input through a training forward and
+  recomputes the rest in backward (``torch.utils.checkpoint``, non-reentrant; dropout masks are
+  replayed from the saved RNG state, so the losses and gradients are the same bits).
 
 README.md ("Design", Model) has the rest.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import GPTConfig
 from model.loss import linear_cross_entropy
@@ -103,6 +107,8 @@ class GPT(nn.Module):
         # weight tying (GPT-2): one (V_padded, C) matrix is both the input embedding and the output
         # projection. Assigning the Parameter makes state_dict list it under both names.
         self.transformer.wte.weight = self.lm_head.weight
+        # a training setting, not part of the architecture (not in GPTConfig, not in checkpoints)
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init / counting
@@ -174,8 +180,10 @@ class GPT(nn.Module):
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
         x = self.transformer.drop(tok_emb + pos_emb)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            # checkpointed: keep only x (B, T, C); the block's insides are recomputed in backward
+            x = checkpoint(block, x, None, i, use_reentrant=False) if recompute else block(x, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)

@@ -123,11 +123,12 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata=_h("dropout probability (0 for pretraining)"))
     # --- batch and data order
     seq_len: int = field(default=1024, metadata=_h("tokens per training window T (<= the model's context)"))
-    micro_batch: int = field(
-        default=32,
+    micro_batch: int | None = field(
+        default=None,
         metadata=_h(
-            "windows per forward pass on each rank (lower it when out of memory, "
-            "raise it where memory allows; the total batch is unchanged)"
+            "windows per forward pass on each rank, or auto (the default): on CUDA the largest that a "
+            "real compiled training step fits in the card's memory, on CPU the preset's value; "
+            "a resume reuses the recorded value. The total batch is unchanged (gradient accumulation)"
         ),
     )
     total_batch_tokens: int = field(
@@ -253,6 +254,22 @@ class TrainConfig:
     profile_active: int = field(
         default=3, metadata=_h("steps recorded by the profiler (after one warm-up step)")
     )
+    # --- memory: small GPUs (README, "Training on a small GPU")
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata=_h(
+            "recompute each block's activations in backward instead of keeping them (less memory, "
+            "about a third more compute; same losses); default: off, unless --micro-batch auto finds "
+            "that even micro batch 1 does not fit without it"
+        ),
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata=_h(
+            "print the memory plan (parameters, gradients, optimizer state, activations per micro "
+            "batch with and without checkpointing, total vs the device's memory) and exit, writing nothing"
+        ),
+    )
     # --- testing aid (hidden from --help: a fault injection, not a setting)
     debug_nan_at_step: int | None = field(
         default=None,
@@ -295,6 +312,10 @@ class TrainConfig:
             )
         self.grad_accum_steps(1)  # divisibility by micro_batch x T, before the world size is known
 
+    def preset_micro_batch(self) -> int:
+        """The ``--preset``'s micro batch: what ``--micro-batch auto`` takes where it cannot probe (CPU)."""
+        return int(PRESETS.get(self.preset, {}).get("micro_batch", 32))
+
     def eval_task_names(self) -> list[str]:
         """The tasks of ``--eval-tasks`` in order (empty when none)."""
         from model.eval_tasks import parse_tasks
@@ -326,8 +347,17 @@ class TrainConfig:
     # ------------------------------------------------------------------ derived values
 
     def grad_accum_steps(self, world_size: int) -> int:
-        """Micro-steps per optimizer step; raises naming the flags when the total does not divide."""
-        per_step = self.micro_batch * self.seq_len * world_size
+        """Micro-steps per optimizer step; raises naming the flags when the total does not divide.
+
+        Under ``--micro-batch auto`` (None, not yet resolved) only micro batch 1 is checked: the
+        resolved value always divides the per-rank batch (:mod:`trainer.autobatch`)."""
+        per_step = (self.micro_batch or 1) * self.seq_len * world_size
+        if self.total_batch_tokens % per_step and self.micro_batch is None:
+            raise ConfigError(
+                f"--total-batch-tokens {self.total_batch_tokens} is not divisible by --seq-len "
+                f"{self.seq_len} × world size {world_size} = {per_step}, so no --micro-batch (auto) can "
+                f"keep it; pick a total that is a multiple of {per_step} or change --seq-len"
+            )
         if self.total_batch_tokens % per_step:
             raise ConfigError(
                 f"--total-batch-tokens {self.total_batch_tokens} is not divisible by --micro-batch "
@@ -408,6 +438,8 @@ def _base_type(hint: Any) -> tuple[type, bool]:
 def coerce(name: str, value: Any, where: str) -> Any:
     """Check/convert ``value`` for field ``name``; ``where`` names its origin in errors."""
     typ, optional = _base_type(_HINTS[name])
+    if name == "micro_batch" and value == "auto":
+        return None  # None is auto: resolved on the device by trainer.autobatch
     if value is None:
         if optional:
             return None
@@ -501,10 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag(f.name), choices=DEVICES, help=help_text)
         elif f.name == "sdpa_backend":
             p.add_argument(flag(f.name), choices=SDPA_BACKENDS, help=help_text)
+        elif f.name == "micro_batch":
+            p.add_argument(flag(f.name), type=_micro_batch_arg, metavar="N|auto", help=help_text)
         else:
             metavar = {int: "N", float: "X", str: "TEXT", Path: "DIR"}[typ]
             p.add_argument(flag(f.name), type=typ, metavar=metavar, help=help_text)
     return p
+
+
+def _micro_batch_arg(text: str) -> int | str:
+    """``--micro-batch``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor auto") from None
 
 
 def resolve_config(
@@ -518,6 +562,7 @@ def resolve_config(
         raise ConfigError(f"--preset {preset!r} is not one of {', '.join(PRESETS)}")
     values: dict[str, Any] = {"preset": preset}
     values.update(PRESETS[preset])
+    values.pop("micro_batch", None)  # the preset's micro batch is auto's CPU value, not a setting
     values.update(toml)
     for name, value in cli.items():
         if name not in FIELDS:

@@ -14,6 +14,7 @@ README.md ("Design", Trainer) has the rest. Steps count *completed* updates (``s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -27,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.checkpoint import list_checkpoints
 from model.sdpa import choose_sdpa_backend, sdpa_context
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.sampler_index import open_dataset
 from pipeline.tokenizer import tokenizer_fingerprint
+from trainer import autobatch, init_from
 from trainer import checkpoint as ckpt
-from trainer import init_from
 from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evaluator
@@ -101,6 +103,9 @@ class _StopFlag:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training job of ``cfg`` in this process; see the module docstring."""
+    if cfg.dry_run:  # the memory plan only: no process group, no data, nothing written
+        autobatch.dry_run(cfg)
+        return TrainResult(run_dir=cfg.out, start_step=0, final_step=0)
     env = setup(cfg)
     try:
         with run_folder_lock(cfg.out, env.is_main):  # one writer per run folder (rank 0 holds it)
@@ -112,11 +117,31 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
+@dataclass
+class _Doing:
+    """What runs now (the loop updates it) and with which resolved config: the out-of-memory line's."""
+
+    what: str
+    cfg: TrainConfig
+
+
 def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
+    doing = _Doing("setting up", cfg)
+    try:
+        return _train_body(cfg, env, doing)
+    except Exception as e:
+        if not autobatch.is_oom(e):
+            raise
+        newest = list_checkpoints(cfg.out)
+        msg = autobatch.oom_message(doing.what, env.device, doing.cfg, newest[-1] if newest else None)
+    raise autobatch.OutOfMemory(msg)  # outside the handler: the OOM's frames (and tensors) are gone
+
+
+def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
     device = env.device
     # ---- cheap checks first, nothing written yet
     precision = resolve_precision(cfg, device)
-    grad_accum = cfg.grad_accum_steps(env.world_size)
+    cfg.grad_accum_steps(env.world_size)  # under auto: T x world size must divide the total
     if env.is_main:  # only rank 0 decides (and later changes) the run folder: no check-vs-mkdir race
         check_run_dir(cfg)
     # the shape: the preset's, the --init-from source's, or the resumed fine-tune's
@@ -129,6 +154,17 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             f"--data {cfg.data}: the val split is empty, so --eval-every {cfg.eval_every} has nothing to "
             "evaluate on; rebuild with --val-fraction > 0, or pass --eval-every 0 to train without evaluation"
         )
+    # ---- --micro-batch auto (probing on CUDA), after the cheap checks and before anything sized by it
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    doing.what = "--micro-batch auto's probing"
+    auto = autobatch.choose(cfg, device, env.world_size, model_config, precision, use_compile)
+    if auto is not None:
+        auto = _agree(auto, env)
+        cfg = dataclasses.replace(
+            cfg, micro_batch=auto.micro_batch, activation_checkpointing=auto.checkpointing
+        )
+    doing.what, doing.cfg = "setting up", cfg
+    grad_accum = cfg.grad_accum_steps(env.world_size)
     tok_fp = tokenizer_fingerprint()
     sampler_kw = dict(
         expected_vocab_size=model_config.vocab_size,
@@ -158,7 +194,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         )
     tasks = task_evaluator(cfg, env, model_config)
     try:
-        return _run(cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks)
+        return _run(
+            cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks, auto, doing
+        )  # fmt: skip
     finally:
         sampler.close()
 
@@ -199,11 +237,26 @@ class _Run:
     result: TrainResult
     flops_per_token: int
     peak: float | None  # the device's peak TFLOP/s for MFU; None when unknown
+    doing: _Doing
+
+
+def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
+    """Every rank takes the smallest micro batch any rank chose, with checkpointing if any rank needs it."""
+    if not env.distributed:
+        return auto
+    t = torch.tensor([auto.micro_batch, -int(auto.checkpointing)], device=env.device)
+    all_reduce_(t, env, op=torch.distributed.ReduceOp.MIN)
+    b, ckpt = int(t[0]), bool(-int(t[1]))
+    if (b, ckpt) != (auto.micro_batch, auto.checkpointing):
+        auto.reason += f"; micro batch {b}{' with checkpointing' if ckpt else ''} agreed with the other ranks"
+        auto.micro_batch, auto.checkpointing = b, ckpt
+    return auto
 
 
 def _run(
-    cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None
-) -> TrainResult:
+    cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None, auto=None,
+    doing: _Doing | None = None,
+) -> TrainResult:  # fmt: skip
     device = env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -217,6 +270,7 @@ def _run(
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
     model = build_model(cfg, model_config, device, init.source)
+    model.activation_checkpointing = bool(cfg.activation_checkpointing)  # before compile traces it
     init.source = None  # the source's own copy of the weights is no longer needed
     optimizer = make_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -261,6 +315,7 @@ def _run(
                 "compile": use_compile,
                 "sdpa_backend": sdpa,
                 "grad_accum_steps": grad_accum,
+                "micro_batch_auto": auto.to_dict() if auto is not None else None,
                 "flops_per_token": flops_per_token,
                 "peak_tflops": peak,
                 "dataset_fingerprint": dataset.dataset_fingerprint,
@@ -281,12 +336,15 @@ def _run(
     )
     for msg in warn_msgs:
         obs.warn(msg)
+    if auto is not None:
+        obs.info(f"--micro-batch auto: {auto.reason}")
     fresh = f"fresh run from the weights of {init.record['source']}" if init.record else "fresh run"
     obs.info(
         f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else fresh}"
         f" | {model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
         f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | attention kernel {sdpa} | "
-        f"grad accum {grad_accum} | "
+        f"micro batch {cfg.micro_batch} x grad accum {grad_accum}"
+        f"{' + activation checkpointing' if cfg.activation_checkpointing else ''} | "
         f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
     )
     result = TrainResult(
@@ -297,8 +355,9 @@ def _run(
         sdpa_backend=sdpa,
     )
     run = _Run(
-        state, fwd_model, compiled, val, tasks, autocast, grad_accum, obs, result, flops_per_token, peak
-    )
+        state, fwd_model, compiled, val, tasks, autocast, grad_accum, obs, result, flops_per_token, peak,
+        doing or _Doing("setting up", cfg),
+    )  # fmt: skip
     try:
         with (
             sdpa_context(sdpa),
@@ -323,6 +382,7 @@ def _run(
 def _evaluate_at(run: _Run, step: int, val: bool, tasks: bool) -> None:
     """Val loss and ``--eval-tasks`` (on the raw model) after ``step``, recorded and logged."""
     env = run.state.env
+    run.doing.what = f"evaluation after step {step}"
     if val:
         v = evaluate_loss(run.eval_model, run.val, run.autocast, env)
         run.result.val_losses[step] = v
@@ -443,6 +503,7 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
     stop_now = False
     try:
         while step < cfg.max_steps:
+            run.doing.what = f"training step {step + 1}"
             lr = lr_at(step, cfg)
             set_lr(optimizer, lr)
             if cfg.dropout > 0:  # dropout masks as a function of (seed, rank, step): a resume repeats them
@@ -502,8 +563,10 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
                 prof.step()
             _evaluate_at(run, step, do_eval, do_tasks)
             if do_sample and env.is_main:
+                run.doing.what = f"text sampling after step {step}"
                 obs.sample(step, sample_text(state.model, cfg, device, autocast))
             if do_ckpt or stop_now:
+                run.doing.what = f"saving the checkpoint of step {step}"
                 result.checkpoint = state.save()
             if do_eval or do_tasks or do_sample or do_ckpt or stop_now:
                 t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving

@@ -52,6 +52,23 @@ def test_gpu_check_dry_run_passes_every_stage(tmp_path: Path) -> None:
     assert gen["same_tokens"] is True
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
+def test_gpu_check_smallgpu_stage_dry_run(tmp_path: Path) -> None:
+    """The opt-in small-card stage (issue 20): on CPU one uncapped tiny run where auto takes the preset's."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", "--stages", "smallgpu"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + (out / "gpu_check.log").read_text()[-3000:]
+    rows = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["smallgpu"] and rows[0]["result"] == "ok"
+    res = json.loads((out / "smallgpu.json").read_text())["results"]
+    assert res[0]["micro_batch"] == 4 and "the preset's value" in res[0]["reason"]
+
+
 def test_gpu_check_refuses_unknown_arguments() -> None:
     proc = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True

@@ -22,7 +22,8 @@ def test_defaults_are_gpt2_nanogpt_batch():
     assert cfg.total_batch_tokens == 2**19 and cfg.seq_len == 1024
     assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip) == (0.9, 0.95, 0.1, 1.0)
     assert cfg.min_lr_ratio == 0.1
-    assert cfg.grad_accum_steps(1) == 2**19 // (cfg.micro_batch * 1024)
+    assert cfg.micro_batch is None and cfg.preset_micro_batch() == 32  # auto; 32 is auto's CPU value
+    assert config_from_args(["--micro-batch", "16"]).grad_accum_steps(1) == 2**19 // (16 * 1024)
     assert cfg.model_config() == GPTConfig.from_preset("gpt2")
 
 
@@ -43,6 +44,7 @@ DOCUMENTED_FLAGS = {
     "--progress", "--no-progress", "--tensorboard", "--no-tensorboard",
     "--ckpt-every", "--keep-last", "--max-bad-steps",
     "--profile", "--no-profile", "--profile-wait", "--profile-active",
+    "--activation-checkpointing", "--no-activation-checkpointing", "--dry-run", "--no-dry-run",
 }  # fmt: skip
 
 
@@ -113,13 +115,14 @@ def test_precedence_preset_then_toml_then_cli(tmp_path: Path):
     cfg = config_from_args(["--config", str(toml), "--data", "d", "--seed", "9"])
     tiny = PRESETS["tiny"]
     assert cfg.preset == "tiny"
-    assert cfg.micro_batch == tiny["micro_batch"]  # from the preset
+    assert cfg.micro_batch is None and cfg.preset_micro_batch() == tiny["micro_batch"]  # auto, preset's
     assert cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.sample_prompt == "hi"  # TOML over the preset
     assert cfg.seed == 9  # CLI over TOML
     assert cfg.out == Path("runs/tiny")
     # the CLI preset wins over the TOML's, and the TOML still overrides that preset
     cfg2 = config_from_args(["--config", str(toml), "--preset", "demo"])
-    assert cfg2.preset == "demo" and cfg2.micro_batch == PRESETS["demo"]["micro_batch"] and cfg2.lr == 0.01
+    assert cfg2.preset == "demo" and cfg2.preset_micro_batch() == PRESETS["demo"]["micro_batch"]
+    assert cfg2.lr == 0.01
 
 
 def test_toml_errors_name_file_and_key(tmp_path: Path):

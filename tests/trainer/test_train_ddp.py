@@ -136,3 +136,35 @@ def test_a_failing_rank_ends_the_whole_job(gen_shards: Path, tmp_path: Path):
     assert codes[0] != 0, outs[0][1][-2000:]  # rank 0 did not finish the run alone
     train_recs, _ = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert max(train_recs) < 6
+
+
+@pytest.mark.slow
+def test_ddp_with_auto_micro_batch_and_activation_checkpointing(gen_shards: Path, tmp_path: Path):
+    """torchrun x2 with --micro-batch auto (the ranks agree through an all-reduce; on CPU the preset's 4)
+    and --activation-checkpointing under DDP: the same losses as one plain process reading the same global
+    windows (micro batch 8, see the module docstring)."""
+    out = tmp_path / "run"
+    args = fast(gen_shards, out, *COMMON, "--activation-checkpointing")
+    i = args.index("--micro-batch")
+    args[i + 1] = "auto"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "trainer",
+    ]
+    proc = subprocess.run(cmd + args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["micro_batch"] == 4 and info["grad_accum_steps"] == 1
+    assert info["config"]["activation_checkpointing"] is True
+    single = tmp_path / "single"
+    proc = run_trainer(fast(gen_shards, single, *COMMON, "--micro-batch", "8"))
+    assert proc.returncode == 0, proc.stderr
+    a, _ = read_metrics(out / "metrics.jsonl")
+    b, _ = read_metrics(single / "metrics.jsonl")
+    for step in (1, 2):
+        assert a[step]["loss"] == pytest.approx(b[step]["loss"], rel=1e-5)
