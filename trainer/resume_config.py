@@ -27,6 +27,8 @@ MAY_CHANGE = (
     "data",  # the folder may move: the checkpoint's dataset fingerprint must still match (checked on load)
     "max_steps",  # extend or shorten the run (the schedule follows the new length; the resume warns)
     "micro_batch",  # memory: the total batch stays (gradient accumulation); the resume warns
+    "activation_checkpointing",  # memory: recomputing a block's activations gives the same numbers
+    "dry_run",  # prints the memory plan and exits: it never touches the run
     "prefetch", "device", "precision", "compile", "sdpa_backend", "peak_tflops",
     "eval_every", "eval_windows", "eval_tasks", "eval_tasks_every", "eval_tasks_limit", "eval_tasks_data",
     "log_every", "progress", "tensorboard", "sample_every", "sample_prompt", "sample_tokens",
