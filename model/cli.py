@@ -29,7 +29,7 @@ from model.checkpoint import (
     save_model,
 )
 from model.config import PRESETS, GPTConfig
-from model.generate import _check_sampling_args, context_start, generate_stream
+from model.generate import _check_sampling_args, generate_stream, window_start
 from model.gpt import GPT
 from pipeline.device import resolve_device
 from pipeline.errors import UsageError, UserError, run_command
@@ -118,7 +118,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
     # not refused: generation conditions on the last tokens that fit, as it does once the output
     # outgrows the context; a one-line warning says how many were dropped
-    dropped = context_start(len(prompt_ids), model.config.block_size)
+    dropped = window_start(len(prompt_ids), len(prompt_ids), model.config.block_size)
     if dropped:
         _warn(
             f"--prompt is {len(prompt_ids)} tokens (with <|startoftext|>), longer than the model's "

@@ -307,7 +307,7 @@ def test_hub_datasets_are_loaded_through_datasets(uniform_ckpt, monkeypatch, cap
         (None, ["--task", "nope"], 2, "--task 'nope' is not a task"),
         (None, ["--task", "hellaswag", "--data", "missing.jsonl"], 1, "does not exist"),
         ('{"activity_label": "a", "ctx_a": "b", "endings": ["c"], "label": "0"}\n',
-         ["--task", "hellaswag"], 1, "row 0 has no field 'ctx_b'"),
+         ["--task", "hellaswag"], 1, "line 1: no field 'ctx_b'"),
         ("\n", ["--task", "lambada"], 1, "no rows"),
         ('{"text": "a b"}\n', ["--task", "lambada,hellaswag"], 2, "one task's file"),
         (None, ["--task", "shards"], 2, "needs --data DIR"),
