@@ -183,7 +183,9 @@ def _shown(value: Any) -> str:
     if value is None:
         return "null"
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return f"a {_json_type(value)} ({text[:40] + '...' if len(text) > 40 else text})"
+    kind = _json_type(value)
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} ({text[:40] + '...' if len(text) > 40 else text})"
 
 
 def _check_row(spec: TaskSpec, row: dict[str, Any]) -> str | None:

@@ -333,3 +333,74 @@ def test_bad_input_is_one_line(uniform_ckpt, tmp_path, capsys, content, args, co
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]  # a progress bar may stand before it
     assert last.startswith("error: ") and message in last and "Traceback" not in err
+
+
+# ------------------------------------------------- issue 18: every field type-checked, by file and line
+
+
+def _hella(**fields) -> str:
+    row = {"activity_label": "Tea", "ctx_a": "A man boils water.", "ctx_b": "he", "label": "1",
+           "endings": ["pours it.", "drinks it."]}  # fmt: skip
+    row.update(fields)
+    return json.dumps(row)
+
+
+def test_malformed_eval_row_is_one_line_through_the_cli(uniform_ckpt, tmp_path):
+    """The issue's case: numbers where strings belong gave a TypeError / AttributeError traceback."""
+    from tests.cli import one_error, run_module, snapshot
+
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text(_hella() + "\n\n" + _hella(ctx_b=5) + "\n")  # line 3: the blank line 2 still counts
+    before = snapshot(tmp_path)
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "hellaswag",
+                      "--data", str(data), "--device", "cpu")  # fmt: skip
+    one_error(proc, 1, f"--data {data}: line 3: field 'ctx_b' is a number (5)", "needs a string")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "task, line, message",
+    [
+        ("hellaswag", _hella(ctx_b=None), "line 1: field 'ctx_b' is null"),
+        ("hellaswag", _hella(activity_label=["a"]), "line 1: field 'activity_label' is a list ([\"a\"])"),
+        ("hellaswag", _hella(endings="pours it."), "field 'endings' is a string"),
+        ("hellaswag", _hella(endings=["a", 7]), "field 'endings' item 1 is a number (7)"),
+        ("hellaswag", _hella(endings=[]), "field 'endings' is a list ([])"),
+        ("hellaswag", _hella(label=None), "field 'label' is null"),
+        ("hellaswag", _hella(label="x"), "field 'label' is a string (\"x\")"),
+        ("hellaswag", _hella(label=2), "field 'label' is a number (2)"),
+        ("hellaswag", _hella(label=True), "field 'label' is a boolean (true)"),
+        ("lambada", '{"text": 17}', "line 1: field 'text' is a number (17)"),
+        ("lambada", '{"text": null}', "line 1: field 'text' is null"),
+        ("lambada", '{"txt": "a b"}', "line 1: no field 'text'"),
+        ("lambada", '["a b"]', "line 1 is a JSON list, not an object"),
+        ("wikitext2", '{"page": {"title": "x"}}', "line 1: field 'page' is an object"),
+    ],
+)  # fmt: skip
+def test_every_field_is_type_checked(uniform_ckpt, tmp_path, capsys, task, line, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(line + "\n")
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", task, "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    (error,) = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert "Traceback" not in err and error.startswith(f"error: --data {data}: ")
+    assert message in error, error
+
+
+def test_parquet_rows_are_checked_too(uniform_ckpt, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"text": "a b"}, {"text": None}]), tmp_path / "l.parquet")
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                 "--data", str(tmp_path / "l.parquet")]) == 1  # fmt: skip
+    assert "row 1: field 'text' is null" in capsys.readouterr().err
+
+
+def test_a_fifo_as_data_is_refused_without_reading_it(uniform_ckpt, tmp_path, capsys):
+    import os
+
+    os.mkfifo(tmp_path / "data.jsonl")  # opening it to read would block until a writer came
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                 "--data", str(tmp_path / "data.jsonl")]) == 1  # fmt: skip
+    assert "is a FIFO, not a file" in capsys.readouterr().err
