@@ -197,6 +197,8 @@ def _check_row(spec: TaskSpec, row: dict[str, Any]) -> str | None:
     for name in strings:
         if not isinstance(row[name], str):
             return f"field {name!r} is {_shown(row[name])}; task {spec.name} needs a string there"
+    if spec.kind == "rolling" and not row["page"]:  # no bytes: its bits per byte would divide by zero
+        return f"field 'page' is an empty string; task {spec.name} needs the page's text"
     if spec.kind != "multiple_choice":
         return None
     endings, label = row["endings"], row["label"]

@@ -375,6 +375,7 @@ def test_malformed_eval_row_is_one_line_through_the_cli(uniform_ckpt, tmp_path):
         ("lambada", '{"txt": "a b"}', "line 1: no field 'text'"),
         ("lambada", '["a b"]', "line 1 is a JSON list, not an object"),
         ("wikitext2", '{"page": {"title": "x"}}', "line 1: field 'page' is an object"),
+        ("wikitext2", '{"page": ""}', "line 1: field 'page' is an empty string"),
     ],
 )  # fmt: skip
 def test_every_field_is_type_checked(uniform_ckpt, tmp_path, capsys, task, line, message):
