@@ -290,11 +290,13 @@ def folder_kind(path: str | os.PathLike[str]) -> FolderKind | None:
     if kind != "folder":
         return FolderKind(f"a {kind}, not a folder")
     names = sorted(p.name for p in path.iterdir())
-    if not names or (names == [LOCK_NAME] and folder_locked_by(path) is None):
+    holder = folder_locked_by(path) if LOCK_NAME in names else None
+    if holder == os.getpid():
+        holder = None  # a writer asking about its own folder is not refused
+    if not names or (names == [LOCK_NAME] and holder is None):
         return None
-    pid = folder_locked_by(path) if LOCK_NAME in names else None
-    if pid is not None and pid != os.getpid():  # a writer asking about its own folder is not refused
-        return FolderKind(IN_USE, (f"{LOCK_NAME} held by pid {pid}",))
+    if holder is not None:
+        return FolderKind(IN_USE, (f"{LOCK_NAME} held by pid {holder}",))
     shard = [n for n in SHARD_MARKERS if n in names]
     shard += [n for g in SHARD_GLOBS for n in names if fnmatch.fnmatchcase(n, g)]
     if shard:
