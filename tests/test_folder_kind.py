@@ -87,8 +87,9 @@ def test_a_free_lock_is_empty_and_a_held_one_is_in_use(tmp_path: Path):
         "import sys,time; from pipeline.fsutil import folder_lock\nwith folder_lock(sys.argv[1], 'build'):\n"
     )
     code += "    print('held', flush=True); sys.stdin.read()"
-    with subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, cwd=REPO, env=child_env()) as holder:  # fmt: skip
+    argv = [sys.executable, "-c", code, str(folder)]
+    pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with subprocess.Popen(argv, cwd=REPO, env=child_env(), **pipes) as holder:
         assert holder.stdout.readline() == "held\n"
         kind = folder_kind(folder)
         assert kind.kind == IN_USE and f"pid {holder.pid}" in str(kind)
