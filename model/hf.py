@@ -76,8 +76,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
     """(our config, the checkpoint's own vocab size) from a GPT-2 ``config.json`` dict.
 
     Checks what the config alone can: integer sizes, ``n_embd % n_head == 0``, one context length
-    (``n_ctx``, when present, equals ``n_positions``), special-token ids inside the vocabulary, and
-    the architecture flags. :func:`model_from_hf_state` then checks the sizes against the tensors.
+    (``n_ctx``, when present, equals ``n_positions``) and the architecture flags. (Special-token ids
+    are not checked: transformers' own ``GPT2Config`` keeps ids 50256 for any vocabulary.) :func:`model_from_hf_state` then checks the sizes against the tensors.
     """
     if not isinstance(hf, dict):
         raise HFFormatError(f"{source}: not a GPT-2 config (a JSON object), found a JSON {type(hf).__name__}")
@@ -97,12 +97,6 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
         raise HFFormatError(
             f"{source}: n_ctx is {n_ctx!r}, but n_positions is {n_positions}; GPT-2 has one context length"
         )
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = hf.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab
-        ):
-            raise HFFormatError(f"{source}: {name} is {value!r}, not an id below vocab_size {vocab}")
     eps = hf.get("layer_norm_epsilon", 1e-5)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise HFFormatError(f"{source}: layer_norm_epsilon is {eps!r}; GPT-2 needs a small positive number")
