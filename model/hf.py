@@ -77,7 +77,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[GPT
 
     Checks what the config alone can: integer sizes, ``n_embd % n_head == 0``, one context length
     (``n_ctx``, when present, equals ``n_positions``) and the architecture flags. (Special-token ids
-    are not checked: transformers' own ``GPT2Config`` keeps ids 50256 for any vocabulary.) :func:`model_from_hf_state` then checks the sizes against the tensors.
+    are not checked: transformers' own ``GPT2Config`` keeps ids 50256 for any vocabulary.)
+    :func:`model_from_hf_state` then checks the sizes against the tensors.
     """
     if not isinstance(hf, dict):
         raise HFFormatError(f"{source}: not a GPT-2 config (a JSON object), found a JSON {type(hf).__name__}")
