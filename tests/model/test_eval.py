@@ -398,10 +398,13 @@ def test_parquet_rows_are_checked_too(uniform_ckpt, tmp_path, capsys):
     assert "row 1: field 'text' is null" in capsys.readouterr().err
 
 
-def test_a_fifo_as_data_is_refused_without_reading_it(uniform_ckpt, tmp_path, capsys):
+def test_a_fifo_as_data_is_refused_without_reading_it(uniform_ckpt, tmp_path):
     import os
 
-    os.mkfifo(tmp_path / "data.jsonl")  # opening it to read would block until a writer came
-    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
-                 "--data", str(tmp_path / "data.jsonl")]) == 1  # fmt: skip
-    assert "is a FIFO, not a file" in capsys.readouterr().err
+    from tests.cli import one_error, run_module
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)  # opening it to read would block until a writer came: the timeout fails a hang
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                      "--data", str(fifo), "--device", "cpu", timeout=120)  # fmt: skip
+    one_error(proc, 1, f"--data {fifo}: is a FIFO, not a file")
