@@ -289,6 +289,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit} must be >= 1")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.json not in (None, "-"):
+        _check_json_out(Path(args.json))  # before the long evaluation, not after it
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     fp = ckpt.get("tokenizer_fingerprint")
@@ -314,6 +316,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             atomic_write_text(Path(args.json), text)
     return 0
+
+
+def _check_json_out(path: Path) -> None:
+    """``--json PATH`` replaces only an earlier eval result (its own keys), never another file."""
+    from pipeline.fsutil import path_type
+
+    kind = path_type(path)
+    if kind == "missing":
+        return
+    if kind != "file":
+        raise UserError(f"--json {path} is a {kind}, not a file; choose a new file path")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        earlier = isinstance(doc, dict) and {"checkpoint", "tasks", "sources"} <= set(doc)
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = False
+    if not earlier:
+        raise UserError(
+            f"--json {path} exists and is not an earlier eval result (no 'checkpoint', 'tasks' and "
+            "'sources' keys); eval replaces only its own output: choose another path"
+        )
 
 
 # --------------------------------------------------------------------------------------- parser
@@ -461,7 +484,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_device_args(p)
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="also write the figures as JSON to PATH (stdout without PATH; the table then "
-                   "goes to stderr)")  # fmt: skip
+                   "goes to stderr); an existing PATH is replaced only if eval wrote it")  # fmt: skip
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -408,3 +408,25 @@ def test_a_fifo_as_data_is_refused_without_reading_it(uniform_ckpt, tmp_path):
     proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
                       "--data", str(fifo), "--device", "cpu", timeout=120)  # fmt: skip
     one_error(proc, 1, f"--data {fifo}: is a FIFO, not a file")
+
+
+def test_json_out_replaces_only_an_earlier_result(uniform_ckpt, tmp_path, capsys):
+    """``--json RUN/config.json`` replaced a training run's metadata; now only eval's own output is."""
+    from tests.cli import one_error, run_module, snapshot
+
+    run_config = tmp_path / "run" / "config.json"
+    run_config.parent.mkdir()
+    run_config.write_text('{"config": {"lr": 0.001}}\n')
+    before = snapshot(tmp_path)
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                      "--data", str(LAMBADA), "--device", "cpu", "--json", str(run_config))  # fmt: skip
+    one_error(proc, 1, f"--json {run_config} exists and is not an earlier eval result")
+    assert snapshot(tmp_path) == before
+    out = tmp_path / "results.json"
+    for _ in range(2):  # written, then replaced
+        assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada", "--data", str(LAMBADA),
+                     "--json", str(out)]) == 0  # fmt: skip
+        assert json.loads(out.read_text())["tasks"]["lambada"]["n"] == 3
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada", "--data", str(LAMBADA),
+                 "--json", str(tmp_path)]) == 1  # fmt: skip
+    assert "is a folder, not a file" in capsys.readouterr().err
