@@ -25,7 +25,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.fsutil import atomic_open
+from pipeline.fsutil import atomic_open, path_type
 
 CKPT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^step-(\d+)\.pt$")
@@ -307,10 +307,13 @@ def load_model(
     :class:`CheckpointError` lists every failure.
     """
     path = Path(path_or_run_dir)
-    if path.is_file():
+    kind = path_type(path)
+    if kind == "file":
         return _load_file(path, map_location)
-    if not path.exists():
+    if kind in ("missing", "broken symlink"):
         raise FileNotFoundError(errno.ENOENT, "does not exist (give a .pt file or a run folder)", str(path))
+    if kind != "folder":  # reading a FIFO or /dev/zero would block or never end
+        raise CheckpointError(f"{path}: is a {kind}, not a checkpoint; give a .pt file or a run folder")
     candidates = list_checkpoints(path)
     if not candidates:
         raise CheckpointError(

@@ -24,15 +24,12 @@ from rich.console import Console
 from rich.table import Table
 
 from model.checkpoint import (
-    CKPT_DIRNAME,
     CheckpointError,
-    checkpoint_path,
-    list_checkpoints,
     load_model,
     save_model,
 )
 from model.config import PRESETS, GPTConfig
-from model.generate import _check_sampling_args, context_start, generate_stream
+from model.generate import _check_sampling_args, generate_stream, window_start
 from model.gpt import GPT
 from pipeline.device import resolve_device
 from pipeline.errors import UsageError, UserError, run_command
@@ -121,7 +118,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
     # not refused: generation conditions on the last tokens that fit, as it does once the output
     # outgrows the context; a one-line warning says how many were dropped
-    dropped = context_start(len(prompt_ids), model.config.block_size)
+    dropped = window_start(len(prompt_ids), len(prompt_ids), model.config.block_size)
     if dropped:
         _warn(
             f"--prompt is {len(prompt_ids)} tokens (with <|startoftext|>), longer than the model's "
@@ -171,13 +168,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from model.hf import import_hf
+    from model.outdirs import import_target
 
     out = Path(args.out)
-    target = out if out.suffix == ".pt" else checkpoint_path(out, 0)
-    if out.suffix != ".pt":
-        _refuse_training_run(out)
-    if target.exists() and not args.overwrite:
-        raise UserError(f"--out {target} exists; pass --overwrite to replace it")
+    target = import_target(out, Path(args.dir), args.overwrite)
     t0 = time.perf_counter()
     model = import_hf(args.dir)
     source_vocab = json.loads((Path(args.dir) / "config.json").read_text())["vocab_size"]
@@ -188,7 +182,15 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
             from pipeline.tokenizer import tokenizer_fingerprint
 
             extra["tokenizer_fingerprint"] = tokenizer_fingerprint()
-    save_model(target, model, extra)
+    import_target(out, Path(args.dir), args.overwrite)  # again: the folder may have changed meanwhile
+    created = [p for p in (out, target.parent) if not p.exists() and p.suffix != ".pt"]
+    try:
+        save_model(target, model, extra)  # atomic: the old file or the new one, never a partial one
+    except BaseException:
+        for p in reversed(created):  # a failed import leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
     table = _table(
         "import-hf", ("from", "to", "layers", "heads", "width", "context", "vocab", "params", "seconds")
     )
@@ -201,22 +203,14 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_training_run(out: Path) -> None:
-    """``import-hf --out RUN`` must not slip a step-0 checkpoint in beside a training run's own."""
-    steps = [p.name for p in list_checkpoints(out) if p != checkpoint_path(out, 0)]
-    if (out / "config.json").is_file() or steps:
-        held = ", ".join(["config.json"] * (out / "config.json").is_file() + steps[:2])
-        raise UserError(
-            f"--out {out} holds a training run ({held}); importing there would add {CKPT_DIRNAME}/"
-            "step-00000000.pt beside its checkpoints. Pass a new folder or a .pt file"
-        )
-
-
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from model.hf import export_hf
+    from model.outdirs import check_export_out
     from pipeline.tokenizer import TokenizerUnavailableError, tokenizer_fingerprint
 
     t0 = time.perf_counter()
+    source = Path(args.checkpoint)
+    check_export_out(Path(args.out), overwrite=args.overwrite, source=source)  # before the long load
     model, ckpt = load_model(args.checkpoint, warn=_warn)
     with_tokenizer = model.config.vocab_size == VOCAB_SIZE
     try:
@@ -226,13 +220,9 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
                 f"{ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
                 f"{tokenizer_fingerprint()}; the exported tokenizer files would not match its ids"
             )
-        out = export_hf(model, args.out, overwrite=args.overwrite)
+        out = export_hf(model, args.out, overwrite=args.overwrite, source=source)
     except TokenizerUnavailableError as e:
         raise UserError(f"export-hf writes the tokenizer files: {e}") from None
-    except FileExistsError as e:
-        if e.errno is None:  # export_hf's own "already holds an export; pass --overwrite" refusals
-            raise UserError(str(e)) from None
-        raise
     table = _table("export-hf", ("from", "to", "vocab_size", "tokenizer", "seconds"))
     tokenizer = "GPT-2 BPE + owtgpt specials" if with_tokenizer else "none (not owtgpt's vocabulary)"
     table.add_row(
@@ -299,6 +289,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit} must be >= 1")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.json not in (None, "-"):
+        _check_json_out(Path(args.json))  # before the long evaluation, not after it
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
     fp = ckpt.get("tokenizer_fingerprint")
@@ -324,6 +316,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             atomic_write_text(Path(args.json), text)
     return 0
+
+
+def _check_json_out(path: Path) -> None:
+    """``--json PATH`` replaces only an earlier eval result (its own keys), never another file."""
+    from pipeline.fsutil import path_type
+
+    kind = path_type(path)
+    if kind == "missing":
+        return
+    if kind != "file":
+        raise UserError(f"--json {path} is a {kind}, not a file; choose a new file path")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        earlier = isinstance(doc, dict) and {"checkpoint", "tasks", "sources"} <= set(doc)
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = False
+    if not earlier:
+        raise UserError(
+            f"--json {path} exists and is not an earlier eval result (no 'checkpoint', 'tasks' and "
+            "'sources' keys); eval replaces only its own output: choose another path"
+        )
 
 
 # --------------------------------------------------------------------------------------- parser
@@ -410,7 +423,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="a .pt file, or a run dir (written as checkpoints/step-00000000.pt)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier import at --out (nothing else is replaced)",
+    )
     p.set_defaults(func=cmd_import_hf)
 
     p = sub.add_parser(
@@ -424,8 +441,14 @@ def make_parser() -> argparse.ArgumentParser:
         "the folder as it is.",
     )
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    p.add_argument(
+        "--out", required=True, help="a new or empty output folder (never a run, shard or source folder)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export-hf folder at --out, whole and atomically (nothing else is replaced)",
+    )
     p.set_defaults(func=cmd_export_hf)
 
     p = sub.add_parser(
@@ -461,7 +484,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_device_args(p)
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="also write the figures as JSON to PATH (stdout without PATH; the table then "
-                   "goes to stderr)")  # fmt: skip
+                   "goes to stderr); an existing PATH is replaced only if eval wrote it")  # fmt: skip
     p.set_defaults(func=cmd_eval)
     return parser
 

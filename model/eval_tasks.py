@@ -11,8 +11,9 @@
     detokenizer, scored whole with rolling windows; words and bytes are counted on the raw page.
   - ``shards``: the val split of an owtgpt shard folder (``--data DIR``), document by document.
 * :func:`load_docs` reads a task's rows from the hub through ``datasets``, or from a local
-  ``.jsonl`` / ``.parquet`` in the same schema (``--data``). A missing field, an empty file or an
-  unknown suffix is a :class:`~pipeline.errors.UserError` naming the file, the row and the fix.
+  ``.jsonl`` / ``.parquet`` in the same schema (``--data``). A missing field, a field of the wrong
+  type (``null`` included), an empty file or an unknown suffix is a :class:`~pipeline.errors.UserError`
+  naming the file, the line or row, the field and the fix.
 * Nothing here runs the model; :mod:`model.evaluate` scores what these functions build.
 """
 
@@ -110,12 +111,18 @@ def parse_tasks(values: list[str] | str) -> list[str]:
 # ------------------------------------------------------------------------------------ loading
 
 
-def _read_local(path: Path) -> list[dict[str, Any]]:
+def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` pairs of a local file: ``"line N"`` (jsonl, from 1), ``"row N"`` (parquet, from 0)."""
+    from pipeline.fsutil import path_type
+
     suffix = path.suffix.lower()
-    if not path.exists():
+    kind = path_type(path)
+    if kind in ("missing", "broken symlink"):
         raise UserError(
             f"--data {path}: does not exist; give a local .jsonl or .parquet in the task's hub schema"
         )
+    if kind not in ("file", "folder"):  # a FIFO would block the read, /dev/zero never end it
+        raise UserError(f"--data {path}: is a {kind}, not a file; give a local .jsonl or .parquet file")
     if suffix in (".jsonl", ".json"):
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -129,21 +136,24 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
                         f"--data {path}: line {lineno} is not JSON ({e.msg}); one object per line"
                     ) from e
                 if not isinstance(row, dict):
-                    raise UserError(f"--data {path}: line {lineno} is not a JSON object")
-                rows.append(row)
+                    raise UserError(
+                        f"--data {path}: line {lineno} is a JSON {_json_type(row)}, not an object; one "
+                        "object per line"
+                    )
+                rows.append((f"line {lineno}", row))
         return rows
     if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
         except (pa.ArrowInvalid, OSError) as e:
             raise UserError(f"--data {path}: not a readable parquet file ({e})") from e
     raise UsageError(f"--data {path}: unknown suffix {suffix!r}; give a .jsonl or .parquet file")
 
 
-def _read_hub(spec: TaskSpec) -> list[dict[str, Any]]:
+def _read_hub(spec: TaskSpec) -> list[tuple[str, dict[str, Any]]]:
     import datasets
 
     try:
@@ -154,11 +164,66 @@ def _read_hub(spec: TaskSpec) -> list[dict[str, Any]]:
             f"from the hub ({type(e).__name__}: {e}); pass --data LOCAL_FILE (.jsonl or .parquet with "
             f"fields {', '.join(spec.fields)})"
         ) from e
-    return ds.to_list()
+    return [(f"row {i}", row) for i, row in enumerate(ds.to_list())]
+
+
+def _json_type(value: Any) -> str:
+    """JSON's name for the type of ``value`` (what a user sees in the file)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    """``null``, or ``a number (5)``: what a field holds, short enough for one line."""
+    if value is None:
+        return "null"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    kind = _json_type(value)
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} ({text[:40] + '...' if len(text) > 40 else text})"
+
+
+def _check_row(spec: TaskSpec, row: dict[str, Any]) -> str | None:
+    """What is wrong with ``row`` for ``spec`` (field and value, as the file holds them), else None."""
+    for name in spec.fields:
+        if name not in row:
+            return f"no field {name!r}; task {spec.name} expects fields {', '.join(spec.fields)}"
+    strings = {"hellaswag": ("activity_label", "ctx_a", "ctx_b")}.get(spec.name, spec.fields)
+    for name in strings:
+        if not isinstance(row[name], str):
+            return f"field {name!r} is {_shown(row[name])}; task {spec.name} needs a string there"
+    if spec.kind == "rolling" and not row["page"]:  # no bytes: its bits per byte would divide by zero
+        return f"field 'page' is an empty string; task {spec.name} needs the page's text"
+    if spec.kind != "multiple_choice":
+        return None
+    endings, label = row["endings"], row["label"]
+    if not isinstance(endings, list) or not endings:
+        return f"field 'endings' is {_shown(endings)}; task {spec.name} needs a non-empty list of strings"
+    for j, ending in enumerate(endings):
+        if not isinstance(ending, str):
+            return f"field 'endings' item {j} is {_shown(ending)}; task {spec.name} needs a list of strings"
+    index = label if isinstance(label, int) and not isinstance(label, bool) else None
+    if isinstance(label, str) and label.strip().isdigit():
+        index = int(label)  # the hub stores it as a string, "0" to "3"
+    if index is None or not 0 <= index < len(endings):
+        return (
+            f"field 'label' is {_shown(label)}; task {spec.name} needs the index of the right ending, "
+            f"0 to {len(endings) - 1} (a number or a string of digits)"
+        )
+    return None
 
 
 def load_docs(task: str, data: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """The rows of ``task`` (first ``limit`` of them), from ``data`` or the hub, schema-checked."""
+    """The rows of ``task`` (first ``limit`` of them), from ``data`` or the hub, type-checked.
+
+    Every field the task reads is checked for its type; the error names the file, the line (jsonl,
+    from 1) or row (parquet and the hub, from 0), the field and what it holds (``null`` as null).
+    """
     spec = TASKS[task]
     if spec.kind == "shards":
         raise UsageError("task shards reads a shard folder; use load_shard_docs(--data DIR)")
@@ -168,27 +233,13 @@ def load_docs(task: str, data: str | Path | None = None, limit: int | None = Non
         rows = rows[:limit]
     if not rows:
         raise UserError(f"{where}: no rows; task {task} needs at least one")
-    for i, row in enumerate(rows):
-        missing = [f for f in spec.fields if f not in row or row[f] is None]
-        if missing:
+    for loc, row in rows:
+        problem = _check_row(spec, row)
+        if problem is not None:
             raise UserError(
-                f"{where}: row {i} has no field {missing[0]!r}; task {task} expects fields "
-                f"{', '.join(spec.fields)} (the schema of {spec.hub_path})"
+                f"{where}: {loc} {problem}" if problem.startswith("has ") else f"{where}: {loc}: {problem}"
             )
-    if spec.kind == "multiple_choice":
-        for i, row in enumerate(rows):
-            endings = row["endings"]
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                label = -1
-            if not isinstance(endings, list) or not endings or not 0 <= label < len(endings):
-                raise UserError(
-                    f"{where}: row {i}: 'endings' must be a non-empty list and 'label' an index into it "
-                    f"(got {len(endings) if isinstance(endings, list) else type(endings).__name__} endings, "
-                    f"label {row['label']!r})"
-                )
-    return rows
+    return [row for _, row in rows]
 
 
 def load_shard_docs(data: str | Path | None, limit: int | None = None):

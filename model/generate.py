@@ -7,7 +7,8 @@
   (static, captured as a CUDA graph); ``auto`` is ``graph`` on CUDA, where batch-1 decoding is
   launch-bound, and ``dynamic`` elsewhere.
 * Ids >= ``vocab_size`` (the padded rows) are never produced; ``temperature=0`` is greedy; then top-k,
-  then top-p. Past ``block_size`` tokens the window jumps by half a block (:func:`context_start`).
+  then top-p. A prompt longer than ``block_size`` conditions on its last ``block_size`` tokens; past
+  that the window jumps by half a block (:func:`window_start`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def context_start(length: int, block_size: int) -> int:
         return 0
     stride = max(1, block_size // 2)
     return math.ceil((length - block_size) / stride) * stride
+
+
+def window_start(length: int, prompt_len: int, block_size: int) -> int:
+    """First position the model conditions on, ``length`` tokens into a sequence with a ``prompt_len``
+    prompt: the last ``block_size`` prompt tokens (as many as fit, so none is dropped needlessly), and
+    from there the :func:`context_start` jumps of half a block as the output grows."""
+    crop = max(0, prompt_len - block_size)
+    return crop + context_start(length - crop, block_size)
 
 
 def _check_sampling_args(
@@ -196,7 +205,7 @@ def _stream(
             # no_grad per step, not around the loop: a context held across `yield` would leak into
             # (and could be undone by) the consumer's code between steps
             with torch.no_grad():
-                start = context_start(length, cfg.block_size)
+                start = window_start(length, T0, cfg.block_size)
                 if cache is None:
                     h = model.hidden_states(seq[:, start:length])  # (B, W, C), whole window
                 elif start != cached_from:

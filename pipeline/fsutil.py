@@ -10,6 +10,11 @@ One writer per folder: :func:`folder_lock` holds an OS lock (``flock`` on ``DIR/
 as a build or a training run writes into ``DIR``; a second writer is refused at once, and readers can
 ask :func:`folder_locked_by` whether a writer is still at work. The kernel drops the lock when its
 holder dies, however it dies, so a stale lock never blocks a rerun (README, "When things go wrong").
+
+What is at a path: :func:`folder_kind` names a shard folder, a training run, an export, a Hugging Face
+model or a user's files by each writer's own marker files, so that no command writes into (or with
+``--overwrite`` deletes) a folder that is not its own. A whole folder is replaced atomically by writing
+it as a :func:`temp_dir_for` sibling and swapping it in with :func:`publish_dir`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
+import json
 import os
+import shutil
+import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -187,3 +197,204 @@ def refuse_if_being_built(directory: str | os.PathLike[str]) -> None:
     pid = folder_locked_by(directory)
     if pid is not None:
         raise UserError(f"{directory}: build in progress (pid {pid}); wait for it to finish, then rerun")
+
+
+# ------------------------------------------------------------------------------ what is at a path
+#
+# Every owtgpt writer marks its folder with files of its own. A command about to write a folder asks
+# folder_kind() what is there first, so that none writes into (or with --overwrite deletes) another's
+# folder or a user's files. The names are the writers' own (pipeline/format.py MANIFEST_NAME,
+# pipeline/tools/build_state.py, trainer/rundir.py, model/checkpoint.py CKPT_DIRNAME, model/hf.py);
+# they are spelled out here because pipeline/ imports neither model/ nor trainer/, and
+# tests/test_folder_kind.py holds them equal to those modules' constants.
+
+SHARD_MARKERS = ("manifest.json", "build-state.jsonl", "build-state.json")
+SHARD_GLOBS = ("train-*.bin", "val-*.bin")
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "profile")
+RUN_GLOBS = ("events.out.tfevents.*",)
+RUN_CONFIG = "config.json"  # a training run's when it is a JSON object with a "config" key
+CHECKPOINT_GLOB = "step-*.pt"
+EXPORT_MARKER = "owtgpt_export.json"
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TMP_DIR_MARKER = ".incomplete-"  # not TMP_MARKER: remove_stale_temps unlinks files, never folders
+
+SHARD_FOLDER = "a shard folder"
+TRAINING_RUN = "a training run folder"
+RUN_CHECKPOINTS = "a training run's checkpoints folder"
+MODEL_EXPORT = "an owtgpt export-hf folder"
+HF_MODEL = "a Hugging Face model folder"
+IN_USE = "a folder another owtgpt command is writing"
+OTHER_FILES = "a folder of other files"
+
+
+def path_type(path: str | os.PathLike[str]) -> str:
+    """``"missing"``, ``"folder"``, ``"file"``, ``"FIFO"``, ``"character device"``, ``"block device"``,
+    ``"socket"`` or ``"broken symlink"``: what ``path`` is, following symlinks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken symlink" if os.path.islink(path) else "missing"
+    except NotADirectoryError:
+        return "missing"  # a parent is a file: nothing can be at this path
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISREG, "file"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What :func:`folder_kind` found: ``kind`` (one of the constants above, or ``"a FIFO"``, ``"a
+    file"``, ... for a path that is not a folder) and the ``markers`` (names in it) that say so."""
+
+    kind: str
+    markers: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if not self.markers:
+            return self.kind
+        shown = ", ".join(self.markers[:4]) + (", ..." if len(self.markers) > 4 else "")
+        return f"{self.kind} ({shown})"
+
+
+def _is_run_config(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size > 1 << 24:
+        return False
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("config"), dict)
+
+
+def folder_kind(path: str | os.PathLike[str]) -> FolderKind | None:
+    """What owtgpt (or a user) keeps at ``path``, judged by each writer's own marker files.
+
+    None for a missing path or an empty folder (a free lock file left by a killed writer counts as
+    empty). Otherwise the first that holds of: not a folder at all (``"a FIFO"``, ``"a file"``, ...),
+    :data:`IN_USE` (its writer lock is held), :data:`SHARD_FOLDER`, :data:`TRAINING_RUN`,
+    :data:`RUN_CHECKPOINTS` (``step-*.pt`` files), :data:`MODEL_EXPORT`, :data:`HF_MODEL`, else
+    :data:`OTHER_FILES`. Only names are read (and a ``config.json`` small enough to be a run's).
+    """
+    path = Path(path)
+    kind = path_type(path)
+    if kind == "missing":
+        return None
+    if kind != "folder":
+        return FolderKind(f"a {kind}, not a folder")
+    names = sorted(p.name for p in path.iterdir())
+    holder = folder_locked_by(path) if LOCK_NAME in names else None
+    if holder == os.getpid():
+        holder = None  # a writer asking about its own folder is not refused
+    if not names or (names == [LOCK_NAME] and holder is None):
+        return None
+    if holder is not None:
+        return FolderKind(IN_USE, (f"{LOCK_NAME} held by pid {holder}",))
+    shard = [n for n in SHARD_MARKERS if n in names]
+    shard += [n for g in SHARD_GLOBS for n in names if fnmatch.fnmatchcase(n, g)]
+    if shard:
+        return FolderKind(SHARD_FOLDER, tuple(shard))
+    run = [n + "/" if (path / n).is_dir() else n for n in RUN_MARKERS if n in names]
+    run += [n for g in RUN_GLOBS for n in names if fnmatch.fnmatchcase(n, g)]
+    if RUN_CONFIG in names and _is_run_config(path / RUN_CONFIG):
+        run.insert(0, RUN_CONFIG)
+    if run:
+        return FolderKind(TRAINING_RUN, tuple(run))
+    steps = [n for n in names if fnmatch.fnmatchcase(n, CHECKPOINT_GLOB)]
+    if steps:
+        return FolderKind(RUN_CHECKPOINTS, tuple(steps))
+    if EXPORT_MARKER in names:
+        return FolderKind(MODEL_EXPORT, (EXPORT_MARKER,))
+    weights = [n for n in HF_WEIGHTS if n in names]
+    if RUN_CONFIG in names and weights:
+        return FolderKind(HF_MODEL, (RUN_CONFIG, *weights))
+    shown = [n for n in names if not n.startswith(".")] + [n for n in names if n.startswith(".")]
+    return FolderKind(OTHER_FILES, tuple(shown))
+
+
+# ------------------------------------------------------------------------- whole-folder replacement
+
+
+def temp_dir_for(path: Path) -> Path:
+    """The hidden, pid-tagged sibling a folder is written into before :func:`publish_dir` moves it."""
+    return path.with_name(f".{path.name}{TMP_DIR_MARKER}{os.getpid()}")
+
+
+def remove_stale_temp_dirs(path: Path) -> list[Path]:
+    """Delete the :func:`temp_dir_for` siblings of ``path`` left by writers that are no longer alive."""
+    removed = []
+    prefix = f".{path.name}{TMP_DIR_MARKER}"
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            pid = p.name[len(prefix) :].removeprefix("old-")
+            if p.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (bottom up), so a rename of ``root`` is durable."""
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where the C library or the filesystem lacks it; any other failure raises ``OSError``."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` (a :func:`temp_dir_for` sibling) to ``final``, replacing it.
+
+    ``tmp`` is fsync'd first. A reader of ``final`` sees the old folder or the new one, never a mix:
+    a missing or empty ``final`` is replaced by one rename; a non-empty one is swapped with ``tmp``
+    in one atomic exchange and then deleted. Where the filesystem cannot exchange, the old folder is
+    first renamed aside, so ``final`` is missing for a moment but never half-written.
+    """
+    fsync_tree(tmp)
+    try:
+        os.rename(tmp, final)  # atomic; replaces an empty folder
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if _exchange(tmp, final):
+            old = tmp  # the exchange left the old folder under the temp name
+        else:
+            old = final.with_name(f".{final.name}{TMP_DIR_MARKER}old-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+        fsync_dir(final.parent)
+        shutil.rmtree(old)
+    fsync_dir(final.parent)

@@ -307,7 +307,7 @@ def test_hub_datasets_are_loaded_through_datasets(uniform_ckpt, monkeypatch, cap
         (None, ["--task", "nope"], 2, "--task 'nope' is not a task"),
         (None, ["--task", "hellaswag", "--data", "missing.jsonl"], 1, "does not exist"),
         ('{"activity_label": "a", "ctx_a": "b", "endings": ["c"], "label": "0"}\n',
-         ["--task", "hellaswag"], 1, "row 0 has no field 'ctx_b'"),
+         ["--task", "hellaswag"], 1, "line 1: no field 'ctx_b'"),
         ("\n", ["--task", "lambada"], 1, "no rows"),
         ('{"text": "a b"}\n', ["--task", "lambada,hellaswag"], 2, "one task's file"),
         (None, ["--task", "shards"], 2, "needs --data DIR"),
@@ -333,3 +333,100 @@ def test_bad_input_is_one_line(uniform_ckpt, tmp_path, capsys, content, args, co
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]  # a progress bar may stand before it
     assert last.startswith("error: ") and message in last and "Traceback" not in err
+
+
+# ------------------------------------------------- issue 18: every field type-checked, by file and line
+
+
+def _hella(**fields) -> str:
+    row = {"activity_label": "Tea", "ctx_a": "A man boils water.", "ctx_b": "he", "label": "1",
+           "endings": ["pours it.", "drinks it."]}  # fmt: skip
+    row.update(fields)
+    return json.dumps(row)
+
+
+def test_malformed_eval_row_is_one_line_through_the_cli(uniform_ckpt, tmp_path):
+    """The issue's case: numbers where strings belong gave a TypeError / AttributeError traceback."""
+    from tests.cli import one_error, run_module, snapshot
+
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text(_hella() + "\n\n" + _hella(ctx_b=5) + "\n")  # line 3: the blank line 2 still counts
+    before = snapshot(tmp_path)
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "hellaswag",
+                      "--data", str(data), "--device", "cpu")  # fmt: skip
+    one_error(proc, 1, f"--data {data}: line 3: field 'ctx_b' is a number (5)", "needs a string")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "task, line, message",
+    [
+        ("hellaswag", _hella(ctx_b=None), "line 1: field 'ctx_b' is null"),
+        ("hellaswag", _hella(activity_label=["a"]), "line 1: field 'activity_label' is a list ([\"a\"])"),
+        ("hellaswag", _hella(endings="pours it."), "field 'endings' is a string"),
+        ("hellaswag", _hella(endings=["a", 7]), "field 'endings' item 1 is a number (7)"),
+        ("hellaswag", _hella(endings=[]), "field 'endings' is a list ([])"),
+        ("hellaswag", _hella(label=None), "field 'label' is null"),
+        ("hellaswag", _hella(label="x"), "field 'label' is a string (\"x\")"),
+        ("hellaswag", _hella(label=2), "field 'label' is a number (2)"),
+        ("hellaswag", _hella(label=True), "field 'label' is a boolean (true)"),
+        ("lambada", '{"text": 17}', "line 1: field 'text' is a number (17)"),
+        ("lambada", '{"text": null}', "line 1: field 'text' is null"),
+        ("lambada", '{"txt": "a b"}', "line 1: no field 'text'"),
+        ("lambada", '["a b"]', "line 1 is a JSON list, not an object"),
+        ("wikitext2", '{"page": {"title": "x"}}', "line 1: field 'page' is an object"),
+        ("wikitext2", '{"page": ""}', "line 1: field 'page' is an empty string"),
+    ],
+)  # fmt: skip
+def test_every_field_is_type_checked(uniform_ckpt, tmp_path, capsys, task, line, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(line + "\n")
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", task, "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    (error,) = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert "Traceback" not in err and error.startswith(f"error: --data {data}: ")
+    assert message in error, error
+
+
+def test_parquet_rows_are_checked_too(uniform_ckpt, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"text": "a b"}, {"text": None}]), tmp_path / "l.parquet")
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                 "--data", str(tmp_path / "l.parquet")]) == 1  # fmt: skip
+    assert "row 1: field 'text' is null" in capsys.readouterr().err
+
+
+def test_a_fifo_as_data_is_refused_without_reading_it(uniform_ckpt, tmp_path):
+    import os
+
+    from tests.cli import one_error, run_module
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)  # opening it to read would block until a writer came: the timeout fails a hang
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                      "--data", str(fifo), "--device", "cpu", timeout=120)  # fmt: skip
+    one_error(proc, 1, f"--data {fifo}: is a FIFO, not a file")
+
+
+def test_json_out_replaces_only_an_earlier_result(uniform_ckpt, tmp_path, capsys):
+    """``--json RUN/config.json`` replaced a training run's metadata; now only eval's own output is."""
+    from tests.cli import one_error, run_module, snapshot
+
+    run_config = tmp_path / "run" / "config.json"
+    run_config.parent.mkdir()
+    run_config.write_text('{"config": {"lr": 0.001}}\n')
+    before = snapshot(tmp_path)
+    proc = run_module("model", "eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada",
+                      "--data", str(LAMBADA), "--device", "cpu", "--json", str(run_config))  # fmt: skip
+    one_error(proc, 1, f"--json {run_config} exists and is not an earlier eval result")
+    assert snapshot(tmp_path) == before
+    out = tmp_path / "results.json"
+    for _ in range(2):  # written, then replaced
+        assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada", "--data", str(LAMBADA),
+                     "--json", str(out)]) == 0  # fmt: skip
+        assert json.loads(out.read_text())["tasks"]["lambada"]["n"] == 3
+    assert main(["eval", "--checkpoint", str(uniform_ckpt), "--task", "lambada", "--data", str(LAMBADA),
+                 "--json", str(tmp_path)]) == 1  # fmt: skip
+    assert "is a folder, not a file" in capsys.readouterr().err

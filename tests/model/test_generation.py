@@ -14,6 +14,7 @@ from model.generate import (
     next_token_probs,
     resolve_cache_mode,
     sample_next,
+    window_start,
 )
 from model.kvcache import StaticKVCache
 from pipeline.tokenizer import EOT_ID, PAD_ID, VOCAB_SIZE
@@ -53,6 +54,18 @@ def test_cached_equals_uncached_past_the_context_window(short):
     cached = greedy(short, idx, 70, use_cache=True)
     assert torch.equal(cached, greedy(short, idx, 70, use_cache=False))
     assert cached.shape == (1, 110)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_long_prompt_conditions_on_its_last_block_size_tokens(short, use_cache):
+    """The first new token sees the whole context (the prompt's last 32 ids), not a half-block-jump window."""
+    torch.manual_seed(12)
+    idx = torch.randint(0, VOCAB_SIZE, (2, 45))
+    with torch.no_grad():
+        logits, _ = short(idx[:, -32:])  # one plain forward pass: the reference
+    want = logits[:, -1, :VOCAB_SIZE].argmax(-1)
+    assert torch.equal(greedy(short, idx, 1, use_cache=use_cache)[:, -1], want)
+    assert [window_start(n, 45, 32) for n in (45, 46, 61, 62)] == [13, 29, 29, 45]
 
 
 def test_context_start_policy():

@@ -10,6 +10,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.hf import PADDED_ROWS_FILE, HFFormatError, export_hf, import_hf
+from pipeline.errors import UserError
 from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, UNK_ID, VOCAB_SIZE
 
 transformers = pytest.importorskip("transformers")
@@ -131,7 +132,7 @@ def test_export_of_trained_style_model_and_reimport(tmp_path):
     plain = import_hf(tmp_path / "x")
     assert torch.equal(plain.transformer.wte.weight[:VOCAB_SIZE], ours.transformer.wte.weight[:VOCAB_SIZE])
     assert float(plain.transformer.wte.weight.detach()[VOCAB_SIZE:].abs().sum()) == 0.0
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         export_hf(ours, tmp_path / "x")
     export_hf(ours, tmp_path / "x", overwrite=True)
 

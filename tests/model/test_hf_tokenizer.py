@@ -18,6 +18,7 @@ import torch
 from model import GPT, GPTConfig
 from model.hf import export_hf
 from model.hf_tokenizer import bytes_to_unicode, merge_for_rank, token_string
+from pipeline.fsutil import EXPORT_MARKER
 from pipeline.tokenizer import EOT_ID, PAD_ID, SOT_ID, SPECIAL_TOKENS, UNK_ID, get_tokenizer
 from tests.conftest import SHARED
 from tests.textgen import make_docs
@@ -139,10 +140,12 @@ def test_without_tokenizers_library_the_vocab_files_load_alone(tmp_path, monkeyp
     tokenizer from vocab.json + merges.txt + tokenizer_config.json."""
     import model.hf_tokenizer as hft
 
-    (tmp_path / "tokenizer.json").write_text("{stale}")  # an older export's file must not survive
-    monkeypatch.setattr(hft, "_tokenizer_json", lambda vocab, merges: None)
     torch.manual_seed(0)
-    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)), tmp_path)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64))
+    export_hf(model, tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()  # an older export's file must not survive
+    monkeypatch.setattr(hft, "_tokenizer_json", lambda vocab, merges: None)
+    export_hf(model, tmp_path, overwrite=True)
     assert not (tmp_path / "tokenizer.json").exists()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     enc = get_tokenizer()
@@ -152,8 +155,9 @@ def test_without_tokenizers_library_the_vocab_files_load_alone(tmp_path, monkeyp
 
 
 def test_other_vocabularies_get_no_tokenizer_files(tmp_path):
-    for name in ("vocab.json", "tokenizer_config.json"):
-        (tmp_path / name).write_text("{}")  # left by an earlier export of another model
-    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=1000)), tmp_path)
+    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16)), tmp_path)
+    assert (tmp_path / "vocab.json").is_file()  # an earlier export of another model, with a tokenizer
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=1000)
+    export_hf(GPT(cfg), tmp_path, overwrite=True)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["config.json", "model.safetensors", "owtgpt_padded_rows.safetensors"]
+    assert names == ["config.json", "model.safetensors", EXPORT_MARKER, "owtgpt_padded_rows.safetensors"]

@@ -5,6 +5,7 @@ and nothing already on disk changed.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -96,19 +97,29 @@ def test_missing_checkpoint_names_the_path(tmp_path: Path):
     one_error(model_cli("sample", "--checkpoint", str(tmp_path / "nope.pt")), 1, "nope.pt", "does not exist")
 
 
-def test_long_prompt_warns_how_many_tokens_are_dropped(files):
-    prompt = "word " * 100  # ~100 BPE tokens, the model's context is 64
-    proc = model_cli("sample", "--checkpoint", str(files["good"]), "--device", "cpu", "--prompt", prompt,
-                     "--max-new-tokens", "2", "--temperature", "0")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    from model.generate import context_start
-    from pipeline.tokenizer import get_tokenizer
+def test_long_prompt_keeps_the_last_context_of_tokens(files):
+    """README: a prompt longer than the context goes on with the last tokens that fit (all 64 of them)."""
+    from pipeline.tokenizer import SOT_ID, get_tokenizer
 
-    n = 1 + len(get_tokenizer().encode_ordinary(prompt))
+    enc = get_tokenizer()
+    prompt = " ".join(f"word{i} is {i * 7 % 13}." for i in range(20))
+    ids = [SOT_ID, *enc.encode_ordinary(prompt)]
+    n = len(ids)
+    assert n > 64 + 32  # the old policy (half-block jumps) kept only n - 64 - ... of them
+    proc = model_cli("sample", "--checkpoint", str(files["good"]), "--device", "cpu", "--prompt", prompt,
+                     "--max-new-tokens", "1", "--temperature", "0", "--no-stop-at-eot")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     (warning,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning")]
-    assert (
-        f"--prompt is {n} tokens" in warning and f"first {context_start(n, 64)} tokens are dropped" in warning
-    )
+    assert f"--prompt is {n} tokens" in warning and f"first {n - 64} tokens are dropped" in warning
+    assert "conditions on the last 64" in warning
+    model = torch.load(files["good"], weights_only=True)
+    from model.checkpoint import build_model
+
+    gpt = build_model(model).eval()
+    with torch.no_grad():  # an independent reference: one forward pass over the last 64 ids
+        logits, _ = gpt(torch.tensor([ids[-64:]]))
+    want = int(logits[0, -1, : gpt.config.vocab_size].argmax())
+    assert proc.stdout == prompt + enc.decode([want], errors="replace") + "\n"
 
 
 def test_import_hf_bad_files_name_the_file(files, tmp_path: Path):
@@ -133,7 +144,7 @@ def test_import_hf_refuses_a_training_run_folder(files, tmp_path: Path):
     before = snapshot(run)
     for extra in ((), ("--overwrite",)):
         one_error(model_cli("import-hf", str(files["hf"]), "--out", str(run), *extra), 1, f"--out {run}",
-                  "holds a training run")  # fmt: skip
+                  "is a training run folder")  # fmt: skip
     assert snapshot(run) == before
 
 
@@ -160,3 +171,52 @@ def test_tables_fold_long_paths_instead_of_cutting_them(tmp_path: Path):
     assert "…" not in proc.stdout
     first_cells = [ln.split("│")[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("│")]
     assert "".join(first_cells) == str(deep)  # folded over several lines, every character kept
+
+
+# ------------------------------------------------------------------- issue 18: import-hf's config.json
+
+
+def _edited(src: Path, dest: Path, **fields) -> Path:
+    """A copy of the HF folder ``src`` whose config.json has ``fields`` changed (None deletes one)."""
+    dest.mkdir()
+    for p in src.iterdir():
+        (dest / p.name).symlink_to(p)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(fields)
+    (dest / "config.json").unlink()
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_import_hf_wrong_n_head_is_refused_naming_file_field_and_value(files, tmp_path: Path):
+    """n_head 4 still divides n_embd 32, so only the export's own record of n_head (2) can tell."""
+    bad = _edited(files["hf"], tmp_path / "hf", n_head=4)
+    out = tmp_path / "o"
+    one_error(model_cli("import-hf", str(bad), "--out", str(out)), 1, str(bad / "config.json"),
+              "n_head is 4", "n_head 2")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "fields, needles",
+    [
+        ({"n_head": 3}, ["n_head is 3", "n_embd 32 is not divisible"]),
+        ({"n_head": None}, ["n_head is null"]),
+        ({"n_head": 2.5}, ["n_head is 2.5", "positive integer"]),
+        ({"n_layer": 2}, ["n_layer is 2", "hold 1 blocks"]),
+        ({"n_embd": 64, "n_head": 2}, ["n_embd is 64", "32 wide"]),
+        ({"vocab_size": 50300}, ["vocab_size is 50300", "wte has 50260 rows"]),
+        ({"n_positions": 128}, ["n_positions is 128", "wpe has 64 rows"]),
+        ({"n_ctx": 32}, ["n_ctx is 32", "n_positions is 64"]),
+        ({"layer_norm_epsilon": "tiny"}, ["layer_norm_epsilon is 'tiny'"]),
+    ],
+)  # fmt: skip
+def test_import_hf_checks_every_config_field(files, tmp_path: Path, capsys, fields, needles):
+    bad = _edited(files["hf"], tmp_path / "hf", **fields)
+    assert main(["import-hf", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert "Traceback" not in err and line.startswith(f"error: {bad / 'config.json'}: ")
+    for n in needles:
+        assert n in line, (n, line)
+    assert not (tmp_path / "o").exists()
