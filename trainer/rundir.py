@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fnmatch
 import json
 import platform
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import CKPT_DIRNAME
-from pipeline.fsutil import LOCK_NAME, atomic_write_text, folder_lock
+from pipeline.fsutil import LOCK_NAME, TRAINING_RUN, atomic_write_text, folder_kind, folder_lock
 from trainer.config import ConfigError, TrainConfig
 from trainer.resume_config import RUN_RECORD
 
@@ -38,10 +37,6 @@ CONFIG_NAME = RUN_RECORD
 METRICS_NAME = "metrics.jsonl"
 PROFILE_DIRNAME = "profile"
 _EVENTS_GLOB = "events.out.tfevents.*"
-# other writers' markers (pipeline/format.py, pipeline/tools/build_state.py, model/hf.py): a folder that
-# holds one is theirs, never a run folder
-_SHARD_MARKERS = ("manifest.json", "build-state.jsonl", "build-state.json", "train-*.bin", "val-*.bin")
-_MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def run_artifacts(out: Path) -> list[Path]:
@@ -54,42 +49,12 @@ def run_artifacts(out: Path) -> list[Path]:
     return found + sorted(out.glob(_EVENTS_GLOB))
 
 
-def _is_run_record(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("config"), dict)
-
-
 def foreign_kind(out: Path) -> str | None:
     """What ``out`` is when it is neither missing, empty, nor a folder this trainer wrote; else None."""
-    if not out.exists():
+    kind = folder_kind(out)  # each writer's own markers, one rule for every command that writes a folder
+    if kind is None or kind.kind == TRAINING_RUN:
         return None
-    if not out.is_dir():
-        return "a file, not a folder"
-    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if not names:
-        return None
-
-    def listed(found: list[str]) -> str:
-        return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-
-    shard = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in _SHARD_MARKERS)]
-    if shard:
-        return f"a shard folder ({listed(shard)})"
-    record = out / CONFIG_NAME
-    if record.exists() and not _is_run_record(record):
-        found = [CONFIG_NAME] + [n for n in _MODEL_MARKERS if n in names]
-        if len(found) > 1:
-            return f"an exported model folder ({listed(found)})"
-        return f"a folder whose {CONFIG_NAME} is not a training run's record"
-    if run_artifacts(out):
-        return None
-    model = [n for n in _MODEL_MARKERS if n in names]
-    if model:
-        return f"an exported model folder ({listed(model)})"
-    return f"a non-empty folder that holds no training run ({listed(names)})"
+    return str(kind)
 
 
 def check_out_kind(out: Path) -> None:

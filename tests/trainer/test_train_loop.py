@@ -125,7 +125,7 @@ def test_run_folder_policy(gen_shards: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"holds no training run \(notes.txt\).*choose another --out"):
+    with pytest.raises(ConfigError, match=r"a folder of other files \(notes.txt\).*choose another --out"):
         run(gen_shards, out, "--max-steps", "2", "--ckpt-every", "1")  # a user's folder: not the trainer's
     (out / "notes.txt").unlink()
     run(gen_shards, out, "--max-steps", "2", "--ckpt-every", "1")

@@ -41,8 +41,8 @@ def _user_folder(path: Path) -> Path:
     ("make", "kind", "extra"),
     [
         (None, "is a shard folder (manifest.json", ()),  # --out = --data (before: "build in progress")
-        (_hf_folder, "is an exported model folder (config.json, model.safetensors)", ("--overwrite",)),
-        (_user_folder, "is a non-empty folder that holds no training run (notes.txt)", ("--overwrite",)),
+        (_hf_folder, "is a Hugging Face model folder (config.json, model.safetensors)", ("--overwrite",)),
+        (_user_folder, "is a folder of other files (notes.txt)", ("--overwrite",)),
     ],
 )
 def test_out_must_be_new_empty_or_a_run_folder(gen_shards: Path, tmp_path: Path, make, kind: str, extra):
@@ -94,7 +94,8 @@ def test_eval_tasks_file_errors_name_the_trainers_flags(gen_shards: Path, tmp_pa
     rows = [
         json.loads(x) for x in (REPO / "tests/model/fixtures/eval/hellaswag.jsonl").read_text().splitlines()
     ]
-    monkeypatch.setattr(et, "_read_hub", lambda spec: rows)  # the hub, offline
+    hub_rows = [(f"row {i}", r) for i, r in enumerate(rows)]
+    monkeypatch.setattr(et, "_read_hub", lambda spec: hub_rows)  # the hub, offline
     cfg = config_from_args(
         fast(gen_shards, tmp_path / "r", "--eval-tasks", "shards,hellaswag", "--eval-tasks-limit", "2")
     )
