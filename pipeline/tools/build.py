@@ -225,9 +225,11 @@ def _make_out(out: Path) -> bool:
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove a folder this build created when nothing but its lock file is in it (a failed build)."""
+    """Remove a folder this build created when it holds no shard (a failed build): only its lock
+    file and a resume log that records nothing are in it."""
     with contextlib.suppress(OSError):
-        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME, STATE_NAME}:
+            (out / STATE_NAME).unlink(missing_ok=True)
             (out / LOCK_NAME).unlink(missing_ok=True)
             out.rmdir()
 
@@ -284,6 +286,7 @@ def _build_locked(
     resumed = {s: len(state["splits"][s]) for s in SPLITS}
 
     log = StateLog(out, state)  # one appended line per finished shard: O(1) each, not a rewrite
+    log.start()  # before any shard: a shard file never sits in the folder without a log
     writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], lambda s=s: log.append(s))
                for s in SPLITS}  # fmt: skip
     resume_at = {s: (state["splits"][s][-1]["end_pos"] if state["splits"][s] else 0) for s in SPLITS}

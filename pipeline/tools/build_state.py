@@ -1,6 +1,6 @@
 """The build's resume state: the ``build-state.jsonl`` log, and which finished shards a rerun keeps.
 
-:class:`StateLog` writes the header and kept records atomically with the first shard of a run, then
+:class:`StateLog` writes the header and kept records atomically when a run starts, then
 appends and fsyncs one line per finished shard (O(1) per shard; ``bench/many_shards.py``).
 :func:`read_state` ignores a torn last line and still reads an older ``build-state.json``.
 :func:`load_resume_state` keeps the prefix of shards whose headers still match. Line format:
@@ -72,16 +72,23 @@ class StateLog:
             {"split": split, "shard": rec, "forced_val": self.state["forced_val"]}, sort_keys=True
         )
 
+    def start(self) -> None:
+        """Write the header and the kept records atomically, before the run writes any shard.
+
+        So a shard file can never be on disk while the folder has no log: an interrupt between a
+        shard's rename and its record leaves a log without that record, and the rerun rewrites it.
+        """
+        head = json.dumps({"settings": self.state["settings"], "forced_val": self.state["forced_val"]},
+                          sort_keys=True)  # fmt: skip
+        body = [self._line(s, r) for s in SPLITS for r in self.state["splits"][s]]
+        atomic_write_text(self.out / STATE_NAME, "\n".join([head, *body]) + "\n")
+        (self.out / LEGACY_STATE_NAME).unlink(missing_ok=True)
+        self._f = open(self.out / STATE_NAME, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
     def append(self, split: str) -> None:
         """Record the newest shard of ``split`` (already appended to ``state["splits"][split]``)."""
-        if self._f is None:  # first shard of this run: the whole log, atomically
-            head = json.dumps({"settings": self.state["settings"], "forced_val": self.state["forced_val"]},
-                              sort_keys=True)  # fmt: skip
-            body = [self._line(s, r) for s in SPLITS for r in self.state["splits"][s]]
-            atomic_write_text(self.out / STATE_NAME, "\n".join([head, *body]) + "\n")
-            (self.out / LEGACY_STATE_NAME).unlink(missing_ok=True)
-            self._f = open(self.out / STATE_NAME, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            return
+        if self._f is None:
+            self.start()
         self._f.write(self._line(split, self.state["splits"][split][-1]) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
