@@ -42,6 +42,7 @@ from pipeline.tools.build_state import (
     StateLog,
     clear_output,
     load_resume_state,
+    read_state,
     settings_diff,
     shard_files,
     shard_ok,
@@ -92,6 +93,67 @@ def build_settings(cfg: ShardConfig, src: Source) -> dict:
 # ----------------------------------------------------------------------------- the build
 
 
+def _add_runs(w: ShardWriter, lengths: np.ndarray, offsets: np.ndarray, tokens: np.ndarray, take) -> None:
+    """Append docs ``take`` (ascending chunk indices) to ``w``."""
+    # contiguous runs of taken docs are contiguous in the chunk's token array
+    breaks = np.flatnonzero(np.diff(take) != 1) + 1
+    for run in np.split(take, breaks):
+        a, b = int(offsets[run[0]]), int(offsets[run[-1]] + lengths[run[-1]])
+        w.add_documents(tokens[a:b], lengths[run])
+
+
+class _Repairs:
+    """Rebuilds damaged finished shards in place from the documents of their recorded position range.
+
+    Each is rewritten (temp file, rename) once it holds its recorded number of documents, and must
+    come out byte-identical to its record; the good shards around it are never touched.
+    """
+
+    def __init__(self, out: Path, state: dict):
+        self.out = out
+        self.todo = {(s, i): state["splits"][s][i] for s in SPLITS for i in state["redo"][s]}
+        self.writers: dict[tuple[str, int], ShardWriter] = {}
+
+    def ranges(self, split: str) -> list[tuple[int, int, int]]:
+        return [(i, r["start_pos"], r["end_pos"]) for (s, i), r in self.todo.items() if s == split]
+
+    def add(self, split: str, i: int, lengths, offsets, tokens, take) -> None:
+        rec = self.todo[(split, i)]
+        w = self.writers.get((split, i))
+        if w is None:
+            w = self.writers[(split, i)] = ShardWriter(
+                self.out / rec["file"],
+                vocab_size=tk.VOCAB_SIZE,
+                tokenizer_fingerprint=tk.tokenizer_fingerprint(),
+            )
+        _add_runs(w, lengths, offsets, tokens, take)
+        if w.num_docs >= rec["num_docs"]:
+            h = w.finish()
+            del self.writers[(split, i)], self.todo[(split, i)]
+            if (h.num_tokens, h.num_docs, h.payload_sha256) != (
+                rec["num_tokens"],
+                rec["num_docs"],
+                rec["payload_sha256"],
+            ):
+                raise BuildError(
+                    f"{w.path}: rebuilt from the source, it differs from the shard the build recorded (the "
+                    "source changed since); pass --overwrite to rebuild the whole folder"
+                )
+
+    def check_done(self) -> None:
+        if self.todo:
+            names = ", ".join(r["file"] for r in self.todo.values())
+            raise BuildError(
+                f"{self.out}: the source no longer holds the documents of {names} (it changed since the "
+                "build); pass --overwrite to rebuild the whole folder"
+            )
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        self.writers.clear()
+
+
 class _SplitWriter:
     """Rolls one split's documents into consecutive shards of at most ``shard_tokens``."""
 
@@ -125,11 +187,7 @@ class _SplitWriter:
                     continue
                 k = 1  # a single document longer than a shard: it gets a shard of its own
             take = rest[:k]
-            # contiguous runs of taken docs are contiguous in the chunk's token array
-            breaks = np.flatnonzero(np.diff(take) != 1) + 1
-            for run in np.split(take, breaks):
-                a, b = int(offsets[run[0]]), int(offsets[run[-1]] + lengths[run[-1]])
-                w.add_documents(tokens[a:b], lengths[run])
+            _add_runs(w, lengths, offsets, tokens, take)
             self.src_bytes += int(src_bytes[take].sum())
             self.end_pos = int(positions[take[-1]]) + 1
             i += k
@@ -251,46 +309,70 @@ def _build_locked(
     """:func:`build_shards` once this process holds ``out``'s lock."""
     remove_stale_temps(out)  # only under the lock: no other writer's temp files can be live here
 
+    m: Manifest | None = None
     if (out / MANIFEST_NAME).exists() and not cfg.overwrite:
         try:
             m = Manifest.load(out)
         except (ShardFormatError, OSError) as e:
-            raise BuildError(f"{out}: existing manifest is unreadable ({e}); pass --overwrite") from e
-        if m.settings != settings:
+            if (read_state(out) or {}).get("settings") != settings:
+                raise BuildError(
+                    f"{out}: existing manifest is unreadable ({e}) and there is no {STATE_NAME} with "
+                    "these settings to rewrite it from; pass --overwrite to rebuild the folder"
+                ) from e
+            ui.message(f"{out}: {MANIFEST_NAME} is damaged ({e}); rewriting it from {STATE_NAME}.")
+        if m is not None and m.settings != settings:
             raise BuildError(
                 f"{out}: already holds shards built with different settings "
                 f"({settings_diff(m.settings, settings)}). "
                 "Pass --overwrite to replace them, or choose another --out."
             )
-        bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
-        if not bad:
-            ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
-            return m
-        if state_path(out) is None:
+        if m is not None and state_path(out) is None:  # nothing records where each shard's documents are
+            bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
+            if not bad:
+                ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
+                return m
             raise BuildError(
                 f"{out}: shards {bad} are damaged and there is no {STATE_NAME} to repair "
                 "from; pass --overwrite to rebuild"
             )
-        ui.message(f"{out}: shards {bad} are damaged; rebuilding from the first damaged shard.")
-        (out / MANIFEST_NAME).unlink()
     if cfg.overwrite:
         clear_output(out)
-    state = load_resume_state(out, settings)
+    state = load_resume_state(out, settings)  # checks every recorded shard (size, header, checksums)
     if state is None:
         if shard_files(out):
             raise BuildError(
                 f"{out}: holds shard files but no manifest or build state, so their origin is unknown. "
                 "Pass --overwrite to replace them, or choose another --out."
             )
-        state = {"settings": settings, "forced_val": None, "splits": {s: [] for s in SPLITS}}
-    resumed = {s: len(state["splits"][s]) for s in SPLITS}
+        state = {"settings": settings, "forced_val": None, "splits": {s: [] for s in SPLITS},
+                 "redo": {s: {} for s in SPLITS}}  # fmt: skip
+    damaged = [
+        f"{state['splits'][s][i]['file']} ({why})" for s in SPLITS for i, why in state["redo"][s].items()
+    ]
+    if (
+        m is not None
+        and not damaged
+        and [asdict(e) for e in m.shards]
+        == [{k: r[k] for k in ShardEntry.__dataclass_fields__} for s in SPLITS for r in state["splits"][s]]
+    ):
+        ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
+        return m
+    if damaged:
+        ui.message(f"{out}: damaged shards {', '.join(damaged)}; rebuilding only those.")
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # rewritten last, once every shard is whole again
+    resumed = {s: len(state["splits"][s]) - len(state["redo"][s]) for s in SPLITS}  # intact shards kept
 
     log = StateLog(out, state)  # one appended line per finished shard: O(1) each, not a rewrite
     log.start()  # before any shard: a shard file never sits in the folder without a log
     writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], lambda s=s: log.append(s))
                for s in SPLITS}  # fmt: skip
     resume_at = {s: (state["splits"][s][-1]["end_pos"] if state["splits"][s] else 0) for s in SPLITS}
-    plan = SkipPlan(cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"])
+    repairs = _Repairs(out, state)
+    redo = {sp: tuple((lo, hi) for _, lo, hi in repairs.ranges(sp)) for sp in SPLITS}
+    plan = SkipPlan(
+        cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"],
+        redo["train"], redo["val"],
+    )  # fmt: skip
     counts = {"docs_read": 0, "docs_dropped_empty": 0, "docs_skipped_bad": 0, "docs_invalid_utf8": 0}
     forced_val = state["forced_val"]
 
@@ -323,6 +405,10 @@ def _build_locked(
                 offsets = np.cumsum(res.lengths) - res.lengths
                 tokens = fetch_tokens(res.tokens)  # a view of the chunk's slot: used before release()
                 for split, mask in (("train", ~is_val), ("val", is_val)):
+                    for i, lo, hi in repairs.ranges(split):
+                        take = np.flatnonzero(mask & (res.positions >= lo) & (res.positions < hi))
+                        if len(take):
+                            repairs.add(split, i, res.lengths, offsets, tokens, take)
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))
                     writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, tokens, idx)
             ui.advance(res.count, int(res.lengths.sum()), int(res.src_bytes.sum()), res.input_bytes)
@@ -336,9 +422,11 @@ def _build_locked(
             consume(pending.popleft().result())
         for w in writers.values():
             w.finish()
+        repairs.check_done()
     except BaseException:
         for w in writers.values():
             w.abort()
+        repairs.abort()
         for tmp in out.glob(f".*{TMP_MARKER}{os.getpid()}"):  # a writer interrupted while opening
             tmp.unlink(missing_ok=True)
         # wait for the workers (each finishes at most one chunk): they hold a copy of the folder lock

@@ -62,6 +62,16 @@ class SkipPlan:
     resume_train: int = 0
     resume_val: int = 0
     forced_val: int | None = None
+    redo_train: tuple[tuple[int, int], ...] = ()  # [lo, hi) position ranges of damaged shards to rebuild
+    redo_val: tuple[tuple[int, int], ...] = ()
+
+    def needed(self, positions: np.ndarray, is_val: np.ndarray) -> np.ndarray:
+        """Which docs to tokenize: past the split's resume point, or inside a damaged shard's range."""
+        need = positions >= np.where(is_val, self.resume_val, self.resume_train)
+        for val, ranges in ((False, self.redo_train), (True, self.redo_val)):
+            for lo, hi in ranges:
+                need |= (is_val == val) & (positions >= lo) & (positions < hi)
+        return need
 
     def is_val(self, positions: np.ndarray) -> np.ndarray:
         return split_is_val(positions, self.seed, self.val_fraction, self.forced_val)
@@ -140,7 +150,7 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""
     positions = np.arange(chunk.start, chunk.start + count, dtype=np.int64)[keep]
     is_val = plan.is_val(positions)
-    need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
+    need = plan.needed(positions, is_val)
     texts = [dec.texts[i] for i in keep]
     src_bytes = np.fromiter(
         (len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)
