@@ -170,7 +170,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.tools.verify import errors, planned_bytes, verify_dataset
+    from pipeline.tools.verify import errors, planned_bytes, verify_dataset, with_fix
 
     refuse_if_being_built(args.dir)  # verify reads shard files directly, not through ShardDataset
     err = Console(stderr=True)
@@ -179,6 +179,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         problems = verify_dataset(
             args.dir, chunk_tokens=args.chunk_tokens, progress=lambda n: prog.advance(task, n)
         )
+    problems = with_fix(problems, args.dir)  # each error names the exact command that repairs it
     n_err = len(errors(problems))
     n_warn = len(problems) - n_err
     if args.json:

@@ -125,20 +125,23 @@ def verify_dataset(
                     str(path), "temp file left by an interrupted write; the next build removes it", "warning"
                 )
             )
-    return [_with_fix(p, d) for p in problems]
+    return problems
 
 
-def _with_fix(p: Problem, d: Path) -> Problem:
-    """Every error names the command that repairs it: the exact build command, from the manifest."""
-    if p.severity != "error":
-        return p
-    hint = repair_hint(d)
-    msg = p.message
-    for generic in (REPAIR, REPAIR_MISSING, REPAIR_MANIFEST):
-        msg = msg.replace(generic, hint)
-    if "python -m pipeline build" not in msg:
-        msg = f"{msg}; {hint}"
-    return Problem(p.file, msg, p.severity)
+def with_fix(problems: list[Problem], directory: str | os.PathLike[str]) -> list[Problem]:
+    """``problems`` with every error naming the command that repairs it: the exact build command,
+    from the folder's recorded settings (what ``python -m pipeline verify`` prints)."""
+    hint = repair_hint(Path(directory))
+    out = []
+    for p in problems:
+        msg = p.message
+        if p.severity == "error":
+            for generic in (REPAIR, REPAIR_MISSING, REPAIR_MANIFEST):
+                msg = msg.replace(generic, hint)
+            if "python -m pipeline build" not in msg:
+                msg = f"{msg}; {hint}"
+        out.append(Problem(p.file, msg, p.severity))
+    return out
 
 
 def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> Manifest | None:
@@ -383,4 +386,4 @@ def _doc_of(pos: int | None, idx: np.ndarray) -> str:
     return f" (doc {int(np.searchsorted(idx, pos, side='right')) - 1:,})"
 
 
-__all__ = ["Problem", "errors", "planned_bytes", "verify_dataset", "verify_shard"]
+__all__ = ["Problem", "errors", "planned_bytes", "verify_dataset", "verify_shard", "with_fix"]
