@@ -80,8 +80,9 @@ class StateLog:
         So a shard file can never be on disk while the folder has no log: an interrupt between a
         shard's rename and its record leaves a log without that record, and the rerun rewrites it.
         """
-        head = json.dumps({"settings": self.state["settings"], "forced_val": self.state["forced_val"]},
-                          sort_keys=True)  # fmt: skip
+        # forced_val is not known yet on a fresh run; every record line carries it (read_state takes
+        # the last), so the header holds null: the log is byte-identical however often the build resumed
+        head = json.dumps({"settings": self.state["settings"], "forced_val": None}, sort_keys=True)
         body = [self._line(s, r) for s in SPLITS for r in self.state["splits"][s]]
         atomic_write_text(self.out / STATE_NAME, "\n".join([head, *body]) + "\n")
         (self.out / LEGACY_STATE_NAME).unlink(missing_ok=True)

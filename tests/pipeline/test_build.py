@@ -298,8 +298,8 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path, sig: int = signal.SIG
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    # build-state.jsonl appears (atomically) right after the first finished shard
-    while not (out / STATE_NAME).exists():
+    # build-state.jsonl is written when the build starts; each finished shard appends one line to it
+    while not ((out / STATE_NAME).exists() and (out / STATE_NAME).read_bytes().count(b"\n") >= 2):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no shard finished in 120 s"
         time.sleep(0.002)  # polling interval, not synchronisation: the file's presence is the signal

@@ -7,15 +7,21 @@ no traceback and (where it matters) what is on disk afterwards.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipeline.format import HEADER_SIZE, open_shard, read_header
 from pipeline.fsutil import LOCK_NAME, folder_locked_by
 from pipeline.tools.build_state import STATE_NAME
 from tests.cli import child_env, wait_for_line
@@ -84,3 +90,176 @@ def test_second_ctrl_c_stops_at_once_and_the_rerun_resumes(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr
     assert run_cli("build", src, "--out", ref, *flags, "--quiet").returncode == 0
     assert folder_bytes(out) == folder_bytes(ref)
+
+
+# ----------------------------------------------------------------------------- a small finished build
+
+FLAGS = ("--shard-tokens", "2000", "--val-fraction", "0.1", "--workers", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(source, finished folder), built once by the real CLI; tests break private copies."""
+    root = tmp_path_factory.mktemp("r18")
+    src = write_jsonl(root / "docs.jsonl", [{"text": d} for d in make_docs(120, seed=43, max_words=150)])
+    res = run_cli("build", src, "--out", root / "shards", *FLAGS)
+    assert res.returncode == 0, res.stderr
+    return src, root / "shards"
+
+
+@pytest.fixture
+def copy(built: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    src, pristine = built
+    return src, Path(shutil.copytree(pristine, tmp_path / "shards"))
+
+
+def train_shards(d: Path) -> list[Path]:
+    return sorted(d.glob("train-*.bin"))
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "payload byte":
+        with open(path, "r+b") as f:
+            f.seek(HEADER_SIZE + 11)
+            b = f.read(1)
+            f.seek(HEADER_SIZE + 11)
+            f.write(bytes([b[0] ^ 0x40]))
+    elif how == "header byte":
+        with open(path, "r+b") as f:
+            f.seek(30)  # inside num_tokens: the header CRC no longer matches
+            f.write(b"\x7f")
+    elif how == "truncated":
+        os.truncate(path, path.stat().st_size - 100)
+    elif how == "missing":
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------- 3. repair on rerun
+
+
+@pytest.mark.parametrize("how", ["payload byte", "header byte", "truncated", "missing"])
+def test_rerun_rebuilds_only_the_damaged_shard(copy: tuple[Path, Path], built, how: str) -> None:
+    src, d = copy
+    shards = train_shards(d)
+    assert len(shards) >= 4
+    victim = shards[1]
+    want = victim.read_bytes()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards if p != victim}
+    damage(victim, how)
+    res = run_cli("build", src, "--out", d, *FLAGS)
+    assert res.returncode == 0, res.stderr
+    assert victim.read_bytes() == want
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in train_shards(d) if p != victim}
+    assert after == before  # the good shards were not rewritten
+    assert folder_bytes(d) == folder_bytes(built[1])
+    assert run_cli("verify", d, "--no-progress").returncode == 0
+
+
+def test_verify_names_the_command_that_repairs(copy: tuple[Path, Path], built) -> None:
+    _, d = copy
+    victim = train_shards(d)[2]
+    damage(victim, "header byte")
+    before = snapshot(d)
+    res = run_cli("verify", d, "--no-progress")
+    line = one_error_line(res, 1, victim.name, "header checksum mismatch", "python -m pipeline build")
+    assert "header checksum mismatch" not in res.stdout and "FAILED: 1 error(s)" in res.stdout
+    assert snapshot(d) == before
+    command = shlex.split(line.split("rerun `", 1)[1].split("`", 1)[0])  # the command verify names
+    assert command[:4] == ["python", "-m", "pipeline", "build"]
+    fixed = run_cli(*command[3:], "--quiet")
+    assert fixed.returncode == 0, fixed.stderr
+    assert folder_bytes(d) == folder_bytes(built[1])
+
+
+# ----------------------------------------------------------------------------- 4. show --doc, damaged index
+
+
+def _rewrite_index(path: Path, edit) -> None:
+    """Change a shard's document index and recompute its checksum in the header (consistent file)."""
+    sh = open_shard(path)
+    idx = edit(np.array(sh.doc_offsets))
+    h = dataclasses.replace(sh.header, index_sha256=hashlib.sha256(idx.tobytes()).hexdigest())
+    data = bytearray(path.read_bytes())
+    data[: len(h.pack())] = h.pack()
+    data[h.index_offset :] = idx.tobytes()
+    del sh
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("consistent", [False, True], ids=["raw-bytes", "checksum-recomputed"])
+def test_show_doc_refuses_a_damaged_index(copy: tuple[Path, Path], consistent: bool) -> None:
+    _, d = copy
+    victim = train_shards(d)[0]
+    h = read_header(victim)
+
+    def shift(idx: np.ndarray) -> np.ndarray:
+        idx[3] += 1  # doc 2 one token longer, doc 3 one shorter: both spans are wrong
+        return idx
+
+    if consistent:
+        _rewrite_index(victim, shift)
+    else:
+        data = bytearray(victim.read_bytes())
+        idx = shift(np.frombuffer(bytes(data[h.index_offset :]), dtype="<u8").copy())
+        data[h.index_offset :] = idx.tobytes()
+        victim.write_bytes(bytes(data))
+    before = snapshot(d)
+    res = run_cli("show", d, "--doc", "3")
+    one_error_line(res, 1, victim.name, "document index is damaged", "python -m pipeline verify")
+    assert res.stdout == ""
+    assert snapshot(d) == before
+    good = run_cli("show", d, "--doc", "3", "--split", "val")  # other shards still read fine
+    assert good.returncode == 0, good.stderr
+
+
+# ----------------------------------------------------------------------------- 5. edited counts
+
+
+def test_edited_counts_fail_verify_and_stats_and_the_rerun_repairs(copy: tuple[Path, Path], built) -> None:
+    src, d = copy
+    raw = json.loads((d / "manifest.json").read_text())
+    real = raw["counts"]["docs_train"]
+    raw["counts"]["docs_train"] = 5  # dataset_fingerprint does not cover counts: only a recount catches it
+    (d / "manifest.json").write_text(json.dumps(raw, indent=2))
+    before = snapshot(d)
+    res = run_cli("verify", d, "--no-progress")
+    one_error_line(
+        res, 1, "manifest.json", "counts.docs_train=5", f"hold {real:,}", "python -m pipeline build"
+    )
+    st = run_cli("stats", d, "--no-progress")
+    one_error_line(st, 1, "counts.docs_train=5", "python -m pipeline build")
+    assert snapshot(d) == before
+    fixed = run_cli("build", src, "--out", d, *FLAGS)
+    assert fixed.returncode == 0, fixed.stderr
+    assert folder_bytes(d) == folder_bytes(built[1])
+    assert run_cli("verify", d, "--no-progress").returncode == 0
+
+
+# ----------------------------------------------------------------------------- 6. messages
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_special_file_source_is_named(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        source = tmp_path / "docs.jsonl"
+        os.mkfifo(source)
+        what = "named pipe (FIFO)"
+    else:
+        source = Path(kind)
+        if not source.exists():
+            pytest.skip("no /dev/zero here")
+        what = "character device"
+    res = run_cli("build", source, "--out", tmp_path / "out", "--quiet")
+    line = one_error_line(res, 1, str(source), what, ".jsonl", "hub dataset name")
+    assert "folder of them" in line and "glob" not in line  # not mistaken for a folder
+    assert not (tmp_path / "out").exists()  # nothing written (a snapshot would block reading the FIFO)
+
+
+def test_fifo_inside_a_source_folder_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.txt").write_text("one document\n")
+    os.mkfifo(src / "b.txt")
+    res = run_cli("build", src, "--out", tmp_path / "out", "--quiet")
+    one_error_line(res, 1, str(src / "b.txt"), "named pipe (FIFO)", "move it out")
+    assert not (tmp_path / "out").exists()
