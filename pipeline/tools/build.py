@@ -70,7 +70,9 @@ __all__ = [
     "val_mask",
 ]
 
-BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
+# bump when the document -> bytes mapping changes; part of the settings. 2: the split is keyed by each
+# document's text, not its source position (the same documents split alike in every container)
+BUILD_VERSION = 2
 
 
 def build_settings(cfg: ShardConfig, src: Source) -> dict:
@@ -401,7 +403,7 @@ def _build_locked(
             if len(res.positions):
                 if forced_val is None and cfg.val_fraction > 0:
                     forced_val = state["forced_val"] = int(res.positions[0])
-                is_val = split_is_val(res.positions, cfg.seed, cfg.val_fraction, forced_val)
+                is_val = split_is_val(res.positions, res.keyed_val, forced_val)
                 offsets = np.cumsum(res.lengths) - res.lengths
                 tokens = fetch_tokens(res.tokens)  # a view of the chunk's slot: used before release()
                 for split, mask in (("train", ~is_val), ("val", is_val)):

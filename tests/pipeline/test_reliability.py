@@ -263,3 +263,64 @@ def test_fifo_inside_a_source_folder_is_named(tmp_path: Path) -> None:
     res = run_cli("build", src, "--out", tmp_path / "out", "--quiet")
     one_error_line(res, 1, str(src / "b.txt"), "named pipe (FIFO)", "move it out")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- 7. one split, any container
+
+
+def _write_layouts(root: Path, docs: list[str]) -> dict[str, Path]:
+    """The same documents as jsonl (with a blank line), parquet, and Skylion xz subsets."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines.insert(7, "")  # a blank jsonl line has a position too: positions differ, the split must not
+    (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.table({"text": docs}), root / "docs.parquet", row_group_size=16)
+    sky = root / "openwebtext"
+    sky.mkdir()
+    half = len(docs) // 2
+    for k, part in enumerate((docs[:half], docs[half:])):
+        with tarfile.open(sky / f"urlsf_subset00-{k + 1}_data.xz", "w:xz") as tf:
+            for i, text in enumerate(part):
+                data = text.encode()
+                info = tarfile.TarInfo(f"{k * half + i:07d}.txt")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return {"jsonl": root / "docs.jsonl", "parquet": root / "docs.parquet", "skylion": sky}
+
+
+def _shards(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.glob("*.bin"))}
+
+
+def _same_split_in_every_layout(sources: dict[str, Path], root: Path, *flags: str) -> dict[str, bytes]:
+    built = {}
+    for name, src in sources.items():
+        res = run_cli("build", src, "--out", root / f"out-{name}", *flags, "--quiet")
+        assert res.returncode == 0, res.stderr
+        built[name] = _shards(root / f"out-{name}")
+    assert built["jsonl"] == built["parquet"] == built["skylion"]  # same docs -> same splits, same bytes
+    return built["jsonl"]
+
+
+def test_same_documents_split_alike_in_jsonl_parquet_and_skylion(tmp_path: Path) -> None:
+    docs = make_docs(80, seed=47, max_words=60)
+    shards = _same_split_in_every_layout(
+        _write_layouts(tmp_path, docs), tmp_path, "--val-fraction", "0.3", "--workers", "1"
+    )
+    assert any(n.startswith("val-") for n in shards) and any(n.startswith("train-") for n in shards)
+
+
+@pytest.mark.slow
+def test_owt_sample_splits_alike_in_its_three_layouts(owt_sample: Path, tmp_path: Path) -> None:
+    sources = {
+        "jsonl": owt_sample / "docs.jsonl.zst",
+        "parquet": owt_sample / "train-00000-of-00001.parquet",
+        "skylion": owt_sample / "openwebtext",
+    }
+    shards = _same_split_in_every_layout(sources, tmp_path, "--val-fraction", "0.05", "--workers", "2")
+    assert any(n.startswith("val-") for n in shards)
