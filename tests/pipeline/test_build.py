@@ -22,8 +22,8 @@ from pipeline.format import MANIFEST_NAME, ShardDataset, ShardHeader, open_shard
 from pipeline.fsutil import LOCK_NAME
 from pipeline.tokenizer import EOT_ID, SOT_ID
 from pipeline.tools.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
-from pipeline.tools.build_workers import doc_keys
 from pipeline.tools.build_state import read_state
+from pipeline.tools.build_workers import doc_keys
 from pipeline.tools.sources import SourceError
 from tests.textgen import make_docs
 
