@@ -12,10 +12,12 @@ GIL (``bench/tokenize_throughput.py`` measures both designs).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -35,12 +37,14 @@ from pipeline.format import (
     ShardWriter,
     shard_name,
 )
-from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
+from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, fsync_dir, remove_stale_temps
 from pipeline.tools.build_config import BuildError, ShardConfig
 from pipeline.tools.build_state import (
     STATE_NAME,
     StateLog,
     clear_output,
+    foreign_folder,
+    is_build_folder,
     load_resume_state,
     read_state,
     settings_diff,
@@ -73,6 +77,7 @@ __all__ = [
 # bump when the document -> bytes mapping changes; part of the settings. 2: the split is keyed by each
 # document's text, not its source position (the same documents split alike in every container)
 BUILD_VERSION = 2
+STAGE_NAME = ".overwrite"  # where --overwrite builds the new shards before swapping them in
 
 
 def build_settings(cfg: ShardConfig, src: Source) -> dict:
@@ -249,6 +254,14 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         exclude=[out],
     )
     settings = build_settings(cfg, src)
+    foreign = foreign_folder(out)  # before anything (even the lock file) is written into it
+    if foreign is not None and (cfg.overwrite or not foreign.startswith("holds")):
+        raise BuildError(
+            f"--out {out}: {foreign}; "
+            + ("--overwrite replaces only a folder that an earlier build wrote" if cfg.overwrite
+               else "a build does not write shards into it")
+            + "; choose another --out (a new or empty folder)"
+        )  # fmt: skip
     created = _make_out(out)
     lock = contextlib.ExitStack()
     try:
@@ -257,7 +270,10 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         raise BuildError(f"--out {describe_oserror(e, out)}") from e
     with lock:
         try:
-            return _build_locked(cfg, out, src, settings, BuildProgress(enabled=progress), t0)
+            ui = BuildProgress(enabled=progress)
+            if cfg.overwrite and is_build_folder(out):
+                return _overwrite_staged(cfg, out, src, settings, ui, t0)
+            return _build_locked(cfg, out, src, settings, ui, t0)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.filename is None:
                 raise _write_error(e, out) from e
@@ -265,6 +281,29 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         finally:
             if created:
                 _remove_if_empty(out)
+
+
+def _overwrite_staged(
+    cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress, t0: float
+) -> Manifest:
+    """``--overwrite`` of an earlier build: build the new one in ``out/.overwrite`` beside the old
+    one, then swap it in (old manifest removed first, new manifest renamed in last). The old build
+    stays whole until the new one is complete; an interrupted overwrite resumes when rerun.
+    """
+    stage = out / STAGE_NAME
+    if stage.exists() and (read_state(stage) or {}).get("settings") != settings:
+        shutil.rmtree(stage)  # a staged build of other settings: it cannot be resumed
+    stage.mkdir(exist_ok=True)
+    remove_stale_temps(out)
+    m = _build_locked(dataclasses.replace(cfg, overwrite=False), stage, src, settings, ui, t0, shown=out)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder reads as unfinished
+    clear_output(out)
+    for p in [*shard_files(stage), stage / STATE_NAME]:
+        os.replace(p, out / p.name)
+    os.replace(stage / MANIFEST_NAME, out / MANIFEST_NAME)  # last: the new build is finished
+    fsync_dir(out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return m
 
 
 def _make_out(out: Path) -> bool:
@@ -306,7 +345,13 @@ def _write_error(e: OSError, out: Path) -> BuildError:
 
 
 def _build_locked(
-    cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress, t0: float
+    cfg: ShardConfig,
+    out: Path,
+    src: Source,
+    settings: dict,
+    ui: BuildProgress,
+    t0: float,
+    shown: Path | None = None,
 ) -> Manifest:
     """:func:`build_shards` once this process holds ``out``'s lock."""
     remove_stale_temps(out)  # only under the lock: no other writer's temp files can be live here
@@ -466,7 +511,7 @@ def _build_locked(
         counts=counts,
     )
     manifest.save(out)  # last: its presence marks a finished build (build-state.jsonl stays for repair)
-    ui.summary(out, manifest, time.perf_counter() - t0, resumed)
+    ui.summary(shown or out, manifest, time.perf_counter() - t0, resumed)
     if counts["docs_train"] == 0:
         ui.warn(
             f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "

@@ -164,6 +164,45 @@ def shard_files(out: Path) -> list[Path]:
     return sorted(p for s in SPLITS for p in out.glob(f"{s}-*{SHARD_SUFFIX}"))
 
 
+def is_build_folder(out: Path) -> bool:
+    """True when ``out`` holds what a build writes: a shard manifest or a resume log with settings."""
+    try:
+        raw = json.loads((out / MANIFEST_NAME).read_text())
+        if isinstance(raw, dict) and "format_version" in raw and isinstance(raw.get("shards"), list):
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        state = read_state(out)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(state) and isinstance(state.get("settings"), dict)
+
+
+def foreign_folder(out: Path) -> str | None:
+    """What ``out`` is when a build must not write into it: a training run, an exported model, or
+    (for ``--overwrite``) a folder of files no build wrote. None for a build's own folder or an
+    empty one. Recognised by file names only: pipeline/ imports nothing from model/ or trainer/.
+    """
+    if not out.is_dir() or is_build_folder(out):
+        return None
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if not names:
+        return None
+    run = [n for n in names if n in ("metrics.jsonl", "checkpoints") or n.startswith("events.out.tfevents.")]
+    if run:
+        return f"is a training run folder (it holds {', '.join(run[:3])})"
+    model = [
+        n
+        for n in names
+        if n.endswith((".safetensors", ".safetensors.index.json")) or n == "pytorch_model.bin"
+    ]
+    if model:
+        return f"is an exported model folder (it holds {', '.join(model[:3])})"
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"holds {len(names)} entries that no build wrote ({shown})"
+
+
 def clear_output(out: Path) -> None:
     """Remove what a previous build wrote (only our own files; anything else is left alone)."""
     for p in [out / MANIFEST_NAME, out / STATE_NAME, out / LEGACY_STATE_NAME, *shard_files(out)]:

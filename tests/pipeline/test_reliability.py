@@ -7,6 +7,7 @@ no traceback and (where it matters) what is on disk afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +33,35 @@ from tests.textgen import make_docs
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
-    """The build's output (shards and manifest), not its resume log or lock."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name not in (STATE_NAME, LOCK_NAME)}
+    """The build's output (shards and manifest): not its resume log, nor hidden entries (lock, stage)."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.name[0] != "." and p.name != STATE_NAME
+    }
 
 
 # ----------------------------------------------------------------------------- 1. a second Ctrl-C
+
+
+@contextlib.contextmanager
+def running_script(script: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``python SCRIPT ARGS`` in the background (a test wrapper around the real main); killed if alive."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
 
 BLOCKING_WRAPPER = '''
 """python -m pipeline whose worker blocks in its third chunk (until killed, at most 60 s)."""
@@ -65,24 +91,12 @@ def test_second_ctrl_c_stops_at_once_and_the_rerun_resumes(tmp_path: Path) -> No
     out, ref = tmp_path / "out", tmp_path / "ref"
     wrapper = tmp_path / "blocking.py"
     wrapper.write_text(BLOCKING_WRAPPER)
-    proc = subprocess.Popen(
-        [sys.executable, str(wrapper), "build", str(src), "--out", str(out), *flags, "--quiet"],
-        cwd=REPO,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with running_script(wrapper, "build", str(src), "--out", str(out), *flags, "--quiet") as proc:
         wait_for_line(proc, "worker blocked")
         proc.send_signal(signal.SIGINT)
         wait_for_line(proc, "interrupting")  # the first one is being handled: cleanup now waits on the worker
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)  # a hang detector, not a timing
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     res = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     one_error_line(res, 130, "interrupted again", "rerun the same command")
     assert folder_locked_by(out) is None  # the workers died with it: the lock is free
@@ -324,3 +338,56 @@ def test_owt_sample_splits_alike_in_its_three_layouts(owt_sample: Path, tmp_path
     }
     shards = _same_split_in_every_layout(sources, tmp_path, "--val-fraction", "0.05", "--workers", "2")
     assert any(n.startswith("val-") for n in shards)
+
+
+# ----------------------------------------------------------------------------- 2. build --overwrite
+
+
+@pytest.mark.parametrize(
+    ("names", "what"),
+    [
+        (("metrics.jsonl", "config.json", "checkpoints/"), "training run folder"),
+        (("config.json", "model.safetensors"), "exported model folder"),
+        (("notes.txt", "train-00000.bin"), "2 entries that no build wrote"),
+    ],
+    ids=["run", "model", "user-files"],
+)
+def test_overwrite_refuses_a_folder_no_build_wrote(built, tmp_path: Path, names, what: str) -> None:
+    src, _ = built
+    out = tmp_path / "target"
+    out.mkdir()
+    for n in names:
+        (out / n).mkdir() if n.endswith("/") else (out / n).write_text(f"the user's {n}\n")
+    before = snapshot(out)
+    res = run_cli("build", src, "--out", out, *FLAGS, "--overwrite")
+    one_error_line(res, 1, str(out), what, "--overwrite replaces only a folder that an earlier build wrote")
+    assert snapshot(out) == before
+    assert not (out / LOCK_NAME).exists()  # refused before anything was written into it
+
+
+def test_interrupted_overwrite_keeps_the_old_build_and_resumes(
+    copy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, d = copy
+    old = folder_bytes(d)
+    other = ("--shard-tokens", "3000", "--val-fraction", "0.1", "--workers", "1", "--chunk-bytes", "4096")
+    wrapper = tmp_path / "blocking.py"
+    wrapper.write_text(BLOCKING_WRAPPER)
+    with running_script(
+        wrapper, "build", str(src), "--out", str(d), *other, "--overwrite", "--quiet"
+    ) as proc:
+        wait_for_line(proc, "worker blocked")
+        assert folder_bytes(d) == old  # the new build is staged beside the old one
+        proc.send_signal(signal.SIGINT)
+        wait_for_line(proc, "interrupting")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert folder_bytes(d) == old  # an interrupted --overwrite lost nothing
+    assert run_cli("verify", d, "--no-progress").returncode == 0
+    again = run_cli("build", src, "--out", d, *other, "--overwrite", "--quiet")
+    assert again.returncode == 0, again.stderr
+    fresh = tmp_path / "fresh"
+    assert run_cli("build", src, "--out", fresh, *other, "--quiet").returncode == 0
+    assert folder_bytes(d) == folder_bytes(fresh)
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in fresh.iterdir())  # no stage left
