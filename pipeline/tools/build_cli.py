@@ -28,8 +28,10 @@ SOURCE is one of:
   a folder of text files      one document per file, chosen by --text-glob (hidden folders skipped)
 
 The output is byte-identical for any --workers, and a killed build resumes where it stopped when
-rerun with the same command. Rerunning on a finished folder is a no-op; other settings on an
-existing folder are refused unless --overwrite. One build at a time per --out: a second one is
+rerun with the same command. Rerunning on a finished folder checks every shard and rebuilds only
+damaged or missing ones (a no-op when all are intact); other settings on an existing folder are
+refused unless --overwrite, which replaces only a folder an earlier build wrote (built beside it, then
+swapped in). A second Ctrl-C stops at once. One build at a time per --out: a second one is
 refused (DIR/.lock). A record whose text is not a string (a number, a list, null) is an error
 naming its file and line, unless --skip-bad-records. On a full disk, free space and rerun the same
 command: it resumes. Exit status: 0 ok, 1 data or input problem, 2 usage, 130 interrupted.
