@@ -361,12 +361,13 @@ def _build_locked(
         try:
             m = Manifest.load(out)
         except (ShardFormatError, OSError) as e:
+            why = str(e).split("; ")[0].removeprefix(f"{out / MANIFEST_NAME}: ")  # without its own advice
             if (read_state(out) or {}).get("settings") != settings:
                 raise BuildError(
-                    f"{out}: existing manifest is unreadable ({e}) and there is no {STATE_NAME} with "
-                    "these settings to rewrite it from; pass --overwrite to rebuild the folder"
+                    f"{out / MANIFEST_NAME}: unreadable ({why}) and there is no {STATE_NAME} with these "
+                    "settings to rewrite it from; pass --overwrite to rebuild the folder"
                 ) from e
-            ui.message(f"{out}: {MANIFEST_NAME} is damaged ({e}); rewriting it from {STATE_NAME}.")
+            ui.message(f"{out}: {MANIFEST_NAME} is damaged ({why}); rewriting it from {STATE_NAME}.")
         if m is not None and m.settings != settings:
             raise BuildError(
                 f"{out}: already holds shards built with different settings "

@@ -15,7 +15,15 @@ import os
 from pathlib import Path
 
 from pipeline.errors import flag
-from pipeline.format import MANIFEST_NAME, SHARD_SUFFIX, SPLITS, ShardFormatError, open_shard, read_header
+from pipeline.format import (
+    MAGIC,
+    MANIFEST_NAME,
+    SHARD_SUFFIX,
+    SPLITS,
+    ShardFormatError,
+    open_shard,
+    read_header,
+)
 from pipeline.fsutil import atomic_write_text
 from pipeline.tools.build_config import BuildError, ShardConfig
 
@@ -175,8 +183,19 @@ def is_build_folder(out: Path) -> bool:
     try:
         state = read_state(out)
     except (OSError, ValueError, KeyError, TypeError):
+        state = None
+    if state and isinstance(state.get("settings"), dict):
+        return True
+    # a build whose manifest and log are both damaged: only build file names, and real shard files
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    shards = shard_files(out)
+    if not shards or names - {MANIFEST_NAME, STATE_NAME, LEGACY_STATE_NAME} - {p.name for p in shards}:
         return False
-    return bool(state) and isinstance(state.get("settings"), dict)
+    try:
+        with open(shards[0], "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 def foreign_folder(out: Path) -> str | None:
