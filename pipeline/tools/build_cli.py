@@ -7,6 +7,7 @@ underscores); ``--quiet`` only silences the progress bar and summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -70,16 +71,16 @@ class _Interrupts:
     def __call__(self, signum, frame) -> None:
         if not self.seen:
             self.seen = True
-            os.write(1, (INTERRUPTING + "\n").encode())  # raw write: safe inside a signal handler
+            with contextlib.suppress(OSError):  # stdout may be a closed pipe
+                os.write(1, (INTERRUPTING + "\n").encode())  # raw write: safe inside a signal handler
             raise KeyboardInterrupt
         for child in multiprocessing.active_children():
             child.kill()
-        try:  # this process's half-written files (pid-tagged); the next build would remove them anyway
-            for tmp in self.out.glob(f".*{TMP_MARKER}{os.getpid()}"):
+        with contextlib.suppress(OSError):  # this process's half-written (pid-tagged) files; the next build
+            for tmp in self.out.glob(f".*{TMP_MARKER}{os.getpid()}"):  # would remove them anyway
                 tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        os.write(2, (STOPPED + "\n").encode())
+        with contextlib.suppress(OSError):
+            os.write(2, (STOPPED + "\n").encode())
         os._exit(130)
 
 
