@@ -45,6 +45,20 @@ _HEADER_STRUCT = struct.Struct(f"<8sIIII QQQ 32s32s{FINGERPRINT_BYTES}s")
 _CRC_STRUCT = struct.Struct("<I")
 
 
+# The fix every "this shard / manifest is damaged" message names: the build repairs in place
+# (pipeline/FORMAT.md, "Build guarantees"); `verify` prints the exact command from the manifest.
+REPAIR = (
+    "rerun the `python -m pipeline build` command that built this folder: it rebuilds only the damaged shards"
+)
+REPAIR_MISSING = (
+    "rerun the `python -m pipeline build` command that built this folder: it rebuilds missing shards"
+)
+REPAIR_MANIFEST = (
+    "rerun the `python -m pipeline build` command that built this folder: it rewrites the manifest from "
+    "build-state.jsonl"
+)
+
+
 class ShardFormatError(ValueError):
     """A shard or manifest is malformed; the message names the file and what to do."""
 
@@ -112,29 +126,29 @@ class ShardHeader:
         if len(buf) < need:
             raise ShardFormatError(
                 f"{path}: file is {len(buf)} bytes, shorter than the {need}-byte shard header; "
-                "it is truncated or not an owtgpt shard. Rebuild it with `python -m pipeline build`."
+                f"it is truncated or not an owtgpt shard; {REPAIR}"
             )
         fields = _HEADER_STRUCT.unpack_from(buf)
         magic, version, dtype_code, vocab, hsize, ntok, ndocs, idx_off, psha, isha, fp = fields
         if magic != MAGIC:
             raise ShardFormatError(
                 f"{path}: bad magic {magic!r} (expected {MAGIC!r}); not an owtgpt shard or its "
-                "header is corrupt. Rebuild it with `python -m pipeline build`."
+                f"header is corrupt; {REPAIR}"
             )
         (crc,) = _CRC_STRUCT.unpack_from(buf, _HEADER_STRUCT.size)
         if crc != zlib.crc32(buf[: _HEADER_STRUCT.size]):
-            raise ShardFormatError(f"{path}: header checksum mismatch; the header is corrupt.")
+            raise ShardFormatError(f"{path}: header checksum mismatch: the header is corrupt; {REPAIR}")
         if version != FORMAT_VERSION:
             raise ShardFormatError(
                 f"{path}: format version {version}, this owtgpt reads version {FORMAT_VERSION}. "
                 "Rebuild the shards with this version."
             )
         if dtype_code not in DTYPE_CODES:
-            raise ShardFormatError(f"{path}: unknown token dtype code {dtype_code}")
+            raise ShardFormatError(f"{path}: unknown token dtype code {dtype_code}; {REPAIR}")
         if hsize != HEADER_SIZE or idx_off != index_offset_for(ntok):
             raise ShardFormatError(
                 f"{path}: header size {hsize} / index offset {idx_off} disagree with "
-                f"num_tokens={ntok}; the header is corrupt."
+                f"num_tokens={ntok}: the header is corrupt; {REPAIR}"
             )
         return cls(
             vocab_size=vocab,
@@ -162,7 +176,7 @@ def check_file_size(path: Path, h: ShardHeader) -> None:
         raise ShardFormatError(
             f"{path}: file is {size} bytes but its header (num_tokens={h.num_tokens}, "
             f"num_docs={h.num_docs}) requires {h.file_size}; the file is truncated or its "
-            "header is wrong. Rebuild it with `python -m pipeline build` (it resumes)."
+            f"header is wrong; {REPAIR}"
         )
 
 
@@ -236,6 +250,30 @@ class Shard:
         if not 0 <= i < self.num_docs:
             raise IndexError(f"{self.path}: document {i} out of range [0, {self.num_docs})")
         return self.tokens[int(self.doc_offsets[i]) : int(self.doc_offsets[i + 1])]
+
+    def checked_doc_span(self, i: int, sot: int, eot: int) -> tuple[int, int]:
+        """``(start, end)`` token offsets of document ``i``, after checking the index it comes from.
+
+        The whole index (8 bytes per document) is checked against its checksum, from 0 to
+        ``num_tokens``, increasing by at least the two markers, and the document must start with
+        ``sot`` and end with ``eot``: a damaged index raises instead of pointing at the wrong text.
+        """
+        if not 0 <= i < self.num_docs:
+            raise IndexError(f"{self.path}: document {i} out of range [0, {self.num_docs})")
+        idx = np.array(self.doc_offsets)  # (num_docs + 1,) uint64
+        why = None
+        if hashlib.sha256(idx.tobytes()).hexdigest() != self.header.index_sha256:
+            why = "its checksum does not match the header"
+        elif idx[0] != 0 or idx[-1] != self.header.num_tokens:
+            why = f"it spans {idx[0]:,}..{idx[-1]:,}, not 0..{self.header.num_tokens:,}"
+        elif len(idx) > 1 and (np.diff(idx.astype(np.int64)) < 2).any():
+            why = "its offsets do not increase by at least one document's two markers"
+        lo, hi = int(idx[i]), int(idx[i + 1])
+        if why is None and (self.tokens[lo] != sot or self.tokens[hi - 1] != eot):
+            why = f"document {i} (tokens {lo:,}..{hi:,}) does not start and end with its markers"
+        if why is not None:
+            raise ShardFormatError(f"{self.path}: the document index is damaged ({why}); {REPAIR}")
+        return lo, hi
 
     def verify_checksums(self, chunk_tokens: int = 1 << 24) -> list[str]:
         """Hash the payload and index against the header; returns problems (empty when fine)."""
@@ -395,6 +433,35 @@ class Manifest:
                 self.tokenizer_fingerprint, self.vocab_size, self.shards
             )
 
+    def count_mismatches(self) -> list[str]:
+        """How ``counts`` disagrees with the shard list (empty: agrees); one phrase per count.
+
+        Every count that the shards determine is recomputed from them, and the records read must add
+        up to written + dropped + skipped: an edited count cannot pass as a fact about the data.
+        """
+        derived = {"docs_written": sum(s.num_docs for s in self.shards),
+                   "source_bytes": sum(s.source_bytes for s in self.shards)}  # fmt: skip
+        for sp in SPLITS:
+            ss = [s for s in self.shards if s.split == sp]
+            derived[f"docs_{sp}"] = sum(s.num_docs for s in ss)
+            derived[f"tokens_{sp}"] = sum(s.num_tokens for s in ss)
+            derived[f"shards_{sp}"] = len(ss)
+        c = self.counts
+        if not isinstance(c, dict):
+            return [f"counts is {type(c).__name__}, not an object"]
+        out = [f"counts.{k}={c[k]!r} is not a count" for k in sorted(c) if type(c[k]) is not int or c[k] < 0]
+        if out:
+            return out
+        out = [f"counts.{k}={c[k]:,} but the shards it lists hold {v:,}" for k, v in derived.items()
+               if k in c and c[k] != v]  # fmt: skip
+        parts = ("docs_read", "docs_written", "docs_dropped_empty", "docs_skipped_bad")
+        if all(k in c for k in parts) and c["docs_read"] != sum(c[k] for k in parts[1:]):
+            out.append(
+                f"counts.docs_read={c['docs_read']:,} but written + dropped + skipped = "
+                f"{sum(c[k] for k in parts[1:]):,}"
+            )
+        return out
+
     def split(self, name: str) -> list[ShardEntry]:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
@@ -425,11 +492,16 @@ class Manifest:
             stored = raw.pop("dataset_fingerprint", "")
             m = cls(**raw)
         except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ShardFormatError(f"{path}: malformed manifest ({e}); rebuild the shards") from e
+            raise ShardFormatError(f"{path}: malformed manifest ({e}); {REPAIR_MANIFEST}") from e
         if stored and stored != m.dataset_fingerprint:
             raise ShardFormatError(
                 f"{path}: dataset_fingerprint {stored} does not match the shard list "
-                f"({m.dataset_fingerprint}); the manifest was edited or is corrupt"
+                f"({m.dataset_fingerprint}); the manifest was edited or is corrupt: {REPAIR_MANIFEST}"
+            )
+        bad_counts = m.count_mismatches()
+        if bad_counts:
+            raise ShardFormatError(
+                f"{path}: {'; '.join(bad_counts)}; the manifest was edited or is corrupt: {REPAIR_MANIFEST}"
             )
         return m
 
@@ -503,8 +575,7 @@ class ShardDataset:
         path = self.directory / entry.file
         if not path.is_file():
             raise ShardFormatError(
-                f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. "
-                "Rerun the build to recreate it."
+                f"{path}: listed in {self.directory / MANIFEST_NAME} but missing. {REPAIR_MISSING}"
             )
         return path
 
@@ -544,8 +615,7 @@ def check_entry(shard: Shard, entry: ShardEntry, manifest: Manifest) -> None:
 
 def _entry_error(path: Path, problems: list[str]) -> ShardFormatError:
     return ShardFormatError(
-        f"{path}: {'; '.join(problems)}; the shard does not belong to this manifest. "
-        "Rebuild with `python -m pipeline build`."
+        f"{path}: {'; '.join(problems)}; the shard does not belong to this manifest. {REPAIR}"
     )
 
 

@@ -199,8 +199,8 @@ class WindowIndex:
         raise OutOfVocabError(
             f"{shard.path}: token id {int(buf[row, col])} at token offset {int(starts[row]) + col:,} is >= "
             f"vocab_size {self.vocab_size}; the shard's payload is corrupt although its header checks "
-            f"passed. Run `python -m pipeline verify {self.where}` to check every shard, then rebuild "
-            "the damaged ones with `python -m pipeline build`."
+            f"passed. Run `python -m pipeline verify {self.where}` to check every shard; it names the "
+            "build command whose rerun rebuilds only the damaged shards."
         )
 
     def gather(self, shard_ids: np.ndarray, starts: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -12,10 +12,12 @@ GIL (``bench/tokenize_throughput.py`` measures both designs).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -35,13 +37,16 @@ from pipeline.format import (
     ShardWriter,
     shard_name,
 )
-from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, remove_stale_temps
+from pipeline.fsutil import LOCK_NAME, TMP_MARKER, folder_lock, fsync_dir, remove_stale_temps
 from pipeline.tools.build_config import BuildError, ShardConfig
 from pipeline.tools.build_state import (
     STATE_NAME,
     StateLog,
     clear_output,
+    foreign_folder,
+    is_build_folder,
     load_resume_state,
+    read_state,
     settings_diff,
     shard_files,
     shard_ok,
@@ -69,7 +74,10 @@ __all__ = [
     "val_mask",
 ]
 
-BUILD_VERSION = 1  # bump when the document -> bytes mapping changes; part of the settings
+# bump when the document -> bytes mapping changes; part of the settings. 2: the split is keyed by each
+# document's text, not its source position (the same documents split alike in every container)
+BUILD_VERSION = 2
+STAGE_NAME = ".overwrite"  # where --overwrite builds the new shards before swapping them in
 
 
 def build_settings(cfg: ShardConfig, src: Source) -> dict:
@@ -90,6 +98,67 @@ def build_settings(cfg: ShardConfig, src: Source) -> dict:
 
 
 # ----------------------------------------------------------------------------- the build
+
+
+def _add_runs(w: ShardWriter, lengths: np.ndarray, offsets: np.ndarray, tokens: np.ndarray, take) -> None:
+    """Append docs ``take`` (ascending chunk indices) to ``w``."""
+    # contiguous runs of taken docs are contiguous in the chunk's token array
+    breaks = np.flatnonzero(np.diff(take) != 1) + 1
+    for run in np.split(take, breaks):
+        a, b = int(offsets[run[0]]), int(offsets[run[-1]] + lengths[run[-1]])
+        w.add_documents(tokens[a:b], lengths[run])
+
+
+class _Repairs:
+    """Rebuilds damaged finished shards in place from the documents of their recorded position range.
+
+    Each is rewritten (temp file, rename) once it holds its recorded number of documents, and must
+    come out byte-identical to its record; the good shards around it are never touched.
+    """
+
+    def __init__(self, out: Path, state: dict):
+        self.out = out
+        self.todo = {(s, i): state["splits"][s][i] for s in SPLITS for i in state["redo"][s]}
+        self.writers: dict[tuple[str, int], ShardWriter] = {}
+
+    def ranges(self, split: str) -> list[tuple[int, int, int]]:
+        return [(i, r["start_pos"], r["end_pos"]) for (s, i), r in self.todo.items() if s == split]
+
+    def add(self, split: str, i: int, lengths, offsets, tokens, take) -> None:
+        rec = self.todo[(split, i)]
+        w = self.writers.get((split, i))
+        if w is None:
+            w = self.writers[(split, i)] = ShardWriter(
+                self.out / rec["file"],
+                vocab_size=tk.VOCAB_SIZE,
+                tokenizer_fingerprint=tk.tokenizer_fingerprint(),
+            )
+        _add_runs(w, lengths, offsets, tokens, take)
+        if w.num_docs >= rec["num_docs"]:
+            h = w.finish()
+            del self.writers[(split, i)], self.todo[(split, i)]
+            if (h.num_tokens, h.num_docs, h.payload_sha256) != (
+                rec["num_tokens"],
+                rec["num_docs"],
+                rec["payload_sha256"],
+            ):
+                raise BuildError(
+                    f"{w.path}: rebuilt from the source, it differs from the shard the build recorded (the "
+                    "source changed since); pass --overwrite to rebuild the whole folder"
+                )
+
+    def check_done(self) -> None:
+        if self.todo:
+            names = ", ".join(r["file"] for r in self.todo.values())
+            raise BuildError(
+                f"{self.out}: the source no longer holds the documents of {names} (it changed since the "
+                "build); pass --overwrite to rebuild the whole folder"
+            )
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        self.writers.clear()
 
 
 class _SplitWriter:
@@ -125,11 +194,7 @@ class _SplitWriter:
                     continue
                 k = 1  # a single document longer than a shard: it gets a shard of its own
             take = rest[:k]
-            # contiguous runs of taken docs are contiguous in the chunk's token array
-            breaks = np.flatnonzero(np.diff(take) != 1) + 1
-            for run in np.split(take, breaks):
-                a, b = int(offsets[run[0]]), int(offsets[run[-1]] + lengths[run[-1]])
-                w.add_documents(tokens[a:b], lengths[run])
+            _add_runs(w, lengths, offsets, tokens, take)
             self.src_bytes += int(src_bytes[take].sum())
             self.end_pos = int(positions[take[-1]]) + 1
             i += k
@@ -189,6 +254,14 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         exclude=[out],
     )
     settings = build_settings(cfg, src)
+    foreign = foreign_folder(out)  # before anything (even the lock file) is written into it
+    if foreign is not None and (cfg.overwrite or not foreign.startswith("holds")):
+        raise BuildError(
+            f"--out {out}: {foreign}; "
+            + ("--overwrite replaces only a folder that an earlier build wrote" if cfg.overwrite
+               else "a build does not write shards into it")
+            + "; choose another --out (a new or empty folder)"
+        )  # fmt: skip
     created = _make_out(out)
     lock = contextlib.ExitStack()
     try:
@@ -197,7 +270,10 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         raise BuildError(f"--out {describe_oserror(e, out)}") from e
     with lock:
         try:
-            return _build_locked(cfg, out, src, settings, BuildProgress(enabled=progress), t0)
+            ui = BuildProgress(enabled=progress)
+            if cfg.overwrite and is_build_folder(out):
+                return _overwrite_staged(cfg, out, src, settings, ui, t0)
+            return _build_locked(cfg, out, src, settings, ui, t0)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT) or e.filename is None:
                 raise _write_error(e, out) from e
@@ -205,6 +281,29 @@ def build_shards(cfg: ShardConfig, *, progress: bool = True) -> Manifest:
         finally:
             if created:
                 _remove_if_empty(out)
+
+
+def _overwrite_staged(
+    cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress, t0: float
+) -> Manifest:
+    """``--overwrite`` of an earlier build: build the new one in ``out/.overwrite`` beside the old
+    one, then swap it in (old manifest removed first, new manifest renamed in last). The old build
+    stays whole until the new one is complete; an interrupted overwrite resumes when rerun.
+    """
+    stage = out / STAGE_NAME
+    if stage.exists() and (read_state(stage) or {}).get("settings") != settings:
+        shutil.rmtree(stage)  # a staged build of other settings: it cannot be resumed
+    stage.mkdir(exist_ok=True)
+    remove_stale_temps(out)
+    m = _build_locked(dataclasses.replace(cfg, overwrite=False), stage, src, settings, ui, t0, shown=out)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder reads as unfinished
+    clear_output(out)
+    for p in [*shard_files(stage), stage / STATE_NAME]:
+        os.replace(p, out / p.name)
+    os.replace(stage / MANIFEST_NAME, out / MANIFEST_NAME)  # last: the new build is finished
+    fsync_dir(out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return m
 
 
 def _make_out(out: Path) -> bool:
@@ -225,9 +324,11 @@ def _make_out(out: Path) -> bool:
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove a folder this build created when nothing but its lock file is in it (a failed build)."""
+    """Remove a folder this build created when it holds no shard (a failed build): only its lock
+    file and a resume log that records nothing are in it."""
     with contextlib.suppress(OSError):
-        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME, STATE_NAME}:
+            (out / STATE_NAME).unlink(missing_ok=True)
             (out / LOCK_NAME).unlink(missing_ok=True)
             out.rmdir()
 
@@ -244,50 +345,82 @@ def _write_error(e: OSError, out: Path) -> BuildError:
 
 
 def _build_locked(
-    cfg: ShardConfig, out: Path, src: Source, settings: dict, ui: BuildProgress, t0: float
+    cfg: ShardConfig,
+    out: Path,
+    src: Source,
+    settings: dict,
+    ui: BuildProgress,
+    t0: float,
+    shown: Path | None = None,
 ) -> Manifest:
     """:func:`build_shards` once this process holds ``out``'s lock."""
     remove_stale_temps(out)  # only under the lock: no other writer's temp files can be live here
 
+    m: Manifest | None = None
     if (out / MANIFEST_NAME).exists() and not cfg.overwrite:
         try:
             m = Manifest.load(out)
         except (ShardFormatError, OSError) as e:
-            raise BuildError(f"{out}: existing manifest is unreadable ({e}); pass --overwrite") from e
-        if m.settings != settings:
+            why = str(e).split("; ")[0].removeprefix(f"{out / MANIFEST_NAME}: ")  # without its own advice
+            if (read_state(out) or {}).get("settings") != settings:
+                raise BuildError(
+                    f"{out / MANIFEST_NAME}: unreadable ({why}) and there is no {STATE_NAME} with these "
+                    "settings to rewrite it from; pass --overwrite to rebuild the folder"
+                ) from e
+            ui.message(f"{out}: {MANIFEST_NAME} is damaged ({why}); rewriting it from {STATE_NAME}.")
+        if m is not None and m.settings != settings:
             raise BuildError(
                 f"{out}: already holds shards built with different settings "
                 f"({settings_diff(m.settings, settings)}). "
                 "Pass --overwrite to replace them, or choose another --out."
             )
-        bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
-        if not bad:
-            ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
-            return m
-        if state_path(out) is None:
+        if m is not None and state_path(out) is None:  # nothing records where each shard's documents are
+            bad = [s.file for s in m.shards if not shard_ok(out, asdict(s))]
+            if not bad:
+                ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
+                return m
             raise BuildError(
                 f"{out}: shards {bad} are damaged and there is no {STATE_NAME} to repair "
                 "from; pass --overwrite to rebuild"
             )
-        ui.message(f"{out}: shards {bad} are damaged; rebuilding from the first damaged shard.")
-        (out / MANIFEST_NAME).unlink()
     if cfg.overwrite:
         clear_output(out)
-    state = load_resume_state(out, settings)
+    state = load_resume_state(out, settings)  # checks every recorded shard (size, header, checksums)
     if state is None:
         if shard_files(out):
             raise BuildError(
                 f"{out}: holds shard files but no manifest or build state, so their origin is unknown. "
                 "Pass --overwrite to replace them, or choose another --out."
             )
-        state = {"settings": settings, "forced_val": None, "splits": {s: [] for s in SPLITS}}
-    resumed = {s: len(state["splits"][s]) for s in SPLITS}
+        state = {"settings": settings, "forced_val": None, "splits": {s: [] for s in SPLITS},
+                 "redo": {s: {} for s in SPLITS}}  # fmt: skip
+    damaged = [
+        f"{state['splits'][s][i]['file']} ({why})" for s in SPLITS for i, why in state["redo"][s].items()
+    ]
+    if (
+        m is not None
+        and not damaged
+        and [asdict(e) for e in m.shards]
+        == [{k: r[k] for k in ShardEntry.__dataclass_fields__} for s in SPLITS for r in state["splits"][s]]
+    ):
+        ui.message(f"{out}: already built from {m.source} with these settings; nothing to do.")
+        return m
+    if damaged:
+        ui.message(f"{out}: damaged shards {', '.join(damaged)}; rebuilding only those.")
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # rewritten last, once every shard is whole again
+    resumed = {s: len(state["splits"][s]) - len(state["redo"][s]) for s in SPLITS}  # intact shards kept
 
     log = StateLog(out, state)  # one appended line per finished shard: O(1) each, not a rewrite
+    log.start()  # before any shard: a shard file never sits in the folder without a log
     writers = {s: _SplitWriter(out, s, cfg.shard_tokens, state["splits"][s], lambda s=s: log.append(s))
                for s in SPLITS}  # fmt: skip
     resume_at = {s: (state["splits"][s][-1]["end_pos"] if state["splits"][s] else 0) for s in SPLITS}
-    plan = SkipPlan(cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"])
+    repairs = _Repairs(out, state)
+    redo = {sp: tuple((lo, hi) for _, lo, hi in repairs.ranges(sp)) for sp in SPLITS}
+    plan = SkipPlan(
+        cfg.seed, cfg.val_fraction, resume_at["train"], resume_at["val"], state["forced_val"],
+        redo["train"], redo["val"],
+    )  # fmt: skip
     counts = {"docs_read": 0, "docs_dropped_empty": 0, "docs_skipped_bad": 0, "docs_invalid_utf8": 0}
     forced_val = state["forced_val"]
 
@@ -316,10 +449,14 @@ def _build_locked(
             if len(res.positions):
                 if forced_val is None and cfg.val_fraction > 0:
                     forced_val = state["forced_val"] = int(res.positions[0])
-                is_val = split_is_val(res.positions, cfg.seed, cfg.val_fraction, forced_val)
+                is_val = split_is_val(res.positions, res.keyed_val, forced_val)
                 offsets = np.cumsum(res.lengths) - res.lengths
                 tokens = fetch_tokens(res.tokens)  # a view of the chunk's slot: used before release()
                 for split, mask in (("train", ~is_val), ("val", is_val)):
+                    for i, lo, hi in repairs.ranges(split):
+                        take = np.flatnonzero(mask & (res.positions >= lo) & (res.positions < hi))
+                        if len(take):
+                            repairs.add(split, i, res.lengths, offsets, tokens, take)
                     idx = np.flatnonzero(mask & (res.positions >= resume_at[split]))
                     writers[split].add(res.positions, res.lengths, res.src_bytes, offsets, tokens, idx)
             ui.advance(res.count, int(res.lengths.sum()), int(res.src_bytes.sum()), res.input_bytes)
@@ -333,9 +470,11 @@ def _build_locked(
             consume(pending.popleft().result())
         for w in writers.values():
             w.finish()
+        repairs.check_done()
     except BaseException:
         for w in writers.values():
             w.abort()
+        repairs.abort()
         for tmp in out.glob(f".*{TMP_MARKER}{os.getpid()}"):  # a writer interrupted while opening
             tmp.unlink(missing_ok=True)
         # wait for the workers (each finishes at most one chunk): they hold a copy of the folder lock
@@ -373,7 +512,7 @@ def _build_locked(
         counts=counts,
     )
     manifest.save(out)  # last: its presence marks a finished build (build-state.jsonl stays for repair)
-    ui.summary(out, manifest, time.perf_counter() - t0, resumed)
+    ui.summary(shown or out, manifest, time.perf_counter() - t0, resumed)
     if counts["docs_train"] == 0:
         ui.warn(
             f"--val-fraction {cfg.val_fraction} left the train split of {out} empty (all "

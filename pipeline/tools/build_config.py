@@ -69,7 +69,8 @@ class ShardConfig:
     overwrite: bool = field(
         default=False,
         metadata=_flag(
-            "replace an existing build in --out (only its shards, manifest and state are removed)"
+            "replace an earlier build in --out (only a folder a build wrote; the new one is built in "
+            "DIR/.overwrite and swapped in at the end, so the old one stays whole until then)"
         ),
     )
     text_glob: str = field(

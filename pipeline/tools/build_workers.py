@@ -2,12 +2,14 @@
 
 :func:`encode_chunk` decodes a :class:`~pipeline.tools.sources.RawChunk` and returns each non-empty
 document as ``[SOT] + encode_ordinary(text) + [EOT]`` in uint16. A document's split is a pure function
-of ``(seed, position)`` (:func:`val_mask`), so it needs no tokenization and never depends on the worker
-count. The rules and their guarantees: pipeline/FORMAT.md, "How a build assigns documents".
+of ``(seed, its text)`` (:func:`doc_keys`, :func:`val_mask`), so it needs no tokenization, never
+depends on the worker count, and is the same for the same documents in any container (jsonl, parquet,
+Skylion xz). The rules and their guarantees: pipeline/FORMAT.md, "How a build assigns documents".
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -35,19 +37,39 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def val_mask(positions: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
-    """Which source positions belong to val: ``u(seed, pos) < val_fraction``, u uniform in [0, 1)."""
+def doc_keys(texts: list[str]) -> np.ndarray:
+    """(n,) uint64: the first 8 bytes (little-endian) of blake2b over each text's UTF-8 bytes.
+
+    The split is keyed by content, not by source position: the same document gets the same split
+    whatever the container numbers it (jsonl counts blank lines, Skylion subsets are numbered
+    sparsely), and an exact duplicate can never land in both train and val.
+    """
+    return np.fromiter(
+        (
+            int.from_bytes(
+                hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+            )
+            for t in texts
+        ),
+        dtype=np.uint64,
+        count=len(texts),
+    )
+
+
+def val_mask(keys: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
+    """Which document keys belong to val: ``u(seed, key) < val_fraction``, u uniform in [0, 1)."""
     if val_fraction <= 0:
-        return np.zeros(len(positions), dtype=bool)
-    pos = np.asarray(positions, dtype=np.uint64)
-    h = _splitmix64(_splitmix64(np.full(len(pos), seed, dtype=np.uint64)) ^ pos)
+        return np.zeros(len(keys), dtype=bool)
+    key = np.asarray(keys, dtype=np.uint64)
+    h = _splitmix64(_splitmix64(np.full(len(key), seed, dtype=np.uint64)) ^ key)
     u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return u < val_fraction
 
 
-def split_is_val(positions: np.ndarray, seed: int, val_fraction: float, forced_val: int | None) -> np.ndarray:
-    """The split rule: :func:`val_mask`, plus the position of the first non-empty document when known."""
-    m = val_mask(positions, seed, val_fraction)
+def split_is_val(positions: np.ndarray, keyed_val: np.ndarray, forced_val: int | None) -> np.ndarray:
+    """The split rule: :func:`val_mask` of the documents' keys, plus the position of the first
+    non-empty document (when known)."""
+    m = keyed_val.copy()
     if forced_val is not None:
         m |= positions == forced_val
     return m
@@ -62,9 +84,16 @@ class SkipPlan:
     resume_train: int = 0
     resume_val: int = 0
     forced_val: int | None = None
+    redo_train: tuple[tuple[int, int], ...] = ()  # [lo, hi) position ranges of damaged shards to rebuild
+    redo_val: tuple[tuple[int, int], ...] = ()
 
-    def is_val(self, positions: np.ndarray) -> np.ndarray:
-        return split_is_val(positions, self.seed, self.val_fraction, self.forced_val)
+    def needed(self, positions: np.ndarray, is_val: np.ndarray) -> np.ndarray:
+        """Which docs to tokenize: past the split's resume point, or inside a damaged shard's range."""
+        need = positions >= np.where(is_val, self.resume_val, self.resume_train)
+        for val, ranges in ((False, self.redo_train), (True, self.redo_val)):
+            for lo, hi in ranges:
+                need |= (is_val == val) & (positions >= lo) & (positions < hi)
+        return need
 
 
 # --- worker processes: decode and tokenize one chunk ---
@@ -78,6 +107,7 @@ class EncodedChunk:
     count: int
     input_bytes: int
     positions: np.ndarray  # (k,) int64 source positions of the non-empty docs
+    keyed_val: np.ndarray  # (k,) bool: val by the docs' content keys (val_mask), before forced_val
     lengths: np.ndarray  # (k,) int64 tokens per doc incl. SOT/EOT; 0 when skipped (resume)
     src_bytes: np.ndarray  # (k,) int64 UTF-8 bytes of each doc's text
     tokens: np.ndarray | TokensRef  # (sum(lengths),) uint16, the docs back to back (or where they are)
@@ -139,9 +169,10 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
     count = len(dec.texts)  # == chunk.count, or the member count of an xz_tar chunk
     keep = [i for i, t in enumerate(dec.texts) if t and not t.isspace()]  # bad records decode to ""
     positions = np.arange(chunk.start, chunk.start + count, dtype=np.int64)[keep]
-    is_val = plan.is_val(positions)
-    need = positions >= np.where(is_val, plan.resume_val, plan.resume_train)
     texts = [dec.texts[i] for i in keep]
+    keyed_val = val_mask(doc_keys(texts), plan.seed, plan.val_fraction)
+    is_val = split_is_val(positions, keyed_val, plan.forced_val)
+    need = plan.needed(positions, is_val)
     src_bytes = np.fromiter(
         (len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)
     )
@@ -154,6 +185,7 @@ def encode_chunk(item: RawChunk | SlotRef, plan: SkipPlan) -> EncodedChunk:
         count,
         chunk.input_bytes,
         positions,
+        keyed_val,
         lengths,
         src_bytes,
         stash_tokens(item, tokens),

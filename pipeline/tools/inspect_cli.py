@@ -74,8 +74,11 @@ def doc_tokens(ds: ShardDataset, split: str, doc: int) -> tuple[np.ndarray, int,
     for e in entries:
         if doc < base_doc + e.num_docs:
             shard = _open_checked(ds, e)
-            i = doc - base_doc
-            lo, hi = int(shard.doc_offsets[i]), int(shard.doc_offsets[i + 1])
+            sp = ds.manifest.special_tokens
+            from pipeline.tokenizer import EOT_ID, SOT_ID
+
+            sot, eot = int(sp.get("<|startoftext|>", SOT_ID)), int(sp.get("<|endoftext|>", EOT_ID))
+            lo, hi = shard.checked_doc_span(doc - base_doc, sot, eot)  # a damaged index is an error
             return np.array(shard.tokens[lo:hi]), base_tok + lo, Span(e.file, lo, hi)
         base_doc += e.num_docs
         base_tok += e.num_tokens
@@ -167,7 +170,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.tools.verify import errors, planned_bytes, verify_dataset
+    from pipeline.tools.verify import errors, planned_bytes, verify_dataset, with_fix
 
     refuse_if_being_built(args.dir)  # verify reads shard files directly, not through ShardDataset
     err = Console(stderr=True)
@@ -176,6 +179,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         problems = verify_dataset(
             args.dir, chunk_tokens=args.chunk_tokens, progress=lambda n: prog.advance(task, n)
         )
+    problems = with_fix(problems, args.dir)  # each error names the exact command that repairs it
     n_err = len(errors(problems))
     n_warn = len(problems) - n_err
     if args.json:
@@ -191,12 +195,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
         )
         return 1 if n_err else 0
-    out = Console()
-    for p in problems:  # one line per problem with the full path: greppable, never wrapped
-        out.print(
-            Text(f"{p.severity.upper()}: {p}", style="red" if p.severity == "error" else "yellow"),
+    for p in problems:  # stderr, one line per problem with the full path: greppable, never wrapped
+        err.print(
+            Text(f"verify: {p.severity}: {p}", style="red" if p.severity == "error" else "yellow"),
             soft_wrap=True,
         )
+    out = Console()  # the report (table and verdict) stays on stdout
     out.print(verify_table(Path(args.dir), problems))
     ds_summary = verified_summary(Path(args.dir))
     if n_err:

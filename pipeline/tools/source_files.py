@@ -146,6 +146,50 @@ class CountingReader(io.RawIOBase):
         return data
 
 
+ACCEPTED_SOURCES = (
+    "a .parquet or .jsonl[.zst|.gz] file, a Skylion *_data.xz / openwebtext.tar.xz, a text file, a "
+    "folder of them, or a hub dataset name"
+)
+
+
+def special_file_kind(path: Path) -> str | None:
+    """What a path that exists but is neither a regular file nor a folder is ("a named pipe (FIFO)",
+    "a character device", ...), following symlinks; None for a file or a folder."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def refuse_special_file(path: Path, inside: Path | None = None) -> None:
+    """Raise :class:`SourceError` for a FIFO, device or socket: reading one never ends or is not a
+    corpus (``/dev/zero``), and it must not be mistaken for a folder."""
+    kind = special_file_kind(path)
+    if kind is not None and inside is not None:
+        raise SourceError(
+            f"{path}: is {kind} in the source folder {inside}, not a regular file; move it out of the "
+            "folder (reading it would block or never end)"
+        )
+    if kind is not None:
+        raise SourceError(
+            f"{path}: is {kind}, not a file or folder; SOURCE must be {ACCEPTED_SOURCES} "
+            "(save a stream to a file first)"
+        )
+
+
 def walk_sorted(root: Path, patterns: list[str], exclude: list[Path]) -> list[Path]:
     """Files under ``root`` whose name matches any pattern, sorted by relative path.
 
@@ -159,6 +203,7 @@ def walk_sorted(root: Path, patterns: list[str], exclude: list[Path]) -> list[Pa
         dirnames[:] = [n for n in dirnames if not n.startswith(".") and (d / n).resolve() not in excluded]
         for name in filenames:
             if not name.startswith(".") and any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+                refuse_special_file(d / name, root)  # a FIFO named *.txt would block the build forever
                 out.append(d / name)
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 

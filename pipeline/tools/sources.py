@@ -31,6 +31,7 @@ from pipeline.tools.source_files import (
     decompressed_blocks,
     files_identity,
     looks_like,
+    refuse_special_file,
     sniff_format,
     suggest_flag,
     walk_sorted,
@@ -504,6 +505,7 @@ def open_source(
     path = path.resolve()
     if not path.exists():
         raise SourceError(f"{source}: no such file or folder")
+    refuse_special_file(path)  # before anything treats "not a file" as "a folder"
     fmt = source_format
     if path.is_file():
         name = path.name.lower()

@@ -24,6 +24,9 @@ import numpy as np
 from pipeline.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
+    REPAIR,
+    REPAIR_MANIFEST,
+    REPAIR_MISSING,
     SHARD_SUFFIX,
     SPLITS,
     Manifest,
@@ -35,6 +38,7 @@ from pipeline.format import (
 )
 from pipeline.fsutil import TMP_MARKER
 from pipeline.tokenizer import EOT_ID, SOT_ID
+from pipeline.tools.build_state import repair_hint
 
 DEFAULT_CHUNK_TOKENS = 1 << 18  # 512 KiB of uint16 per read: the temporaries stay in cache
 MAX_EXAMPLES = 5  # documents/positions named per kind of content problem
@@ -93,8 +97,7 @@ def verify_dataset(
                 problems.append(
                     Problem(
                         str(path),
-                        f"listed in {MANIFEST_NAME} ({entry.split} split) but "
-                        "missing; rerun the build to recreate it",
+                        f"listed in {MANIFEST_NAME} ({entry.split} split) but missing; {REPAIR_MISSING}",
                     )
                 )
                 continue
@@ -125,6 +128,22 @@ def verify_dataset(
     return problems
 
 
+def with_fix(problems: list[Problem], directory: str | os.PathLike[str]) -> list[Problem]:
+    """``problems`` with every error naming the command that repairs it: the exact build command,
+    from the folder's recorded settings (what ``python -m pipeline verify`` prints)."""
+    hint = repair_hint(Path(directory))
+    out = []
+    for p in problems:
+        msg = p.message
+        if p.severity == "error":
+            for generic in (REPAIR, REPAIR_MISSING, REPAIR_MANIFEST):
+                msg = msg.replace(generic, hint)
+            if "python -m pipeline build" not in msg:
+                msg = f"{msg}; {hint}"
+        out.append(Problem(p.file, msg, p.severity))
+    return out
+
+
 def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> Manifest | None:
     """Load the manifest leniently, appending every problem; None when it is unusable."""
     path = d / MANIFEST_NAME
@@ -138,19 +157,22 @@ def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> 
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        err(f"not valid JSON ({e}); rebuild the shards")
+        err(f"not valid JSON ({e}); {REPAIR_MANIFEST}")
         return None
     if not isinstance(raw, dict):
-        err("not a JSON object; rebuild the shards")
+        err(f"not a JSON object; {REPAIR_MANIFEST}")
         return None
     if raw.get("format_version") != FORMAT_VERSION:
-        err(f"format_version {raw.get('format_version')!r}, this owtgpt reads {FORMAT_VERSION}; rebuild")
+        err(
+            f"format_version {raw.get('format_version')!r}, this owtgpt reads {FORMAT_VERSION}; "
+            f"{REPAIR_MANIFEST}"
+        )
         return None
     stored_fp = raw.pop("dataset_fingerprint", "")
     try:
         m = Manifest(**raw)
     except (TypeError, ValueError) as e:
-        err(f"malformed ({e}); rebuild the shards")
+        err(f"malformed ({e}); {REPAIR_MANIFEST}")
         return None
     # one hash-table pass: a manifest may list thousands of shards (small --shard-tokens)
     for name in sorted(f for f, n in Counter(s.file for s in m.shards).items() if n > 1):
@@ -165,10 +187,8 @@ def _check_manifest(d: Path, problems: list[Problem], check_tokenizer: bool) -> 
             f"dataset_fingerprint {stored_fp} does not match its shard list ({m.dataset_fingerprint}); "
             "the manifest was edited or is corrupt"
         )
-    written = m.counts.get("docs_written")
-    total = sum(s.num_docs for s in m.shards)
-    if isinstance(written, int) and written != total:
-        err(f"counts.docs_written={written} but the listed shards hold {total} documents")
+    for problem in m.count_mismatches():  # stats would otherwise print an edited count as a fact
+        err(f"{problem}; the manifest was edited or is corrupt")
     if check_tokenizer:
         from pipeline.tokenizer import TokenizerUnavailableError, tokenizer_fingerprint
 
@@ -224,7 +244,7 @@ def verify_shard(
         err(
             f"file is {size:,} bytes but its header (num_tokens={h.num_tokens:,}, num_docs={h.num_docs:,}) "
             f"requires {h.file_size:,}; it is {'truncated' if size < h.file_size else 'too long'}. "
-            "Rebuild it with `python -m pipeline build`"
+            f"{REPAIR}"
         )
         return done()
     try:
@@ -366,4 +386,4 @@ def _doc_of(pos: int | None, idx: np.ndarray) -> str:
     return f" (doc {int(np.searchsorted(idx, pos, side='right')) - 1:,})"
 
 
-__all__ = ["Problem", "errors", "planned_bytes", "verify_dataset", "verify_shard"]
+__all__ = ["Problem", "errors", "planned_bytes", "verify_dataset", "verify_shard", "with_fix"]

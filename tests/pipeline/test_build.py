@@ -23,6 +23,7 @@ from pipeline.fsutil import LOCK_NAME
 from pipeline.tokenizer import EOT_ID, SOT_ID
 from pipeline.tools.build import STATE_NAME, BuildError, ShardConfig, build_shards, val_mask
 from pipeline.tools.build_state import read_state
+from pipeline.tools.build_workers import doc_keys
 from pipeline.tools.sources import SourceError
 from tests.textgen import make_docs
 
@@ -139,7 +140,7 @@ def test_val_split_is_deterministic_by_seed(reference_build: Path, corpus, tmp_p
     kept = [(i, d) for i, d in enumerate(corpus[1]) if d.strip()]
     train = [d[1:-1].tolist() for d in split_docs(reference_build, "train")]
     val = [d[1:-1].tolist() for d in split_docs(reference_build, "val")]
-    want_val = val_mask(np.array([i for i, _ in kept]), 5, 0.1)
+    want_val = val_mask(doc_keys([d for _, d in kept]), 5, 0.1)  # keyed by each document's text
     want_val[0] = True  # the first non-empty document always goes to val (never an empty val)
     assert val == [GPT2.encode_ordinary(d) for (_, d), v in zip(kept, want_val, strict=True) if v]
     assert train == [GPT2.encode_ordinary(d) for (_, d), v in zip(kept, want_val, strict=True) if not v]
@@ -149,7 +150,8 @@ def test_val_split_is_deterministic_by_seed(reference_build: Path, corpus, tmp_p
     assert [d.tolist() for d in split_docs(other, "val")] != [[SOT_ID, *v, EOT_ID] for v in val]
 
 
-def test_val_mask_is_a_pure_function_of_seed_and_position() -> None:
+def test_val_mask_is_a_pure_function_of_seed_and_key() -> None:
+    assert np.array_equal(doc_keys(["a", "b", "a"])[[0, 2]], doc_keys(["a", "a"]))  # text alone decides
     pos = np.arange(200_000)
     a = val_mask(pos, 7, 0.01)
     assert np.array_equal(a[1000:2000], val_mask(pos[1000:2000], 7, 0.01))
@@ -298,8 +300,8 @@ def _kill_when_first_shard_done(cmd: list[str], out: Path, sig: int = signal.SIG
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    # build-state.jsonl appears (atomically) right after the first finished shard
-    while not (out / STATE_NAME).exists():
+    # build-state.jsonl is written when the build starts; each finished shard appends one line to it
+    while not ((out / STATE_NAME).exists() and (out / STATE_NAME).read_bytes().count(b"\n") >= 2):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no shard finished in 120 s"
         time.sleep(0.002)  # polling interval, not synchronisation: the file's presence is the signal

@@ -86,7 +86,7 @@ def test_wrong_magic(shard: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[:8] = b"NOTSHARD"
     shard.write_bytes(bytes(data))
-    with pytest.raises(ShardFormatError, match=rf"{shard.name}: bad magic .*Rebuild"):
+    with pytest.raises(ShardFormatError, match=rf"{shard.name}: bad magic .*rerun the `python -m pipeline"):
         open_shard(shard)
 
 

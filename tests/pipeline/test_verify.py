@@ -45,8 +45,10 @@ def train_files(d: Path) -> list[str]:
 
 
 def run_verify(capsys, d: Path) -> tuple[int, str]:
+    """Exit status, and the problem lines (stderr) followed by the report (stdout)."""
     rc = main(["verify", str(d), "--no-progress"])
-    return rc, capsys.readouterr().out
+    cap = capsys.readouterr()
+    return rc, cap.err + cap.out
 
 
 def rewrite(d: Path, name: str, *, tokens=None, index=None) -> None:
@@ -246,7 +248,8 @@ def test_module_entry_point_exit_status(data):
         cwd=Path(__file__).resolve().parents[2],
     )
     assert r.returncode == 1, r.stderr
-    assert f"{name}: bad magic" in r.stdout
+    assert f"{name}: bad magic" in r.stderr  # errors go to stderr (issue 18), the report to stdout
+    assert "bad magic" not in r.stdout and "FAILED: 1 error(s)" in r.stdout
 
 
 def test_shard_listed_twice_is_named_once(data):
