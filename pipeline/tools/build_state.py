@@ -24,7 +24,14 @@ from pipeline.format import (
     open_shard,
     read_header,
 )
-from pipeline.fsutil import atomic_write_text
+from pipeline.fsutil import (
+    HF_MODEL,
+    MODEL_EXPORT,
+    RUN_CHECKPOINTS,
+    TRAINING_RUN,
+    atomic_write_text,
+    folder_kind,
+)
 from pipeline.tools.build_config import BuildError, ShardConfig
 
 STATE_NAME = "build-state.jsonl"
@@ -201,23 +208,16 @@ def is_build_folder(out: Path) -> bool:
 def foreign_folder(out: Path) -> str | None:
     """What ``out`` is when a build must not write into it: a training run, an exported model, or
     (for ``--overwrite``) a folder of files no build wrote. None for a build's own folder or an
-    empty one. Recognised by file names only: pipeline/ imports nothing from model/ or trainer/.
+    empty one. Other writers are recognised by :func:`pipeline.fsutil.folder_kind` (their markers).
     """
     if not out.is_dir() or is_build_folder(out):
         return None
+    kind = folder_kind(out)
+    if kind is not None and kind.kind in (TRAINING_RUN, RUN_CHECKPOINTS, MODEL_EXPORT, HF_MODEL):
+        return f"is {kind}"
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if not names:
         return None
-    run = [n for n in names if n in ("metrics.jsonl", "checkpoints") or n.startswith("events.out.tfevents.")]
-    if run:
-        return f"is a training run folder (it holds {', '.join(run[:3])})"
-    model = [
-        n
-        for n in names
-        if n.endswith((".safetensors", ".safetensors.index.json")) or n == "pytorch_model.bin"
-    ]
-    if model:
-        return f"is an exported model folder (it holds {', '.join(model[:3])})"
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"holds {len(names)} entries that no build wrote ({shown})"
 

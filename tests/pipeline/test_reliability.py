@@ -347,7 +347,7 @@ def test_owt_sample_splits_alike_in_its_three_layouts(owt_sample: Path, tmp_path
     ("names", "what"),
     [
         (("metrics.jsonl", "config.json", "checkpoints/"), "training run folder"),
-        (("config.json", "model.safetensors"), "exported model folder"),
+        (("config.json", "model.safetensors"), "Hugging Face model folder"),
         (("notes.txt", "train-00000.bin"), "2 entries that no build wrote"),
     ],
     ids=["run", "model", "user-files"],
