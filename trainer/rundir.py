@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import CKPT_DIRNAME
-from pipeline.fsutil import LOCK_NAME, TRAINING_RUN, atomic_write_text, folder_kind, folder_lock
+from pipeline.fsutil import IN_USE, LOCK_NAME, TRAINING_RUN, atomic_write_text, folder_kind, folder_lock
 from trainer.config import ConfigError, TrainConfig
 from trainer.resume_config import RUN_RECORD
 
@@ -52,7 +52,7 @@ def run_artifacts(out: Path) -> list[Path]:
 def foreign_kind(out: Path) -> str | None:
     """What ``out`` is when it is neither missing, empty, nor a folder this trainer wrote; else None."""
     kind = folder_kind(out)  # each writer's own markers, one rule for every command that writes a folder
-    if kind is None or kind.kind == TRAINING_RUN:
+    if kind is None or kind.kind in (TRAINING_RUN, IN_USE):  # a held lock: run_folder_lock names its holder
         return None
     return str(kind)
 
