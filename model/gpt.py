@@ -86,8 +86,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.ModuleDict):
-    """``GPT.transformer``: a plain ``nn.ModuleDict`` whose entries are declared, so that type checkers
-    know ``transformer.wte`` is an ``nn.Embedding`` (``nn.Module.__getattr__`` says only ``Tensor | Module``)."""
+    """``GPT.transformer``: a plain ``nn.ModuleDict`` whose entries are declared, so that type checkers know
+    ``transformer.wte`` is an ``nn.Embedding`` (``nn.Module.__getattr__`` says only ``Tensor | Module``)."""
 
     wte: nn.Embedding  # (V_padded, C)
     wpe: nn.Embedding  # (block_size, C)
