@@ -24,7 +24,7 @@ DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint bench bench-scale bench-eval bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint typecheck bench bench-scale bench-eval bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ test-all:  ## everything, GPU tests included where a GPU is present
 lint:  ## ruff check and ruff format --check (CI runs this)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+typecheck:  ## mypy over pipeline/, model/ and trainer/ (settings in pyproject.toml; CI runs this)
+	$(PY) -m mypy
 
 bench:  ## CPU benchmarks: tokenize, stats, sampler, generation (ratios against in-process baselines)
 	$(PY) bench/tokenize_throughput.py

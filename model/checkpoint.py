@@ -171,8 +171,8 @@ def newest_loadable(
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        if isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
+            model = inner
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:

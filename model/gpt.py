@@ -85,6 +85,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Transformer(nn.ModuleDict):
+    """``GPT.transformer``: a plain ``nn.ModuleDict`` whose entries are declared, so that type checkers know
+    ``transformer.wte`` is an ``nn.Embedding`` (``nn.Module.__getattr__`` says only ``Tensor | Module``)."""
+
+    wte: nn.Embedding  # (V_padded, C)
+    wpe: nn.Embedding  # (block_size, C)
+    drop: nn.Dropout
+    h: nn.ModuleList  # of Block
+    ln_f: nn.LayerNorm
+
+
 class GPT(nn.Module):
     """GPT-2 language model; ``lm_head.weight`` *is* ``transformer.wte.weight``."""
 
@@ -94,7 +105,7 @@ class GPT(nn.Module):
             raise TypeError(f"GPT(config) needs a GPTConfig, got {type(config).__name__}")
         self.config = config
         V = config.padded_vocab_size
-        self.transformer = nn.ModuleDict(
+        self.transformer = Transformer(
             dict(
                 wte=nn.Embedding(V, config.n_embd),  # (V_padded, C)
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # (block_size, C)

@@ -11,6 +11,7 @@ path token for token (tests/model/test_generation.py, tests/model/test_model_gpu
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,15 @@ def _capture_autocast(device: torch.device) -> contextlib.AbstractContextManager
     return contextlib.nullcontext()
 
 
+class DecodeModel(Protocol):
+    """What :class:`CUDAGraphStep` calls on its model: :class:`model.gpt.GPT` is one (named here by shape,
+    since importing it would close an import cycle with model.gpt's type-only import of this module)."""
+
+    lm_head: nn.Linear
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor: ...
+
+
 class CUDAGraphStep:
     """One decode step of ``model`` on ``cache``, captured as a CUDA graph and replayed per token.
 
@@ -163,7 +173,7 @@ class CUDAGraphStep:
     (BENCHMARKS.md, "GPU check").
     """
 
-    def __init__(self, model: nn.Module, cache: StaticKVCache, batch: int, device: torch.device):
+    def __init__(self, model: DecodeModel, cache: StaticKVCache, batch: int, device: torch.device):
         self.model, self.cache = model, cache
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)  # static input (B, 1)
         pos, pos_t = cache.pos, None if cache.pos_t is None else cache.pos_t.clone()

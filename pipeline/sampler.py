@@ -21,7 +21,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -417,17 +417,18 @@ class TokenSampler:
         """``x, y`` for ``step``: (batch_size, seq_len) int64 on ``device``; same step, same batch."""
         return self._handoff(self._produce(_check_int("step", step, 0)))
 
-    def batches(self, start_step: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def batches(self, start_step: int = 0) -> Generator[tuple[int, torch.Tensor, torch.Tensor], None, None]:
         """Yield ``(step, x, y)`` for ``start_step, start_step + 1, ...`` (equal to ``get_batch(step)``).
 
-        With ``prefetch > 0`` a background thread prepares up to ``prefetch`` batches ahead.
+        With ``prefetch > 0`` a background thread prepares up to ``prefetch`` batches ahead; ``close()``
+        the generator to stop it.
         """
         step = _check_int("start_step", start_step, 0)
         if self._closed:
             raise RuntimeError("the TokenSampler is closed")
         return self._iterate(step)
 
-    def _iterate(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def _iterate(self, step: int) -> Generator[tuple[int, torch.Tensor, torch.Tensor], None, None]:
         if self.prefetch == 0:
             while True:
                 x, y = self.get_batch(step)

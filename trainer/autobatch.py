@@ -191,14 +191,15 @@ def search(
 
 def is_oom(e: BaseException) -> bool:
     """An out-of-memory, also when it surfaces wrapped (a compile's autotuning, a backend error)."""
+    cur: BaseException | None = e
     for _ in range(8):  # the cause chain, a few links deep
-        if isinstance(e, torch.OutOfMemoryError):
-            return True
-        if isinstance(e, RuntimeError) and "out of memory" in str(e)[:2000].lower():
-            return True  # e.g. "CUDA error: out of memory" from a kernel launch, not the allocator
-        e = e.__cause__ or e.__context__
-        if e is None:
+        if cur is None:
             return False
+        if isinstance(cur, torch.OutOfMemoryError):
+            return True
+        if isinstance(cur, RuntimeError) and "out of memory" in str(cur)[:2000].lower():
+            return True  # e.g. "CUDA error: out of memory" from a kernel launch, not the allocator
+        cur = cur.__cause__ or cur.__context__
     return False
 
 
@@ -364,12 +365,12 @@ def dry_run(cfg: TrainConfig) -> MemoryPlan:
         b, how = cpu_choice(cfg, cands).micro_batch, "auto on CPU: the preset's"
     else:
         budget = int(capacity * (1 - MARGIN))
-        b = plan.largest_fitting(cands, budget, ckpt)
+        fit = plan.largest_fitting(cands, budget, ckpt)
         how = "auto, planned (a real run probes)"
-        if b is None and cfg.activation_checkpointing is None:
-            ckpt, b = True, plan.largest_fitting(cands, budget, True)
+        if fit is None and cfg.activation_checkpointing is None:
+            ckpt, fit = True, plan.largest_fitting(cands, budget, True)
             how += "; needs activation checkpointing"
-        b = b or 1
+        b = fit or 1
     label = card_label(device, capacity) if capacity else "CPU"
     table = Table(
         title=f"memory plan: {cfg.model} at T={cfg.seq_len}, {precision}{', compiled' if compiled else ''}, "

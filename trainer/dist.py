@@ -109,7 +109,9 @@ def teardown(env: DistEnv, *, failed: bool = False) -> None:
             dist.destroy_process_group()
 
 
-def all_reduce_(t: torch.Tensor, env: DistEnv, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_(
+    t: torch.Tensor, env: DistEnv, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> torch.Tensor:
     """In-place all-reduce across ranks (a no-op in a single process)."""
     if env.distributed:
         dist.all_reduce(t, op=op)

@@ -55,11 +55,14 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
         return None
     from model.evaluate import TaskEvaluator
 
+    assert cfg.micro_batch is not None  # --micro-batch auto is resolved before the evaluator is built
+    batch_size = cfg.micro_batch
+
     def load(tasks: list[str], data, data_flag: str) -> TaskEvaluator:
         try:
             return TaskEvaluator(
                 tasks, data=data, limit=cfg.eval_tasks_limit, rank=env.rank, world_size=env.world_size,
-                batch_size=cfg.micro_batch, vocab_size=model_config.vocab_size,
+                batch_size=batch_size, vocab_size=model_config.vocab_size,
             )  # fmt: skip
         except UserError as e:  # model/'s messages name `model eval`'s --data: name the trainer's flag
             raise type(e)(_DATA_FLAG.sub(data_flag, str(e))) from None
@@ -77,6 +80,7 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
         if group:
             evaluator = load(group, data, data_flag)
             docs.update(evaluator.docs)
+    assert evaluator is not None  # names is not empty, so one of the groups was loaded
     evaluator.docs = {n: docs[n] for n in names}  # in the order given
     return evaluator
 

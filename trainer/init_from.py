@@ -81,7 +81,7 @@ def _load_owtgpt(path: Path, source: str) -> InitSource:
             f"--init-from {source}: its model was trained with tokenizer {fp}, the shards here use "
             f"{tokenizer_fingerprint()}; its token ids would mean other text"
         )
-    record = {
+    record: dict[str, Any] = {
         "kind": "owtgpt",
         "source": str(path.resolve()),
         "checkpoint": str(Path(ckpt["checkpoint_path"]).resolve()),

@@ -62,8 +62,8 @@ class Forwarder:
         if not pids:  # no rank started yet (or all gone): stop the agent as torchrun would
             from torch.distributed.elastic.multiprocessing.api import SignalException
 
-            sig = signal.Signals(signum)
-            raise SignalException(f"{sig.name} before the ranks started", sig)
+            raised = signal.Signals(signum)
+            raise SignalException(f"{raised.name} before the ranks started", raised)
         if signum == signal.SIGINT:
             self.interrupts += 1
         sig = signal.SIGKILL if self.interrupts >= 3 else signum

@@ -204,6 +204,7 @@ class Observer:
                     w.add_scalar(key, v, step)
         tps, m = rec.get("tokens_per_s"), rec.get("mfu")
         if self.progress is not None:
+            assert self._task is not None  # added with the progress bar
             self.progress.update(
                 self._task,
                 completed=step,

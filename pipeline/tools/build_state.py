@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TextIO
 
 from pipeline.errors import flag
 from pipeline.format import (
@@ -82,7 +83,7 @@ class StateLog:
     def __init__(self, out: Path, state: dict):
         self.out = out
         self.state = state  # shared with the build: records are appended to state["splits"][s] first
-        self._f = None
+        self._f: TextIO | None = None
 
     def _line(self, split: str, rec: dict) -> str:
         return json.dumps(
@@ -107,6 +108,7 @@ class StateLog:
         """Record the newest shard of ``split`` (already appended to ``state["splits"][split]``)."""
         if self._f is None:
             self.start()
+            assert self._f is not None  # start() opened it
         self._f.write(self._line(split, self.state["splits"][split][-1]) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -125,7 +127,8 @@ def build_command(out: Path, settings: dict | None) -> str:
     """
     import shlex
 
-    src = (settings or {}).get("source")
+    settings = settings or {}
+    src = settings.get("source")
     if not isinstance(src, dict):
         return f"python -m pipeline build SOURCE --out {shlex.quote(str(out))} (the command that built it)"
     words = ["python", "-m", "pipeline", "build", str(src.get("name") or src.get("path") or "SOURCE")]

@@ -132,6 +132,7 @@ class ReadAhead:
         if self._proc is None:
             yield from self.src.chunks(self.chunk_bytes)
             return
+        assert self._recv is not None  # set together with _proc
         while True:
             try:
                 item = self._recv.recv()
@@ -149,6 +150,7 @@ class ReadAhead:
 
     def close(self) -> None:
         if self._proc is not None:
+            assert self._recv is not None  # set together with _proc
             self._recv.close()
             if self._proc.is_alive():
                 self._proc.kill()

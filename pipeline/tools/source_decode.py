@@ -108,9 +108,11 @@ def decode_chunk(chunk: RawChunk) -> DecodedChunk:
                 bad.append((i, _bad(chunk.where, f"row {chunk.first_line + i}", chunk.text_field, t)))
                 pairs.append(("", False))
     elif chunk.kind == "xz_tar":
+        assert isinstance(chunk.payload, bytes)  # the kind says so (RawChunk)
         pairs = [_decode_bytes(b) for b in _xz_tar_members(chunk.payload, chunk.where)]
     elif chunk.kind == "jsonl":
-        block: bytes = chunk.payload
+        assert isinstance(chunk.payload, bytes)
+        block = chunk.payload
         if chunk.first_line == 1 and block.startswith(UTF8_BOM):
             block = block[len(UTF8_BOM) :]  # a BOM is an encoding mark, not document text
         lines = block.split(b"\n")

@@ -16,7 +16,10 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 from pipeline.tools.source_decode import UTF8_BOM, SourceError
 
@@ -125,17 +128,25 @@ def files_identity(root: Path, files: list[Path]) -> dict:
     }
 
 
+class ByteReader(Protocol):
+    """What :func:`decompressed_blocks` reads from: an ``open(..., "rb")`` file, a :class:`CountingReader`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def seek(self, n: int, /) -> object: ...  # gzip.GzipFile's fileobj type asks for it (unused here)
+
+
 class CountingReader(io.RawIOBase):
     """Wraps a binary file and counts bytes read (compressed input position for progress)."""
 
-    def __init__(self, f: BinaryIO):
+    def __init__(self, f: io.BufferedIOBase):
         self._f = f
         self.pos = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         n = self._f.readinto(b)
         self.pos += n or 0
         return n
@@ -208,7 +219,7 @@ def walk_sorted(root: Path, patterns: list[str], exclude: list[Path]) -> list[Pa
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
-def decompressed_blocks(path: Path, raw: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+def decompressed_blocks(path: Path, raw: ByteReader, block_bytes: int) -> Iterator[bytes]:
     """Decompressed contents of ``path`` in blocks (plain, .gz or .zst by suffix).
 
     zstandard's stream reader returns EOF quietly at a truncated frame, so .zst is decoded with
@@ -236,6 +247,6 @@ def decompressed_blocks(path: Path, raw: BinaryIO, block_bytes: int) -> Iterator
         if in_frame:
             raise EOFError("the last zstd frame is incomplete (file truncated)")
         return
-    stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if name.endswith(".gz") else raw
+    stream: ByteReader = gzip.GzipFile(fileobj=raw, mode="rb") if name.endswith(".gz") else raw
     while data := stream.read(block_bytes):
         yield data

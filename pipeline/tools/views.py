@@ -18,6 +18,7 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     ProgressColumn,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -39,8 +40,8 @@ class BuildProgress:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None  # set with _progress
         self.docs = self.tokens = self.text_bytes = 0
         self._by = "bytes"
 
@@ -83,6 +84,7 @@ class BuildProgress:
         self.tokens += tokens
         self.text_bytes += text_bytes
         if self._progress is not None:
+            assert self._task is not None
             done = input_bytes if self._by == "bytes" else self.docs
             self._progress.update(
                 self._task, completed=done, docs=self.docs, tokens=self.tokens, text_bytes=self.text_bytes
@@ -160,7 +162,7 @@ def fmt_float(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def fmt_bytes(n: int) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
