@@ -19,6 +19,15 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken-cache").is_dir
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken-cache")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # under pytest-xdist each worker is one of `nproc` processes: one intra-op thread each, so the
+    # in-process torch tests do not oversubscribe the cores the other workers (and their children) use
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
