@@ -318,7 +318,7 @@ class TrainConfig:
 
     def eval_task_names(self) -> list[str]:
         """The tasks of ``--eval-tasks`` in order (empty when none)."""
-        from model.eval_tasks import parse_tasks
+        from model.tools.eval_tasks import parse_tasks
 
         return parse_tasks(self.eval_tasks) if self.eval_tasks.strip() else []
 

@@ -53,7 +53,7 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
     names = cfg.eval_task_names()
     if not names:
         return None
-    from model.evaluate import TaskEvaluator
+    from model.tools.evaluate import TaskEvaluator
 
     def load(tasks: list[str], data, data_flag: str) -> TaskEvaluator:
         try:

@@ -230,7 +230,7 @@ class _Run:
     fwd_model: nn.Module  # compiled, and DDP-wrapped when distributed: the training forward/backward
     eval_model: nn.Module  # compiled too (its own fixed-shape graph), never through DDP
     val: ValWindows | None
-    tasks: Any  # model.evaluate.TaskEvaluator, or None without --eval-tasks
+    tasks: Any  # model.tools.evaluate.TaskEvaluator, or None without --eval-tasks
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_accum: int
     obs: Observer

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.checkpoint import save_model
-from model.cli import main
-from model.eval_tasks import (
+from model.tools.cli import main
+from model.tools.eval_tasks import (
     encode_pair,
     hellaswag_item,
     lambada_item,
@@ -28,7 +28,7 @@ from model.eval_tasks import (
     wikitext_counts,
     wikitext_detokenize,
 )
-from model.evaluate import Scorer, task_metrics, task_sums
+from model.tools.evaluate import Scorer, task_metrics, task_sums
 from pipeline.errors import UsageError
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 

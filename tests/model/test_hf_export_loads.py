@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.checkpoint import load_model, save_model
-from model.cli import main as model_main
+from model.tools.cli import main as model_main
 from model.hf import export_hf
 from pipeline.tokenizer import SOT_ID, VOCAB_SIZE, get_tokenizer
 

@@ -10,7 +10,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, load_model, save_model
-from model.cli import TokenStreamDecoder, main
+from model.tools.cli import TokenStreamDecoder, main
 from pipeline.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, first_nonfinite, save_model
-from model.cli import main
+from model.tools.cli import main
 from tests.cli import one_error, run_module, snapshot
 from tests.trainer.conftest import run_faulty
 

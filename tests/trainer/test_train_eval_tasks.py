@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import checkpoint_path
-from model.cli import main as model_main
+from model.tools.cli import main as model_main
 from tests.trainer.conftest import fast
 from trainer.config import ConfigError, config_from_args
 from trainer.observe import read_metrics, read_task_metrics

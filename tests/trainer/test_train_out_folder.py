@@ -89,7 +89,7 @@ def test_eval_tasks_file_errors_name_the_trainers_flags(gen_shards: Path, tmp_pa
     with pytest.raises(Exception, match=rf"^--eval-tasks-data {re.escape(str(bad))}: line 1 is not JSON"):
         task_evaluator(cfg, DistEnv(), tiny)
     # the shards task reads the run's own --data also beside a hub task (before: no data, an error)
-    import model.eval_tasks as et
+    import model.tools.eval_tasks as et
 
     rows = [
         json.loads(x) for x in (REPO / "tests/model/fixtures/eval/hellaswag.jsonl").read_text().splitlines()

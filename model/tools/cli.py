@@ -2,7 +2,7 @@
 
 * ``sample`` streams the continuation of ``[<|startoftext|>] + encode_ordinary(prompt)`` (the training
   format's document start) to stdout as it is produced, never splitting a UTF-8 character; timing on stderr.
-* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.evaluate`); ``import-hf`` / ``export-hf``
+* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.tools.evaluate`); ``import-hf`` / ``export-hf``
   are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device (no memory).
 * Failures go through :func:`pipeline.errors.run_command` (one line; exit 1 data, 2 usage, 130 Ctrl-C).
 
@@ -271,8 +271,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.eval_tasks import TASKS, parse_tasks
-    from model.evaluate import results_table, run_tasks
+    from model.tools.eval_tasks import TASKS, parse_tasks
+    from model.tools.evaluate import results_table, run_tasks
     from pipeline.errors import UsageError
     from pipeline.fsutil import atomic_write_text
     from pipeline.tokenizer import tokenizer_fingerprint

@@ -14,7 +14,7 @@
   ``.jsonl`` / ``.parquet`` in the same schema (``--data``). A missing field, a field of the wrong
   type (``null`` included), an empty file or an unknown suffix is a :class:`~pipeline.errors.UserError`
   naming the file, the line or row, the field and the fix.
-* Nothing here runs the model; :mod:`model.evaluate` scores what these functions build.
+* Nothing here runs the model; :mod:`model.tools.evaluate` scores what these functions build.
 """
 
 from __future__ import annotations
