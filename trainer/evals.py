@@ -10,6 +10,7 @@ import re
 import torch
 from torch import nn
 
+from model.generate import generate
 from model.gpt import GPT
 from model.loss import IGNORE_INDEX
 from model.sdpa import sdpa_context
@@ -98,6 +99,6 @@ def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, autocast) ->
     was_training = model.training
     model.eval()
     with autocast(), sdpa_context("default"):  # cached attention with a mask: any kernel that takes one
-        out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
+        out = generate(model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
     model.train(was_training)
     return decode(out[0, 1:].tolist(), enc)

@@ -2,8 +2,9 @@
 
 * ``sample`` streams the continuation of ``[<|startoftext|>] + encode_ordinary(prompt)`` (the training
   format's document start) to stdout as it is produced, never splitting a UTF-8 character; timing on stderr.
-* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.tools.evaluate`); ``import-hf`` / ``export-hf``
-  are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device (no memory).
+* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.tools.evaluate`); ``import-hf`` /
+  ``export-hf`` are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device
+  (no memory).
 * Failures go through :func:`pipeline.errors.run_command` (one line; exit 1 data, 2 usage, 130 Ctrl-C).
 
 README.md ("Weights in and out", "Evaluating a model") has the rest.

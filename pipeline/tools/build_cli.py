@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 
 from pipeline.tools.build_config import add_config_arguments, config_from_args
 
@@ -66,14 +65,3 @@ def register(subparsers) -> argparse.ArgumentParser:
         func=run, on_interrupt="interrupted: finished shards are kept; rerun the same command to resume"
     )
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.tools.build_cli ARGS`` is ``python -m pipeline build ARGS`` (used by tests)."""
-    from pipeline.__main__ import main as pipeline_main
-
-    return pipeline_main(["build", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.checkpoint import save_model
+from model.generate import generate
 from model.tools.cli import main
 from model.tools.eval_tasks import (
     encode_pair,
@@ -157,7 +158,7 @@ def test_scorer_matches_full_sequence_log_softmax():
     with torch.no_grad():
         model.lm_head.weight[VOCAB_SIZE:] = 5.0  # padded rows with large logits: they must not count
         prompt = torch.tensor([[SOT_ID, 464, 3797]])
-        greedy = model.generate(prompt, 3, temperature=0)[0, 3:].tolist()
+        greedy = generate(model, prompt, 3, temperature=0)[0, 3:].tolist()
     reqs = [
         ([SOT_ID, 464, 3797], greedy),  # the model's own greedy continuation
         (list(range(100, 130)), [7, 8, 9]),  # 33 tokens > block 16 + 1: cut from the left
