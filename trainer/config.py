@@ -602,7 +602,7 @@ def resolve_resume_config(
     return TrainConfig(**values)
 
 
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+def train_config_from_argv(argv: list[str] | None = None) -> TrainConfig:
     """Parse ``argv`` (``sys.argv[1:]`` when None) into a resolved :class:`TrainConfig`."""
     ns = vars(build_parser().parse_args(argv))
     toml_path = ns.pop("config", None)

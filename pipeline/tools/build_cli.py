@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from pipeline.tools.build_config import add_config_arguments, config_from_args
+from pipeline.tools.build_config import add_config_arguments, shard_config_from_args
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        build_shards(config_from_args(args), progress=not args.quiet)
+        build_shards(shard_config_from_args(args), progress=not args.quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

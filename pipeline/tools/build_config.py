@@ -152,6 +152,6 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
-def config_from_args(args: argparse.Namespace) -> ShardConfig:
+def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
     """The :class:`ShardConfig` of parsed ``build`` arguments (other attributes, e.g. ``quiet``, ignored)."""
     return ShardConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShardConfig)})
