@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import signal
 
-from pipeline.tools.build_config import add_config_arguments, shard_config_from_args
+from pipeline.cliconfig import add_dataclass_arguments, dataclass_from_args
+from pipeline.tools.build_config import ShardConfig
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -32,7 +33,7 @@ See pipeline/FORMAT.md for the format."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)  # every ShardConfig field, with its default and help
+    add_dataclass_arguments(p, ShardConfig, positional=("source",))  # every field, its default and help
     p.add_argument(
         "--quiet", action="store_true", help="no progress bar or summary table (warnings still print)"
     )
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        build_shards(shard_config_from_args(args), progress=not args.quiet)
+        build_shards(dataclass_from_args(ShardConfig, args), progress=not args.quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
