@@ -547,8 +547,3 @@ def _entry_error(path: Path, problems: list[str]) -> ShardFormatError:
         f"{path}: {'; '.join(problems)}; the shard does not belong to this manifest. "
         "Rebuild with `python -m pipeline build`."
     )
-
-
-def open_split(directory: str | os.PathLike[str], split: str) -> list[Shard]:
-    """Shortcut: the opened shards of one split of a finished folder."""
-    return ShardDataset(directory).shards(split)
