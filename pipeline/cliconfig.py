@@ -14,7 +14,8 @@
     ``True`` off), each value a metavar of its type, and the help states the default itself unless it
     already mentions one.
 
-Used by :mod:`pipeline.tools.build_config` (ShardConfig) and :mod:`trainer.config` (TrainConfig).
+Used by :mod:`pipeline.tools.build_config` (ShardConfig), :mod:`trainer.config` (TrainConfig) and
+:mod:`model.tools.cli_config` (SampleConfig, EvalConfig).
 """
 
 from __future__ import annotations
