@@ -1,4 +1,4 @@
-"""``SampleConfig`` and ``EvalConfig``: the settings of ``python -m model sample`` and ``eval``, validated.
+"""The settings of each ``python -m model`` command, one dataclass per command, validated.
 
 One field per flag (``max_new_tokens`` <-> ``--max-new-tokens``), its help text and argparse extras in the
 field's metadata; :mod:`pipeline.cliconfig` makes the flags (the same generator as ``build``'s and the
@@ -125,3 +125,45 @@ class EvalConfig:
     def tasks(self) -> list[str]:
         """The task names of ``--task``, in order, each once (an unknown one is a UsageError)."""
         return parse_tasks(self.task)
+
+
+@dataclass
+class ImportHFConfig:
+    """``python -m model import-hf DIR --out OUT``."""
+
+    dir: str = field(metadata=cli_field("folder holding config.json and the weights"))
+    out: str = field(
+        metadata=cli_field(
+            "a .pt file, or a run dir (written as checkpoints/step-00000000.pt)", required=True
+        )
+    )
+    overwrite: bool = field(
+        default=False, metadata=cli_field("replace an earlier import at --out (nothing else is replaced)")
+    )
+
+
+@dataclass
+class ExportHFConfig:
+    """``python -m model export-hf CHECKPOINT --out OUT``."""
+
+    checkpoint: str = field(metadata=cli_field(CHECKPOINT_HELP))
+    out: str = field(
+        metadata=cli_field(
+            "a new or empty output folder (never a run, shard or source folder)", required=True
+        )
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=cli_field(
+            "replace an earlier export-hf folder at --out, whole and atomically (nothing else is replaced)"
+        ),
+    )
+
+
+@dataclass
+class InfoConfig:
+    """``python -m model info [--checkpoint CKPT]``."""
+
+    checkpoint: str | None = field(
+        default=None, metadata=cli_field("describe this checkpoint instead of the presets")
+    )
