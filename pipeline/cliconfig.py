@@ -11,8 +11,8 @@
   - ``given_only=True`` (``python -m trainer``): an absent flag is absent from the namespace
     (``argparse.SUPPRESS``), so layered settings (preset < TOML < flags, and ``--resume``'s record) can
     tell "given" from "default". Switches get a ``--no-`` form (a flag must be able to turn a preset's
-    ``True`` off), each value a metavar of its type, and the help states the default itself unless it
-    already mentions one.
+    ``True`` off), each value a metavar of its type, and the help states the field's default itself
+    (``%(default)s`` is filled in from the field) unless it already mentions one.
 
 Used by :mod:`pipeline.tools.build_config` (ShardConfig), :mod:`trainer.config` (TrainConfig) and
 :mod:`model.tools.cli_config` (SampleConfig, EvalConfig).
@@ -80,12 +80,13 @@ def add_dataclass_arguments(
         default = field_default(f)
         if given_only:
             shown = default if default is not None else "auto" if typ is bool else "none"
-            if "default" not in help_text:
+            help_text = help_text.replace("%(default)s", str(shown))  # argparse has no default to show
+            if "default" not in help_text and default is not dataclasses.MISSING:
                 help_text += f" (default: {shown!r})" if typ is str else f" (default: {shown})"
             kwargs["default"] = argparse.SUPPRESS
             if typ is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
-            elif "choices" not in kwargs:  # with choices argparse shows them: {a,b,c}
+            elif "choices" not in kwargs and typ in METAVARS:  # with choices argparse shows {a,b,c}
                 kwargs.setdefault("type", typ)
                 kwargs.setdefault("metavar", METAVARS[typ])
         else:
