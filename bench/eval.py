@@ -6,7 +6,7 @@ the hub schemas: HellaSwag (multiple choice), LAMBADA (context + target) and Wik
 windows), cut from real OpenWebText documents when ``../shared/corpora`` is present, else from this
 repository's README. Each round times, per task, the harness (``lm_eval``'s ``HFLM`` on the export,
 built once; ``simple_evaluate`` with local YAMLs that include the harness's own task files) and
-owtgpt (:func:`model.evaluate.run_tasks` on the checkpoint), alternately so that both see the same
+owtgpt (:func:`model.tools.evaluate.run_tasks` on the checkpoint), alternately so that both see the same
 machine load; the median of ``--rounds`` is reported. Both times include reading and tokenizing
 the rows. The figures of the two must agree (accuracies equal, perplexities to 1e-4), else the
 script exits 1.
@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from model import GPT, PRESETS, GPTConfig  # noqa: E402
 from model.checkpoint import save_model  # noqa: E402
-from model.evaluate import run_tasks  # noqa: E402
 from model.hf import export_hf  # noqa: E402
+from model.tools.evaluate import run_tasks  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpora" / "owt-sample" / "train-00000-of-00001.parquet"
 TASKS = {"hellaswag": ("owt_hellaswag", "hellaswag"), "lambada": ("owt_lambada", "lambada"),

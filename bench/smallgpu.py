@@ -76,11 +76,11 @@ def child(cap_gib: float | None, out_json: Path, trainer_args: list[str]) -> int
     import torch
 
     from trainer.autobatch import OutOfMemory
-    from trainer.config import config_from_args
+    from trainer.config import train_config_from_argv
     from trainer.memplan import GiB, make_plan
     from trainer.train import train
 
-    cfg = config_from_args(trainer_args)
+    cfg = train_config_from_argv(trainer_args)
     rec: dict = {"cap_gib": cap_gib}
     if cap_gib is not None:
         total = torch.cuda.get_device_properties(0).total_memory

@@ -81,7 +81,7 @@ def write_synthetic_shards(out: Path, train_tokens: int, val_tokens: int, seed: 
 
 
 def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> dict:
-    from trainer.config import config_from_args
+    from trainer.config import train_config_from_argv
     from trainer.train import train
 
     argv = [
@@ -126,7 +126,7 @@ def run_one(data: Path, out: Path, args: argparse.Namespace, compile_: bool) -> 
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    cfg = config_from_args(argv)
+    cfg = train_config_from_argv(argv)
     res = train(cfg)
     steps = res.final_step - res.start_step
     return {

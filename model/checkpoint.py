@@ -210,7 +210,7 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, extra: dict[str, 
     write_checkpoint(path, ckpt)
 
 
-def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> GPT:
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> GPT:
     """A ``GPT`` from a loaded checkpoint dict (strict: every parameter must be present and fit)."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -277,7 +277,7 @@ def torch_load_weights(path: Path, map_location: Any = "cpu") -> Any:
 
 def _load_file(path: Path, map_location: Any) -> tuple[GPT, dict[str, Any]]:
     ckpt = torch_load_weights(path, "cpu" if str(map_location) != "meta" else "meta")
-    model = build_model(ckpt, str(path))
+    model = model_from_checkpoint(ckpt, str(path))
     check_finite(model.state_dict(), f"{path}: not usable")
     # keep only the weights (now in ``model``) and the metadata: the optimizer state of a training
     # checkpoint is twice the model's size and no use to sampling or export

@@ -6,8 +6,9 @@
   ``<|padding|>``, ``<|unknown|>``). The embedding matrix has :attr:`GPTConfig.padded_vocab_size`
   rows, rounded up to ``pad_vocab_multiple`` (50304 for 64) because matmuls whose inner/outer
   dimension is a multiple of 64 hit the fast tensor-core tiles; the extra rows are never sampled.
-* Every field is validated in ``__post_init__``; errors name the CLI flag that sets the field
-  (``--n-layer`` for ``n_layer``, the trainer's flags map one-to-one onto these fields).
+* Every field is validated in ``__post_init__``; errors name the flag that sets the field where one
+  does (``python -m trainer --n-layer`` for ``n_layer``: :data:`TRAINER_FLAGS`), else the field and this
+  file (``vocab_size`` comes from the data or a checkpoint, ``bias`` from a Hugging Face config.json).
 
 Presets are OpenAI's four GPT-2 sizes plus ``tiny`` (4 layers, 4 heads, 128 wide, 256 context),
 which trains and samples in seconds on a CPU and is what the tests and the CPU demo use.
@@ -34,6 +35,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# the fields that `python -m trainer` sets by a flag of the same name; the others have no flag
+TRAINER_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+
+
+def _named(field: str) -> str:
+    """How an error names a field: by the flag that sets it, or as a field of this file."""
+    if field in TRAINER_FLAGS:
+        return f"{field} (python -m trainer {flag(field)})"
+    return f"{field} (GPTConfig field, model/config.py; no flag sets it)"
+
+
 @dataclass
 class GPTConfig:
     """Hyper-parameters of a GPT-2 model (defaults: the 124M ``gpt2``)."""
@@ -52,21 +64,19 @@ class GPTConfig:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pad_vocab_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} ({flag(name)}) must be a positive integer, got {value!r}")
+                raise ValueError(f"{_named(name)} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"n_embd ({flag('n_embd')}) = {self.n_embd} is not divisible by n_head "
-                f"({flag('n_head')}) = {self.n_head}; pick sizes with n_embd % n_head == 0"
+                f"{_named('n_embd')} = {self.n_embd} is not divisible by {_named('n_head')} = "
+                f"{self.n_head}; pick sizes with n_embd % n_head == 0"
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout ({flag('dropout')}) must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"{_named('dropout')} must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.bias, bool):
-            raise ValueError(f"bias ({flag('bias')}) must be true or false, got {self.bias!r}")
+            raise ValueError(f"{_named('bias')} must be true or false, got {self.bias!r}")
         eps = self.layer_norm_epsilon
         if not isinstance(eps, (int, float)) or not (0.0 < eps < 1.0) or math.isnan(eps):
-            raise ValueError(
-                f"layer_norm_epsilon ({flag('layer_norm_epsilon')}) must be in (0, 1), got {eps!r}"
-            )
+            raise ValueError(f"{_named('layer_norm_epsilon')} must be in (0, 1), got {eps!r}")
         self.dropout = float(self.dropout)
         self.layer_norm_epsilon = float(eps)
 
@@ -84,7 +94,10 @@ class GPTConfig:
     def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
         """A preset (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``tiny``) with overrides."""
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r} (--preset); choose one of {', '.join(PRESETS)}")
+            raise ValueError(
+                f"unknown model preset {name!r} (python -m trainer --model); "
+                f"choose one of {', '.join(PRESETS)}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -4,8 +4,8 @@
   ``(None, mean fp32 cross-entropy)`` without building the logits (:mod:`model.loss`); target -1 is ignored.
 * Parameter names are GPT-2's (``transformer.h.N.attn.c_attn``, ``ln_f``, ...), so :mod:`model.hf` maps
   OpenAI / Hugging Face checkpoints by name (HF stores the Linear weights transposed, as ``Conv1D``).
-* A KV cache comes in as a plain ``cache`` argument (:mod:`model.kvcache`); generation lives in
-  :mod:`model.generate`, which drives this module and is never imported by it.
+* A KV cache comes in as a plain ``cache`` argument (:mod:`model.kvcache`). Generation is a function of
+  the model, ``model.generate.generate(model, idx, n)``, which drives this module and is never imported by it.
 * ``activation_checkpointing = True`` keeps only each block's input through a training forward and
   recomputes the rest in backward (``torch.utils.checkpoint``, non-reentrant; dropout masks are
   replayed from the saved RNG state, so the losses and gradients are the same bits).
@@ -16,8 +16,7 @@ README.md ("Design", Model) has the rest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -212,19 +211,3 @@ class GPT(nn.Module):
         # down, which is harmless (sampling masks them) and keeps the head a matmul-friendly width.
         loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         return None, loss
-
-    # ------------------------------------------------------------------ generation
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling: Any) -> torch.Tensor:
-        """:func:`model.generate.generate` on this model: idx (B, T) -> (B, T + n)."""
-        from model.generate import generate  # lazily: generation drives the model, not the reverse
-
-        return generate(self, idx, max_new_tokens, **sampling)
-
-    def generate_stream(
-        self, idx: torch.Tensor, max_new_tokens: int, **sampling: Any
-    ) -> Iterator[torch.Tensor]:
-        """:func:`model.generate.generate_stream` on this model: yields each new token column (B,)."""
-        from model.generate import generate_stream
-
-        return generate_stream(self, idx, max_new_tokens, **sampling)

@@ -37,13 +37,6 @@ SPECIAL_ROLES = {
     "pad_token": PAD_ID,
     "unk_token": UNK_ID,
 }
-TOKENIZER_FILES = (
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,20 +1,21 @@
 """``python -m pipeline``: build, inspect, verify and decode owtgpt shards.
 
 Subcommands are registered by their own modules (``register(subparsers)``), so this file only
-dispatches; each module stays importable without side effects. Every subcommand runs through
-:func:`pipeline.errors.run_command`: a problem the user can fix is one stderr line and exit 1
-(data or input) or 2 (usage), Ctrl-C is 130, and a traceback appears only with ``--debug`` (before
-or after the subcommand) or ``OWTGPT_DEBUG=1``.
+dispatches; each module stays importable without side effects and none imports this one back. Every
+subcommand runs through :func:`pipeline.errors.run_command`: a problem the user can fix is one stderr
+line and exit 1 (data or input) or 2 (usage), Ctrl-C is 130, and a traceback appears only with
+``--debug`` (before or after the subcommand) or ``OWTGPT_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# subcommand -> module providing ``register(subparsers)``; the parser it adds sets ``func``.
-SUBCOMMAND_MODULES = ("pipeline.tools.build_cli", "pipeline.tools.inspect_cli")
+from pipeline.tools import build_cli, inspect_cli
+
+# modules providing ``register(subparsers)``; each parser they add sets ``func``.
+SUBCOMMAND_MODULES = (build_cli, inspect_cli)
 DEBUG_HELP = "print the full traceback of an error (also OWTGPT_DEBUG=1)"
 
 
@@ -29,8 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in SUBCOMMAND_MODULES:
+        module.register(sub)
     for p in sub.choices.values():  # SUPPRESS: an absent sub-flag keeps the top-level value
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser

@@ -47,6 +47,24 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def json_type_name(value: object) -> str:
+    """A value's type as JSON names it (``null``, ``boolean``, ``number``, ``string``, ``array``,
+    ``object``), else Python's name: what an error about a record's field shows the user."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 # errno -> (what went wrong, what to do about it)
 _OS_FIXES: dict[int, tuple[str, str]] = {
     errno.ENOENT: ("does not exist", "check the path"),

@@ -617,8 +617,3 @@ def _entry_error(path: Path, problems: list[str]) -> ShardFormatError:
     return ShardFormatError(
         f"{path}: {'; '.join(problems)}; the shard does not belong to this manifest. {REPAIR}"
     )
-
-
-def open_split(directory: str | os.PathLike[str], split: str) -> list[Shard]:
-    """Shortcut: the opened shards of one split of a finished folder."""
-    return ShardDataset(directory).shards(split)

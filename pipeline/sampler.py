@@ -256,7 +256,7 @@ class _ColdPages:
 class TokenSampler:
     """Deterministic random windows of the ``split`` of a shard folder (see the module docstring).
 
-    ``num_tokens``: tokens in the split. ``tokens_per_step``: ``batch_size * seq_len`` (this rank).
+    ``num_tokens``: tokens in the split.
     ``madvise``: the cold-cache page policy (``MADV_RANDOM`` + ``MADV_WILLNEED`` of the next batch);
     it changes speed only, never the batches. ``sampling``: ``"random"`` (with replacement, any start)
     or ``"permutation"`` (each window of the epoch once; ``epoch_windows`` of them, else ``None``).
@@ -312,7 +312,6 @@ class TokenSampler:
             self._order = BatchOrder(self.index.total, self.seed, batch_size=b, rank=r, world_size=w)
         self.epoch_windows: int | None = self.index.total if self._order is not None else None
         self.num_tokens = int(self.index.lengths.sum())
-        self.tokens_per_step = self.batch_size * self.seq_len
         self._lock = threading.Lock()  # get_batch and the prefetch thread share the staging ring
         self._prefetchers: set[_Prefetcher] = set()
         self._closed = False
@@ -528,10 +527,6 @@ class ValWindows:
         g = np.array([k * total // self.num_windows for k in range(self.num_windows)], dtype=np.int64)
         self.shard_ids, self.starts = self.index.locate(g)  # all windows, in window order
         self._mine = np.arange(self.rank, self.num_windows, self.world_size)
-
-    @property
-    def num_local_windows(self) -> int:
-        return len(self._mine)
 
     def __len__(self) -> int:
         return -(-len(self._mine) // self.batch_size)

@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"error (rank {os.environ['RANK']}): " if "RANK" in os.environ else "error: "
 
     def body() -> int:
-        from trainer.config import config_from_args
+        from trainer.config import train_config_from_argv
         from trainer.train import train
 
         try:
-            train(config_from_args(argv))
+            train(train_config_from_argv(argv))
         except KeyboardInterrupt:
             if os.environ.get("RANK", "0") != "0":  # a second Ctrl-C reaches every rank: rank 0 says it
                 return EXIT_INTERRUPTED

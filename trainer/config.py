@@ -1,7 +1,7 @@
 """``TrainConfig``: every trainer knob in one typed, validated dataclass, and its TOML and CLI.
 
 * One field per CLI flag (``micro_batch`` <-> ``--micro-batch``) with its help text in the field's
-  metadata; ``python -m trainer --help`` is generated from the fields.
+  metadata; ``python -m trainer --help`` is generated from the fields (:mod:`pipeline.cliconfig`).
 * Precedence (:func:`resolve_config`): defaults < ``--preset`` (:mod:`trainer.presets`) < ``--config
   FILE.toml`` < explicit flags; argparse defaults are suppressed so "given on the command line" is exact.
   With ``--resume`` the run's recorded settings come first (:func:`resolve_resume_config`).
@@ -17,12 +17,12 @@ import difflib
 import math
 import os
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.cliconfig import add_dataclass_arguments, base_type, cli_field
 from pipeline.errors import ConfigError, UsageError, flag
 from trainer.presets import PRESETS
 
@@ -55,8 +55,7 @@ INT_MINIMA: dict[str, int] = {
 }  # fmt: skip
 
 
-def _h(help: str) -> dict[str, str]:
-    return {"help": help}
+_h = cli_field  # short: every field below has one
 
 
 @dataclass
@@ -318,7 +317,7 @@ class TrainConfig:
 
     def eval_task_names(self) -> list[str]:
         """The tasks of ``--eval-tasks`` in order (empty when none)."""
-        from model.eval_tasks import parse_tasks
+        from model.tools.eval_tasks import parse_tasks
 
         return parse_tasks(self.eval_tasks) if self.eval_tasks.strip() else []
 
@@ -427,17 +426,9 @@ HIDDEN = ("debug_nan_at_step",)  # accepted but not in --help: fault injection f
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
-def _base_type(hint: Any) -> tuple[type, bool]:
-    """(the non-None type, whether None is allowed) of a field annotation."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
-
-
 def coerce(name: str, value: Any, where: str) -> Any:
     """Check/convert ``value`` for field ``name``; ``where`` names its origin in errors."""
-    typ, optional = _base_type(_HINTS[name])
+    typ, optional = base_type(_HINTS[name])
     if name == "micro_batch" and value == "auto":
         return None  # None is auto: resolved on the device by trainer.autobatch
     if value is None:
@@ -515,29 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--debug", action="store_true", help="print the full traceback of an error (or OWTGPT_DEBUG=1)"
     )
-    for f in dataclasses.fields(TrainConfig):
-        typ, _ = _base_type(_HINTS[f.name])
-        default = f.default if f.default is not None else "auto" if typ is bool else "none"
-        help_text = f.metadata["help"]
-        if "default" not in help_text:
-            help_text += f" (default: {default!r})" if typ is str else f" (default: {default})"
-        if f.name in HIDDEN:
-            help_text = argparse.SUPPRESS
-        if typ is bool:
-            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
-        elif f.name == "preset":
-            p.add_argument(flag(f.name), choices=list(PRESETS), help=help_text)
-        elif f.name == "precision":
-            p.add_argument(flag(f.name), choices=PRECISIONS, help=help_text)
-        elif f.name == "device":
-            p.add_argument(flag(f.name), choices=DEVICES, help=help_text)
-        elif f.name == "sdpa_backend":
-            p.add_argument(flag(f.name), choices=SDPA_BACKENDS, help=help_text)
-        elif f.name == "micro_batch":
-            p.add_argument(flag(f.name), type=_micro_batch_arg, metavar="N|auto", help=help_text)
-        else:
-            metavar = {int: "N", float: "X", str: "TEXT", Path: "DIR"}[typ]
-            p.add_argument(flag(f.name), type=typ, metavar=metavar, help=help_text)
+    add_dataclass_arguments(p, TrainConfig, given_only=True, hidden=HIDDEN, extra=FLAG_EXTRAS)
     return p
 
 
@@ -549,6 +518,16 @@ def _micro_batch_arg(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor auto") from None
+
+
+# add_argument keywords beyond what a field's type gives (the choices are checked in __post_init__ too)
+FLAG_EXTRAS: dict[str, dict[str, Any]] = {
+    "preset": {"choices": list(PRESETS)},
+    "precision": {"choices": PRECISIONS},
+    "device": {"choices": DEVICES},
+    "sdpa_backend": {"choices": SDPA_BACKENDS},
+    "micro_batch": {"type": _micro_batch_arg, "metavar": "N|auto"},
+}
 
 
 def resolve_config(
@@ -602,7 +581,7 @@ def resolve_resume_config(
     return TrainConfig(**values)
 
 
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+def train_config_from_argv(argv: list[str] | None = None) -> TrainConfig:
     """Parse ``argv`` (``sys.argv[1:]`` when None) into a resolved :class:`TrainConfig`."""
     ns = vars(build_parser().parse_args(argv))
     toml_path = ns.pop("config", None)

@@ -10,6 +10,7 @@ import re
 import torch
 from torch import nn
 
+from model.generate import generate
 from model.gpt import GPT
 from model.loss import IGNORE_INDEX
 from model.sdpa import sdpa_context
@@ -53,7 +54,7 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
     names = cfg.eval_task_names()
     if not names:
         return None
-    from model.evaluate import TaskEvaluator
+    from model.tools.evaluate import TaskEvaluator
 
     assert cfg.micro_batch is not None  # --micro-batch auto is resolved before the evaluator is built
     batch_size = cfg.micro_batch
@@ -102,6 +103,6 @@ def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, autocast) ->
     was_training = model.training
     model.eval()
     with autocast(), sdpa_context("default"):  # cached attention with a mask: any kernel that takes one
-        out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
+        out = generate(model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=gen)
     model.train(was_training)
     return decode(out[0, 1:].tolist(), enc)

@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import CKPT_DIRNAME, CheckpointError, build_model, list_checkpoints, load_model
+from model.checkpoint import (
+    CKPT_DIRNAME,
+    CheckpointError,
+    list_checkpoints,
+    load_model,
+    model_from_checkpoint,
+)
 from model.config import GPTConfig
 from model.gpt import GPT
 from pipeline.errors import ConfigError, flag
@@ -244,6 +250,6 @@ def initial_model(model_config: GPTConfig, source: InitSource) -> GPT:
         k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
         for k, v in source.model.state_dict().items()
     }
-    return build_model(
+    return model_from_checkpoint(
         {"model": state, "model_config": model_config.to_dict()}, f"--init-from {source.record['source']}"
     )

@@ -2,8 +2,9 @@
 
 * Only rank 0 observes; other ranks get an :class:`Observer` whose methods do nothing.
 * A rich progress bar on a terminal (or ``--progress``), else a flushed plain line every ``--log-every``
-  steps. TensorBoard gets :data:`TB_SCALARS` (and ``val/<task>_<metric>``); on resume it purges events
-  after the resumed step, so the curve stays one line.
+  steps. TensorBoard gets ``train/loss``, ``train/ppl``, ``val/loss``, ``val/ppl``, :data:`STEP_SCALARS`
+  (and ``val/<task>_<metric>``); on resume it purges events after the resumed step, so the curve stays
+  one line.
 * ``metrics.jsonl``: one JSON object per step and per eval, appended and flushed. A resume first drops
   (atomically) the records of the steps it will redo, those logged after the checkpoint it resumes
   from, as TensorBoard's ``purge_step`` drops their events: every step appears once.
@@ -68,7 +69,6 @@ def peak_tflops_for_name(name: str) -> float | None:
 
 # a step record's fields that go to TensorBoard under their own names
 STEP_SCALARS = ("lr", "grad_norm", "tokens_per_s", "mfu", "step_time_ms", "gpu_peak_mem_gib", "bad_steps")
-TB_SCALARS = ("train/loss", "train/ppl", "val/loss", "val/ppl", *STEP_SCALARS)
 
 
 def peak_tflops_for(device: torch.device, override: float | None = None) -> float | None:

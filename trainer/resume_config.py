@@ -2,7 +2,7 @@
 
 ``RUN/config.json`` (:func:`trainer.rundir.write_run_info`, at every start) records the resolved
 :class:`~trainer.config.TrainConfig`. ``--resume`` starts from that record, so no flag of the original
-command needs repeating (:func:`trainer.config.config_from_args`). A setting given with it (flag or
+command needs repeating (:func:`trainer.config.train_config_from_argv`). A setting given with it (flag or
 ``--config`` TOML) replaces the recorded one only when it is in :data:`MAY_CHANGE` (how long the run goes,
 how often it evaluates, logs and saves, where and how fast it runs) or equals the record. Anything else
 would make it another run (model shape, data order, seed, batch, learning rate, optimizer, and every

@@ -30,7 +30,7 @@ DATA_STREAM_KEYS = (
 )  # fmt: skip
 
 
-def build_model(cfg: TrainConfig, model_config, device: torch.device, source=None) -> GPT:
+def build_train_model(cfg: TrainConfig, model_config, device: torch.device, source=None) -> GPT:
     """The freshly initialised model of a run: a pure function of ``--seed`` (same on every rank),
     or the weights of ``source`` (``--init-from``, :mod:`trainer.init_from`)."""
     torch.manual_seed(cfg.seed)

@@ -41,7 +41,7 @@ from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evalu
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
 from trainer.optim import lr_at, make_optimizer, set_lr
 from trainer.rundir import check_run_dir, prepare_run_dir, run_folder_lock, write_run_info
-from trainer.state import RunState, build_model
+from trainer.state import RunState, build_train_model
 
 
 class NonFiniteError(RuntimeError):
@@ -230,7 +230,7 @@ class _Run:
     fwd_model: nn.Module  # compiled, and DDP-wrapped when distributed: the training forward/backward
     eval_model: nn.Module  # compiled too (its own fixed-shape graph), never through DDP
     val: ValWindows | None
-    tasks: Any  # model.evaluate.TaskEvaluator, or None without --eval-tasks
+    tasks: Any  # model.tools.evaluate.TaskEvaluator, or None without --eval-tasks
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_accum: int
     obs: Observer
@@ -269,7 +269,7 @@ def _run(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    model = build_model(cfg, model_config, device, init.source)
+    model = build_train_model(cfg, model_config, device, init.source)
     model.activation_checkpointing = bool(cfg.activation_checkpointing)  # before compile traces it
     init.source = None  # the source's own copy of the weights is no longer needed
     optimizer = make_optimizer(model, cfg, device.type)

@@ -14,8 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
+from pipeline.cliconfig import add_dataclass_arguments, dataclass_from_args
 from pipeline.fsutil import TMP_MARKER
-from pipeline.tools.build_config import add_config_arguments, config_from_args
+from pipeline.tools.build_config import ShardConfig
 
 DESCRIPTION = """\
 Tokenize a corpus once into checked, memory-mapped uint16 shards (GPT-2 BPE via tiktoken; each
@@ -40,7 +41,7 @@ See pipeline/FORMAT.md for the format."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)  # every ShardConfig field, with its default and help
+    add_dataclass_arguments(p, ShardConfig, positional=("source",))  # every field, its default and help
     p.add_argument(
         "--quiet", action="store_true", help="no progress bar or summary table (warnings still print)"
     )
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """The ``build`` subcommand's body; failures are turned into one line by ``run_command``."""
     from pipeline.tools.build import build_shards
 
-    cfg = config_from_args(args)
+    cfg = dataclass_from_args(ShardConfig, args)
     handler = _Interrupts(Path(cfg.out).resolve())
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -110,14 +111,3 @@ def register(subparsers) -> argparse.ArgumentParser:
         func=run, on_interrupt="interrupted: finished shards are kept; rerun the same command to resume"
     )
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.tools.build_cli ARGS`` is ``python -m pipeline build ARGS`` (used by tests)."""
-    from pipeline.__main__ import main as pipeline_main
-
-    return pipeline_main(["build", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,17 @@
 """``ShardConfig``: the settings of one build, validated; ``python -m pipeline build``'s flags come from it.
 
 One field per flag (``shard_tokens`` <-> ``--shard-tokens``), its help text and argparse extras in the
-field's metadata, so defaults and help live in one place (:func:`add_config_arguments`). Which settings
-change the output bytes: pipeline/FORMAT.md, "manifest.json".
+field's metadata, so defaults and help live in one place; :mod:`pipeline.cliconfig` makes the flags.
+Which settings change the output bytes: pipeline/FORMAT.md, "manifest.json".
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from pipeline.cliconfig import cli_field
 from pipeline.errors import ConfigError, UserError
 from pipeline.tools.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURCE_FORMATS
 
@@ -22,11 +19,6 @@ from pipeline.tools.sources import DEFAULT_CHUNK_BYTES, DEFAULT_TEXT_GLOB, SOURC
 class BuildError(UserError):
     """The build cannot proceed (conflicting output, empty corpus, bad record, full disk); the message
     says what to do. Exit status 1 through :func:`pipeline.errors.run_command`."""
-
-
-def _flag(help: str, **argparse_kwargs: Any) -> dict[str, Any]:
-    """Field metadata: the flag's help (``%(default)s`` allowed) and any extra ``add_argument`` kwargs."""
-    return {"help": help, "argparse": argparse_kwargs}
 
 
 @dataclass
@@ -38,74 +30,78 @@ class ShardConfig:
     """
 
     source: str = field(
-        metadata=_flag(
+        metadata=cli_field(
             "corpus: hub name, parquet, jsonl[.zst|.gz], Skylion layout or folder", metavar="SOURCE"
         )
     )
-    out: Path = field(metadata=_flag("output folder for the shards and manifest.json", required=True))
+    out: Path = field(metadata=cli_field("output folder for the shards and manifest.json", required=True))
     workers: int = field(
         default_factory=lambda: os.cpu_count() or 1,
-        metadata=_flag(
+        metadata=cli_field(
             "tokenizer worker processes (default: all cores, %(default)s); output does not depend on it"
         ),
     )
     shard_tokens: int = field(
         default=100_000_000,  # x 2 bytes = 200 MB per shard
-        metadata=_flag(
+        metadata=cli_field(
             "tokens per shard, at most (a document never straddles shards) (default %(default)s = 200 MB)"
         ),
     )
     val_fraction: float = field(
         default=0.0005,
-        metadata=_flag("fraction of documents that go to the val split (default %(default)s, as nanoGPT)"),
+        metadata=cli_field(
+            "fraction of documents that go to the val split (default %(default)s, as nanoGPT)"
+        ),
     )
     seed: int = field(
-        default=0, metadata=_flag("picks which documents go to val, deterministically (default 0)")
+        default=0, metadata=cli_field("picks which documents go to val, deterministically (default 0)")
     )
     streaming: bool = field(
         default=False,
-        metadata=_flag("hub sources: stream rows instead of downloading the dataset to the cache first"),
+        metadata=cli_field("hub sources: stream rows instead of downloading the dataset to the cache first"),
     )
     overwrite: bool = field(
         default=False,
-        metadata=_flag(
+        metadata=cli_field(
             "replace an earlier build in --out (only a folder a build wrote; the new one is built in "
             "DIR/.overwrite and swapped in at the end, so the old one stays whole until then)"
         ),
     )
     text_glob: str = field(
         default=DEFAULT_TEXT_GLOB,
-        metadata=_flag(
+        metadata=cli_field(
             "folder sources: comma-separated file name globs, e.g. '*.md,*.py' (default %(default)s); "
             "giving one makes an auto-detected folder a text folder, whatever else it holds"
         ),
     )
     text_field: str = field(
-        default="text", metadata=_flag("jsonl field / parquet or hub column with the text (default text)")
+        default="text", metadata=cli_field("jsonl field / parquet or hub column with the text (default text)")
     )
     source_format: str = field(
         default="auto",
-        metadata=_flag(
+        metadata=cli_field(
             "how to read SOURCE (default auto: Skylion, then parquet, then jsonl, then text files)",
             choices=SOURCE_FORMATS,
         ),
     )
-    hf_config: str | None = field(default=None, metadata=_flag("hub sources: dataset configuration name"))
-    hf_split: str = field(default="train", metadata=_flag("hub sources: which split to read (default train)"))
+    hf_config: str | None = field(default=None, metadata=cli_field("hub sources: dataset configuration name"))
+    hf_split: str = field(
+        default="train", metadata=cli_field("hub sources: which split to read (default train)")
+    )
     hf_revision: str | None = field(
         default=None,
-        metadata=_flag(
+        metadata=cli_field(
             "hub sources: git revision (e.g. refs/convert/parquet); default: main, falling back "
             "to refs/convert/parquet for script-based datasets"
         ),
     )
     chunk_bytes: int = field(
         default=DEFAULT_CHUNK_BYTES,
-        metadata=_flag("text bytes per worker task (default %(default)s); output does not depend on it"),
+        metadata=cli_field("text bytes per worker task (default %(default)s); output does not depend on it"),
     )
     skip_bad_records: bool = field(
         default=False,
-        metadata=_flag(
+        metadata=cli_field(
             "skip records whose text is not a string (number, list, object, null) and count "
             "them, instead of stopping at the first one"
         ),
@@ -131,28 +127,3 @@ class ShardConfig:
             raise ConfigError(f"--source-format {self.source_format!r}: expected one of {SOURCE_FORMATS}")
         if self.chunk_bytes < 1024:
             raise ConfigError(f"--chunk-bytes {self.chunk_bytes}: must be >= 1024")
-
-
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """One argument per :class:`ShardConfig` field, in field order; ``source`` is the positional."""
-    hints = typing.get_type_hints(ShardConfig)
-    for f in dataclasses.fields(ShardConfig):
-        kwargs = dict(f.metadata["argparse"], help=f.metadata["help"])
-        typ = hints[f.name]
-        if f.name == "source":
-            p.add_argument(f.name, **kwargs)
-            continue
-        if f.default is not dataclasses.MISSING:
-            kwargs["default"] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            kwargs["default"] = f.default_factory()  # e.g. --workers: this machine's core count
-        if typ is bool:
-            kwargs["action"] = "store_true"
-        elif typ in (int, float, Path):
-            kwargs["type"] = typ
-        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-
-
-def config_from_args(args: argparse.Namespace) -> ShardConfig:
-    """The :class:`ShardConfig` of parsed ``build`` arguments (other attributes, e.g. ``quiet``, ignored)."""
-    return ShardConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShardConfig)})

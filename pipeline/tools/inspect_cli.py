@@ -402,10 +402,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (see description)")
     p.set_defaults(func=cmd_show)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``main(["stats", DIR, ...])`` is ``python -m pipeline stats DIR ...`` (used by the tests)."""
-    from pipeline.__main__ import main as pipeline_main
-
-    return pipeline_main(argv)

@@ -15,6 +15,8 @@ import lzma
 import tarfile
 from dataclasses import dataclass, field
 
+from pipeline.errors import json_type_name
+
 SKYLION_POS_SHIFT = 24  # Skylion positions: subset_index << 24 | member_index
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -69,23 +71,8 @@ def _clean_str(s: str) -> tuple[str, bool]:
         return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace"), True
 
 
-def type_name(v: object) -> str:
-    """A value's type as JSON names it (``null``, ``number``, ``array`` ...), else Python's name."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
 def _bad(where: str, record: str, text_field: str, v: object) -> str:
-    name = type_name(v)
+    name = json_type_name(v)
     what = name if name == "null" else f"an {name}" if name[0] in "aeiou" else f"a {name}"
     return f"{where}: {record}: the {text_field!r} value is {what}, not a string"
 

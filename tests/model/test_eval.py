@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.checkpoint import save_model
-from model.cli import main
-from model.eval_tasks import (
+from model.generate import generate
+from model.tools.cli import main
+from model.tools.eval_tasks import (
     encode_pair,
     hellaswag_item,
     lambada_item,
@@ -28,7 +29,7 @@ from model.eval_tasks import (
     wikitext_counts,
     wikitext_detokenize,
 )
-from model.evaluate import Scorer, task_metrics, task_sums
+from model.tools.evaluate import Scorer, task_metrics, task_sums
 from pipeline.errors import UsageError
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 
@@ -157,7 +158,7 @@ def test_scorer_matches_full_sequence_log_softmax():
     with torch.no_grad():
         model.lm_head.weight[VOCAB_SIZE:] = 5.0  # padded rows with large logits: they must not count
         prompt = torch.tensor([[SOT_ID, 464, 3797]])
-        greedy = model.generate(prompt, 3, temperature=0)[0, 3:].tolist()
+        greedy = generate(model, prompt, 3, temperature=0)[0, 3:].tolist()
     reqs = [
         ([SOT_ID, 464, 3797], greedy),  # the model's own greedy continuation
         (list(range(100, 130)), [7, 8, 9]),  # 33 tokens > block 16 + 1: cut from the left
@@ -362,10 +363,10 @@ def test_malformed_eval_row_is_one_line_through_the_cli(uniform_ckpt, tmp_path):
     "task, line, message",
     [
         ("hellaswag", _hella(ctx_b=None), "line 1: field 'ctx_b' is null"),
-        ("hellaswag", _hella(activity_label=["a"]), "line 1: field 'activity_label' is a list ([\"a\"])"),
+        ("hellaswag", _hella(activity_label=["a"]), "line 1: field 'activity_label' is an array ([\"a\"])"),
         ("hellaswag", _hella(endings="pours it."), "field 'endings' is a string"),
         ("hellaswag", _hella(endings=["a", 7]), "field 'endings' item 1 is a number (7)"),
-        ("hellaswag", _hella(endings=[]), "field 'endings' is a list ([])"),
+        ("hellaswag", _hella(endings=[]), "field 'endings' is an array ([])"),
         ("hellaswag", _hella(label=None), "field 'label' is null"),
         ("hellaswag", _hella(label="x"), "field 'label' is a string (\"x\")"),
         ("hellaswag", _hella(label=2), "field 'label' is a number (2)"),
@@ -373,7 +374,7 @@ def test_malformed_eval_row_is_one_line_through_the_cli(uniform_ckpt, tmp_path):
         ("lambada", '{"text": 17}', "line 1: field 'text' is a number (17)"),
         ("lambada", '{"text": null}', "line 1: field 'text' is null"),
         ("lambada", '{"txt": "a b"}', "line 1: no field 'text'"),
-        ("lambada", '["a b"]', "line 1 is a JSON list, not an object"),
+        ("lambada", '["a b"]', "line 1 is a JSON array, not an object"),
         ("wikitext2", '{"page": {"title": "x"}}', "line 1: field 'page' is an object"),
         ("wikitext2", '{"page": ""}', "line 1: field 'page' is an empty string"),
     ],

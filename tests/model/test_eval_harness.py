@@ -19,8 +19,8 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import save_model
-from model.cli import main as model_main
-from model.eval_tasks import hellaswag_item, wikitext_detokenize
+from model.tools.cli import main as model_main
+from model.tools.eval_tasks import hellaswag_item, wikitext_detokenize
 from pipeline.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 from tests.textgen import make_docs
 

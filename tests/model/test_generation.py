@@ -10,6 +10,7 @@ from model import GPT, GPTConfig
 from model.generate import (
     KVCache,
     context_start,
+    generate,
     generate_stream,
     next_token_probs,
     resolve_cache_mode,
@@ -34,7 +35,7 @@ def short() -> GPT:
 
 
 def greedy(model: GPT, idx: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-    return model.generate(idx, n, temperature=0, stop_at_eot=False, use_cache=use_cache)
+    return generate(model, idx, n, temperature=0, stop_at_eot=False, use_cache=use_cache)
 
 
 @pytest.mark.parametrize("prompt_len", [1, 17])
@@ -95,14 +96,14 @@ def test_top_k_1_and_tiny_top_p_are_greedy(tiny):
     idx = torch.randint(0, VOCAB_SIZE, (2, 5), generator=torch.Generator().manual_seed(4))
     want = greedy(tiny, idx, 20, use_cache=True)
     g = torch.Generator().manual_seed(123)
-    got_k = tiny.generate(idx, 20, temperature=1.5, top_k=1, stop_at_eot=False, generator=g)
-    got_p = tiny.generate(idx, 20, temperature=1.5, top_p=1e-6, stop_at_eot=False, generator=g)
+    got_k = generate(tiny, idx, 20, temperature=1.5, top_k=1, stop_at_eot=False, generator=g)
+    got_p = generate(tiny, idx, 20, temperature=1.5, top_p=1e-6, stop_at_eot=False, generator=g)
     assert torch.equal(got_k, want) and torch.equal(got_p, want)
 
 
 def test_sampling_is_reproducible_with_a_generator(tiny):
     idx = torch.zeros(1, 1, dtype=torch.long)
-    runs = [tiny.generate(idx, 30, temperature=1.0, stop_at_eot=False,
+    runs = [generate(tiny, idx, 30, temperature=1.0, stop_at_eot=False,
                           generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]  # fmt: skip
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
@@ -124,8 +125,8 @@ def test_padded_ids_are_never_produced(tiny):
     rigged = _rigged(tiny, slice(VOCAB_SIZE, None))  # every padded row is the best logit by far
     idx = torch.zeros(4, 1, dtype=torch.long)
     for kwargs in (dict(temperature=0), dict(temperature=1.0), dict(temperature=5.0, top_k=50, top_p=0.5)):
-        out = rigged.generate(
-            idx, 10, stop_at_eot=False, generator=torch.Generator().manual_seed(0), **kwargs
+        out = generate(
+            rigged, idx, 10, stop_at_eot=False, generator=torch.Generator().manual_seed(0), **kwargs
         )
         assert int(out.max()) < VOCAB_SIZE, kwargs
 
@@ -133,9 +134,9 @@ def test_padded_ids_are_never_produced(tiny):
 def test_stop_at_eot(tiny):
     rigged = _rigged(tiny, EOT_ID)
     idx = torch.zeros(2, 3, dtype=torch.long)
-    out = rigged.generate(idx, 10, temperature=0)
+    out = generate(rigged, idx, 10, temperature=0)
     assert out.tolist() == [[0, 0, 0, EOT_ID]] * 2
-    assert rigged.generate(idx, 10, temperature=0, stop_at_eot=False).shape == (2, 13)
+    assert generate(rigged, idx, 10, temperature=0, stop_at_eot=False).shape == (2, 13)
 
 
 def test_finished_rows_are_padded():
@@ -157,7 +158,7 @@ def test_finished_rows_are_padded():
         model.transformer.wte.weight[A] = u
         model.transformer.wte.weight[EOT_ID] = 100 * u
         model.transformer.wte.weight[B] = 100 * v
-    out = model.generate(torch.tensor([[A], [B]]), 5, temperature=0)
+    out = generate(model, torch.tensor([[A], [B]]), 5, temperature=0)
     assert out.tolist() == [[A, EOT_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID], [B] * 6]
 
 
@@ -198,24 +199,24 @@ def test_next_token_probs_against_explicit_formulas():
 def test_bad_sampling_arguments(tiny, kwargs, match):
     args = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
-        tiny.generate(torch.zeros(1, 1, dtype=torch.long), **args)
+        generate(tiny, torch.zeros(1, 1, dtype=torch.long), **args)
 
 
 def test_generate_restores_training_mode(tiny):
     tiny.train()
     try:
-        tiny.generate(torch.zeros(1, 1, dtype=torch.long), 2)
+        generate(tiny, torch.zeros(1, 1, dtype=torch.long), 2)
         assert tiny.training
     finally:
         tiny.eval()
-    assert tiny.generate(torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
+    assert generate(tiny, torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
 
 
 def test_bad_prompts_fail_at_call_time(tiny):
     with pytest.raises(ValueError, match=r"\[0, 50260\)"):
-        tiny.generate_stream(torch.tensor([[5, VOCAB_SIZE]]), 3)  # no iteration needed
+        generate_stream(tiny, torch.tensor([[5, VOCAB_SIZE]]), 3)  # no iteration needed
     with pytest.raises(ValueError, match="batch, time"):
-        tiny.generate(torch.zeros(3, dtype=torch.long), 3)
+        generate(tiny, torch.zeros(3, dtype=torch.long), 3)
 
 
 # ---------------------------------------------------------------------------- static cache (CUDA-graph ready)

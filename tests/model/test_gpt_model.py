@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -45,19 +46,27 @@ def test_presets_and_padded_vocab():
 
 
 @pytest.mark.parametrize(
-    "kwargs, flag",
+    "kwargs, named",
     [
         (dict(n_layer=0), "--n-layer"),
         (dict(n_embd=100, n_head=12), "--n-head"),
         (dict(dropout=1.0), "--dropout"),
         (dict(block_size=-4), "--block-size"),
-        (dict(vocab_size=2.5), "--vocab-size"),
-        (dict(layer_norm_epsilon=0.0), "--layer-norm-epsilon"),
+        (dict(vocab_size=2.5), "vocab_size (GPTConfig field, model/config.py"),
+        (dict(pad_vocab_multiple=0), "pad_vocab_multiple (GPTConfig field, model/config.py"),
+        (dict(bias=1), "bias (GPTConfig field, model/config.py"),
+        (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon (GPTConfig field, model/config.py"),
     ],
 )
-def test_config_errors_name_the_flag(kwargs, flag):
-    with pytest.raises(ValueError, match=flag):
+def test_config_errors_name_a_real_flag_or_the_field(kwargs, named):
+    from trainer.config import build_parser
+
+    with pytest.raises(ValueError) as e:
         GPTConfig(**kwargs)
+    assert named in str(e.value)
+    # every flag an error names is one that `python -m trainer` really has
+    real = {o for a in build_parser()._actions for o in a.option_strings}
+    assert set(re.findall(r"--[a-z][a-z0-9-]*", str(e.value))) <= real, str(e.value)
 
 
 def test_config_rejects_unknown_names():

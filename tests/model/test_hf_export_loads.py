@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.checkpoint import load_model, save_model
-from model.cli import main as model_main
+from model.generate import generate
 from model.hf import export_hf
+from model.tools.cli import main as model_main
 from pipeline.tokenizer import SOT_ID, VOCAB_SIZE, get_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -44,7 +45,7 @@ def export_dir(ours, tmp_path_factory) -> Path:
 
 
 def greedy(model: GPT, ids: list[int], n: int) -> list[int]:
-    out = model.generate(torch.tensor([ids]), n, temperature=0.0)
+    out = generate(model, torch.tensor([ids]), n, temperature=0.0)
     return out[0, len(ids) :].tolist()
 
 

@@ -10,7 +10,8 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, load_model, save_model
-from model.cli import TokenStreamDecoder, main
+from model.generate import generate
+from model.tools.cli import TokenStreamDecoder, main
 from pipeline.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_sample_prints_prompt_and_greedy_continuation(run_dir, capsys):
     model, _ = load_model(run_dir)
     enc = get_tokenizer()
     idx = torch.tensor([[SOT_ID, *enc.encode_ordinary(prompt)]])
-    new = model.generate(idx, 20, temperature=0)[0, idx.size(1) :].tolist()
+    new = generate(model, idx, 20, temperature=0)[0, idx.size(1) :].tolist()
     if EOT_ID in new:
         new = new[: new.index(EOT_ID)]
     assert out == prompt + enc.decode(new, errors="replace") + "\n"

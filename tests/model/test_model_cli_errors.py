@@ -14,7 +14,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, first_nonfinite, save_model
-from model.cli import main
+from model.tools.cli import main
 from tests.cli import one_error, run_module, snapshot
 from tests.trainer.conftest import run_faulty
 
@@ -113,9 +113,9 @@ def test_long_prompt_keeps_the_last_context_of_tokens(files):
     assert f"--prompt is {n} tokens" in warning and f"first {n - 64} tokens are dropped" in warning
     assert "conditions on the last 64" in warning
     model = torch.load(files["good"], weights_only=True)
-    from model.checkpoint import build_model
+    from model.checkpoint import model_from_checkpoint
 
-    gpt = build_model(model).eval()
+    gpt = model_from_checkpoint(model).eval()
     with torch.no_grad():  # an independent reference: one forward pass over the last 64 ids
         logits, _ = gpt(torch.tensor([ids[-64:]]))
     want = int(logits[0, -1, : gpt.config.vocab_size].argmax())

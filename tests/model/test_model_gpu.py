@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
+from model.generate import generate
 from pipeline.tokenizer import VOCAB_SIZE
 
 pytestmark = pytest.mark.gpu
@@ -65,8 +66,8 @@ def test_cached_greedy_equals_uncached_on_cuda(pair):
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # a trainer test may have turned TF32 on
     try:
-        a = gpu.generate(idx, 64, temperature=0, stop_at_eot=False, use_cache=True)
-        b = gpu.generate(idx, 64, temperature=0, stop_at_eot=False, use_cache=False)
+        a = generate(gpu, idx, 64, temperature=0, stop_at_eot=False, use_cache=True)
+        b = generate(gpu, idx, 64, temperature=0, stop_at_eot=False, use_cache=False)
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.equal(a, b)
@@ -99,7 +100,7 @@ def test_cuda_graph_greedy_equals_uncached_and_static(pair, exact_fp32, prompt_l
     graph = _stream(gpu, idx, 64, "graph")
     assert torch.equal(graph, _stream(gpu, idx, 64, "auto", use_cache=False))
     assert torch.equal(graph, _stream(gpu, idx, 64, "static"))  # the same kernels, eager
-    assert torch.equal(gpu.generate(idx, 64, temperature=0, stop_at_eot=False), graph)  # auto = graph
+    assert torch.equal(generate(gpu, idx, 64, temperature=0, stop_at_eot=False), graph)  # auto = graph
 
 
 def test_cuda_graph_past_the_context_window(exact_fp32):

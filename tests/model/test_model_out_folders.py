@@ -20,7 +20,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.checkpoint import checkpoint_path, load_model, save_model
-from model.cli import main
+from model.tools.cli import main
 from pipeline.fsutil import EXPORT_MARKER
 from tests.cli import one_error, run_module, snapshot
 

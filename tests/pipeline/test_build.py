@@ -285,7 +285,7 @@ def test_cli_help_documents_every_field() -> None:
     from dataclasses import fields
 
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.build_cli", "--help"],
+        [sys.executable, "-m", "pipeline", "build", "--help"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -328,14 +328,14 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     ]
     out = tmp_path / "killed"
     rc = _kill_when_first_shard_done(
-        [sys.executable, "-m", "pipeline.tools.build_cli", *args, "--out", str(out)], out
+        [sys.executable, "-m", "pipeline", "build", *args, "--out", str(out)], out
     )
     assert rc == -signal.SIGKILL
     assert not (out / MANIFEST_NAME).exists(), "the build finished before it could be killed"
     kept = read_state(out)["splits"]["train"]
     assert kept
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.build_cli", *args, "--out", str(out)],
+        [sys.executable, "-m", "pipeline", "build", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -359,7 +359,8 @@ def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path: Path, sig: int) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.tools.build_cli",
+        "pipeline",
+        "build",
         str(src),
         "--out",
         str(out),

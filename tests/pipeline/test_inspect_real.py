@@ -15,7 +15,7 @@ import pytest
 import tiktoken
 import zstandard
 
-from pipeline.tools.inspect_cli import main
+from pipeline.__main__ import main
 from pipeline.tools.verify import verify_dataset
 
 SOT = 50257

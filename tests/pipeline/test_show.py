@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tiktoken
 
+from pipeline.__main__ import main
 from pipeline.format import Manifest
-from pipeline.tools.inspect_cli import main
 from tests.pipeline.test_stats import build_folder
 from tests.textgen import make_docs
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from pipeline.tools.inspect_cli import main
+from pipeline.__main__ import main
 from pipeline.tools.stats import compute_stats, length_histogram, top_ordinary_tokens
 from tests.textgen import make_docs
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.__main__ import main
 from pipeline.format import HEADER_SIZE, Manifest, open_shard, read_header
-from pipeline.tools.inspect_cli import main
 from pipeline.tools.stats import compute_stats
 from pipeline.tools.verify import errors, verify_dataset
 from tests.pipeline.test_stats import build_folder

@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
     if cli == "trainer":
         from trainer.__main__ import main as entry
     else:
-        from model.cli import main as entry
+        from model.tools.cli import main as entry
     return entry(args)
 
 

@@ -12,18 +12,18 @@ import torch
 
 from model.config import GPTConfig
 from pipeline.errors import UserError
-from trainer.config import PRESETS, ConfigError, TrainConfig, build_parser, config_from_args
+from trainer.config import PRESETS, ConfigError, TrainConfig, build_parser, train_config_from_argv
 from trainer.dist import resolve_precision
 
 
 def test_defaults_are_gpt2_nanogpt_batch():
-    cfg = config_from_args(["--data", "d", "--out", "o"])
+    cfg = train_config_from_argv(["--data", "d", "--out", "o"])
     assert cfg.preset == "gpt2" and cfg.model == "gpt2"
     assert cfg.total_batch_tokens == 2**19 and cfg.seq_len == 1024
     assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip) == (0.9, 0.95, 0.1, 1.0)
     assert cfg.min_lr_ratio == 0.1
     assert cfg.micro_batch is None and cfg.preset_micro_batch() == 32  # auto; 32 is auto's CPU value
-    assert config_from_args(["--micro-batch", "16"]).grad_accum_steps(1) == 2**19 // (16 * 1024)
+    assert train_config_from_argv(["--micro-batch", "16"]).grad_accum_steps(1) == 2**19 // (16 * 1024)
     assert cfg.model_config() == GPTConfig.from_preset("gpt2")
 
 
@@ -112,7 +112,7 @@ def test_precision_on_cpu():
 def test_precedence_preset_then_toml_then_cli(tmp_path: Path):
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "tiny"\nlr = 0.01\nmax-steps = 7\nseed = 5\nsample_prompt = "hi"\n')
-    cfg = config_from_args(["--config", str(toml), "--data", "d", "--seed", "9"])
+    cfg = train_config_from_argv(["--config", str(toml), "--data", "d", "--seed", "9"])
     tiny = PRESETS["tiny"]
     assert cfg.preset == "tiny"
     assert cfg.micro_batch is None and cfg.preset_micro_batch() == tiny["micro_batch"]  # auto, preset's
@@ -120,7 +120,7 @@ def test_precedence_preset_then_toml_then_cli(tmp_path: Path):
     assert cfg.seed == 9  # CLI over TOML
     assert cfg.out == Path("runs/tiny")
     # the CLI preset wins over the TOML's, and the TOML still overrides that preset
-    cfg2 = config_from_args(["--config", str(toml), "--preset", "demo"])
+    cfg2 = train_config_from_argv(["--config", str(toml), "--preset", "demo"])
     assert cfg2.preset == "demo" and cfg2.preset_micro_batch() == PRESETS["demo"]["micro_batch"]
     assert cfg2.lr == 0.01
 
@@ -129,19 +129,19 @@ def test_toml_errors_name_file_and_key(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("micro_bach = 4\n")
     with pytest.raises(ConfigError, match=r"bad.toml.*'micro_bach'.*did you mean 'micro_batch'"):
-        config_from_args(["--config", str(bad)])
+        train_config_from_argv(["--config", str(bad)])
     bad.write_text('micro_batch = "four"\n')
     with pytest.raises(ConfigError, match="micro_batch = 'four' is not a int"):
-        config_from_args(["--config", str(bad)])
+        train_config_from_argv(["--config", str(bad)])
     bad.write_text("micro_batch = [\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        config_from_args(["--config", str(bad)])
+        train_config_from_argv(["--config", str(bad)])
     with pytest.raises(ConfigError, match="file not found"):
-        config_from_args(["--config", str(tmp_path / "missing.toml")])
+        train_config_from_argv(["--config", str(tmp_path / "missing.toml")])
 
 
 def test_cli_flags_parse_to_fields():
-    cfg = config_from_args(
+    cfg = train_config_from_argv(
         [
             "--preset",
             "tiny",
@@ -187,12 +187,12 @@ def test_cli_errors_name_the_flag_and_exit_by_kind(capsys, tmp_path: Path):
 ])  # fmt: skip
 def test_float_flags_must_be_finite_and_in_range(flag: str, value: str, why: str):
     with pytest.raises(ConfigError) as e:
-        config_from_args(["--preset", "tiny", flag, value])
+        train_config_from_argv(["--preset", "tiny", flag, value])
     assert str(e.value).startswith(f"{flag} ") and why in str(e.value)
 
 
 def test_float_flags_accept_their_edges():
-    cfg = config_from_args(
+    cfg = train_config_from_argv(
         [
             "--preset",
             "tiny",
@@ -216,7 +216,7 @@ def test_float_flags_accept_their_edges():
 
 def _recorded_run(tmp_path: Path, *args: str) -> Path:
     """A run folder whose config.json records the config of ``args`` (as trainer.rundir writes it)."""
-    cfg = config_from_args(["--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), *args])
+    cfg = train_config_from_argv(["--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), *args])
     cfg.out.mkdir()
     (cfg.out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "git": {}}))
     return cfg.out
@@ -224,13 +224,13 @@ def _recorded_run(tmp_path: Path, *args: str) -> Path:
 
 def test_resume_restores_the_record_and_applies_what_may_change(tmp_path: Path):
     out = _recorded_run(tmp_path, "--preset", "tiny", "--n-layer", "2", "--lr", "0.002", "--seed", "5")
-    cfg = config_from_args(["--out", str(out), "--resume", "--max-steps", "99", "--eval-every", "3",
+    cfg = train_config_from_argv(["--out", str(out), "--resume", "--max-steps", "99", "--eval-every", "3",
                             "--data", str(tmp_path / "moved"), "--seed", "5"])  # fmt: skip
     assert (cfg.preset, cfg.n_layer, cfg.lr, cfg.seed, cfg.resume) == ("tiny", 2, 0.002, 5, True)
     assert (cfg.max_steps, cfg.eval_every, cfg.data) == (99, 3, tmp_path / "moved")
     toml = tmp_path / "more.toml"
     toml.write_text("keep_last = 7\n")
-    assert config_from_args(["--out", str(out), "--resume", "--config", str(toml)]).keep_last == 7
+    assert train_config_from_argv(["--out", str(out), "--resume", "--config", str(toml)]).keep_last == 7
 
 
 def test_resume_refuses_what_changes_the_run_and_force_allows_only_non_shape(tmp_path: Path):
@@ -245,16 +245,18 @@ def test_resume_refuses_what_changes_the_run_and_force_allows_only_non_shape(tmp
         (["--n-embd", "64", "--force"], r"--n-embd 64 differs from the run's recorded none \(the preset's\)"),
     ):
         with pytest.raises(ConfigError, match=needle):
-            config_from_args(["--out", str(out), "--resume", *argv])
-    forced = config_from_args(["--out", str(out), "--resume", "--seed", "9", "--force"])
+            train_config_from_argv(["--out", str(out), "--resume", *argv])
+    forced = train_config_from_argv(["--out", str(out), "--resume", "--seed", "9", "--force"])
     assert forced.seed == 9 and forced.force
 
 
 def test_resume_without_a_record_is_a_fresh_resolve_and_a_foreign_record_is_refused(tmp_path: Path):
-    cfg = config_from_args(["--out", str(tmp_path / "none"), "--resume", "--preset", "tiny", "--seed", "3"])
+    cfg = train_config_from_argv(
+        ["--out", str(tmp_path / "none"), "--resume", "--preset", "tiny", "--seed", "3"]
+    )
     assert (cfg.preset, cfg.seed, cfg.resume) == ("tiny", 3, True)
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"n_layer": 12, "model_type": "gpt2"}))
     with pytest.raises(UserError, match="is not a training run's record"):
-        config_from_args(["--out", str(hf), "--resume"])
+        train_config_from_argv(["--out", str(hf), "--resume"])

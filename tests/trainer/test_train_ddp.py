@@ -24,9 +24,9 @@ from pipeline.sampler import TokenSampler
 from tests.cli import child_env
 from tests.conftest import REPO
 from tests.trainer.conftest import fast, run_trainer
-from trainer.config import config_from_args
+from trainer.config import train_config_from_argv
 from trainer.observe import read_metrics
-from trainer.train import build_model
+from trainer.train import build_train_model
 
 # global batch 256 tokens = micro 2 x T 32 x 2 ranks x accumulation 2 (so no_sync is exercised)
 COMMON = ("--max-steps", "2", "--ckpt-every", "1", "--eval-every", "2", "--total-batch-tokens", "256")
@@ -71,8 +71,8 @@ def test_ddp_two_ranks_match_one_process(gen_shards: Path, ddp_run: Path, tmp_pa
 
 
 def test_ddp_ranks_read_different_windows(gen_shards: Path, ddp_run: Path):
-    cfg = config_from_args(fast(gen_shards, ddp_run, *COMMON))
-    model = build_model(cfg, cfg.model_config(), torch.device("cpu"))  # the run's initial weights
+    cfg = train_config_from_argv(fast(gen_shards, ddp_run, *COMMON))
+    model = build_train_model(cfg, cfg.model_config(), torch.device("cpu"))  # the run's initial weights
     losses, batches = [], []
     with torch.no_grad():
         for micro in range(2):  # optimizer step 0 reads sampler steps 0 and 1

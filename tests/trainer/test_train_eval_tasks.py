@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import checkpoint_path
-from model.cli import main as model_main
+from model.tools.cli import main as model_main
 from tests.trainer.conftest import fast
-from trainer.config import ConfigError, config_from_args
+from trainer.config import ConfigError, train_config_from_argv
 from trainer.observe import read_metrics, read_task_metrics
 from trainer.train import train
 
@@ -26,7 +26,7 @@ def cli_eval(capsys, ckpt: Path, *args: str) -> dict:
 
 def test_in_training_hellaswag_equals_model_eval(gen_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
-    res = train(config_from_args(fast(gen_shards, out, "--max-steps", "2", "--eval-every", "1",
+    res = train(train_config_from_argv(fast(gen_shards, out, "--max-steps", "2", "--eval-every", "1",
                                       "--eval-tasks", "hellaswag", "--eval-tasks-data", str(HELLA),
                                       "--tensorboard")))  # fmt: skip
     assert sorted(res.task_metrics) == [0, 1, 2]
@@ -52,7 +52,7 @@ def test_in_training_hellaswag_equals_model_eval(gen_shards: Path, tmp_path: Pat
 
 def test_in_training_shards_task_equals_model_eval(gen_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
-    train(config_from_args(fast(gen_shards, out, "--max-steps", "1", "--eval-every", "0",
+    train(train_config_from_argv(fast(gen_shards, out, "--max-steps", "1", "--eval-every", "0",
                                 "--eval-tasks", "shards", "--eval-tasks-limit", "5")))  # fmt: skip
     logged = read_task_metrics(out / "metrics.jsonl")
     assert sorted(logged) == [0, 1]  # --eval-every 0: at the start and at the end
@@ -76,4 +76,4 @@ def test_in_training_shards_task_equals_model_eval(gen_shards: Path, tmp_path: P
 )
 def test_eval_tasks_flags_are_validated(gen_shards: Path, tmp_path: Path, extra, message):
     with pytest.raises(ConfigError, match=message):
-        config_from_args(fast(gen_shards, tmp_path / "run", *extra))
+        train_config_from_argv(fast(gen_shards, tmp_path / "run", *extra))

@@ -12,13 +12,13 @@ import torch
 from model.checkpoint import checkpoint_path
 from tests.trainer.conftest import fast
 from tests.trainer.trainshards import make_shards
-from trainer.config import ConfigError, config_from_args
+from trainer.config import ConfigError, train_config_from_argv
 from trainer.train import train
 
 
 def _run(data: Path, out: Path, *flags: str):
     """``train`` on the fast tiny config plus ``flags`` (each string may hold several, space-separated)."""
-    return train(config_from_args(fast(data, out, *(x for f in flags for x in f.split()))))
+    return train(train_config_from_argv(fast(data, out, *(x for f in flags for x in f.split()))))
 
 
 @pytest.mark.gpu

@@ -20,7 +20,7 @@ from model.checkpoint import checkpoint_path, list_checkpoints, load_model
 from model.hf import export_hf
 from tests.trainer.conftest import fast, run_trainer
 from tests.trainer.trainshards import make_shards
-from trainer.config import ConfigError, config_from_args
+from trainer.config import ConfigError, train_config_from_argv
 from trainer.init_from import InitFromError
 from trainer.observe import read_metrics
 from trainer.train import train
@@ -31,7 +31,7 @@ ONE_STEP = ("--max-steps", "1", "--eval-every", "1", "--warmup-steps", "0")
 
 
 def run(data: Path, out: Path, *extra: str):
-    return train(config_from_args(fast(data, out, *extra)))
+    return train(train_config_from_argv(fast(data, out, *extra)))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_resume_of_a_finetune_resumes_the_run_not_the_init(gen_shards, hf_export
     flags = ["--data", str(gen_shards), "--out", str(tmp_path / "b"), "--preset", "tiny", "--seq-len", "32",
              "--micro-batch", "2", "--total-batch-tokens", "128", "--no-tensorboard",
              *args, "--resume"]  # fmt: skip
-    resumed = train(config_from_args(flags))
+    resumed = train(train_config_from_argv(flags))
     assert resumed.start_step == 2
     assert [resumed.losses[s] for s in (3, 4)] == [straight.losses[s] for s in (3, 4)]
     assert torch.load(checkpoint_path(tmp_path / "b", 4), weights_only=True)["init_from"] == _record(
@@ -198,10 +198,10 @@ def test_refusals_name_the_flag(gen_shards, source, hf_export, tmp_path):
     with pytest.raises(InitFromError, match="neither an owtgpt run"):
         run(small, tmp_path / "x", "--init-from", str(tmp_path / "empty"), *ONE_STEP)
     with pytest.raises(ConfigError, match="--preset finetune needs --init-from"):
-        config_from_args(["--preset", "finetune", "--data", str(small)])
+        train_config_from_argv(["--preset", "finetune", "--data", str(small)])
     with pytest.raises(ConfigError, match=r"--preset finetune --resume: --out .* has no checkpoints"):
         train(
-            config_from_args(
+            train_config_from_argv(
                 ["--preset", "finetune", "--data", str(small), "--out", str(tmp_path / "x"), "--resume"]
             )
         )

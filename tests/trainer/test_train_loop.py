@@ -17,13 +17,13 @@ from tests.conftest import SHARED
 from tests.trainer.conftest import fast
 from tests.trainer.trainshards import make_shards
 from trainer.checkpoint import ResumeError
-from trainer.config import ConfigError, config_from_args
+from trainer.config import ConfigError, train_config_from_argv
 from trainer.observe import read_metrics
 from trainer.train import NonFiniteError, train
 
 
 def run(data: Path, out: Path, *extra: str):
-    return train(config_from_args(fast(data, out, *extra)))
+    return train(train_config_from_argv(fast(data, out, *extra)))
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

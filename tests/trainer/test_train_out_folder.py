@@ -19,7 +19,7 @@ from model.config import GPTConfig
 from tests.cli import child_env, one_error, snapshot
 from tests.conftest import REPO
 from tests.trainer.conftest import fast, run_trainer
-from trainer.config import config_from_args
+from trainer.config import train_config_from_argv
 from trainer.dist import DistEnv
 from trainer.evals import task_evaluator
 
@@ -83,20 +83,20 @@ def test_eval_tasks_file_errors_name_the_trainers_flags(gen_shards: Path, tmp_pa
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
     tiny = GPTConfig.from_preset("tiny")
-    cfg = config_from_args(
+    cfg = train_config_from_argv(
         fast(gen_shards, tmp_path / "r", "--eval-tasks", "hellaswag", "--eval-tasks-data", str(bad))
     )
     with pytest.raises(Exception, match=rf"^--eval-tasks-data {re.escape(str(bad))}: line 1 is not JSON"):
         task_evaluator(cfg, DistEnv(), tiny)
     # the shards task reads the run's own --data also beside a hub task (before: no data, an error)
-    import model.eval_tasks as et
+    import model.tools.eval_tasks as et
 
     rows = [
         json.loads(x) for x in (REPO / "tests/model/fixtures/eval/hellaswag.jsonl").read_text().splitlines()
     ]
     hub_rows = [(f"row {i}", r) for i, r in enumerate(rows)]
     monkeypatch.setattr(et, "_read_hub", lambda spec: hub_rows)  # the hub, offline
-    cfg = config_from_args(
+    cfg = train_config_from_argv(
         fast(gen_shards, tmp_path / "r", "--eval-tasks", "shards,hellaswag", "--eval-tasks-limit", "2")
     )
     docs = task_evaluator(cfg, DistEnv(), tiny).docs

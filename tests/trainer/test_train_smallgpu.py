@@ -16,7 +16,7 @@ from tests.trainer.conftest import FAST, fast
 from trainer import autobatch
 from trainer import train as train_mod
 from trainer.checkpoint import load_checkpoint
-from trainer.config import config_from_args
+from trainer.config import train_config_from_argv
 from trainer.memplan import GiB
 from trainer.train import train
 
@@ -32,7 +32,7 @@ def _args(data: Path, out: Path, *extra: str, micro: str | None = "2") -> list[s
 
 
 def _run(data: Path, out: Path, *extra: str, micro: str | None = "2"):
-    return train(config_from_args(_args(data, out, *extra, micro=micro)))
+    return train(train_config_from_argv(_args(data, out, *extra, micro=micro)))
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(gen_shards: Path, tmp_path: 
 
 
 def test_dry_run_in_process_returns_without_a_run(tmp_path: Path, capsys):
-    cfg = config_from_args(
+    cfg = train_config_from_argv(
         ["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r"), *FAST, "--dry-run"]
     )
     res = train(cfg)  # the data folder is not even opened
@@ -286,20 +286,20 @@ def test_is_oom_sees_through_wrappers_and_not_past_other_errors():
 def test_micro_batch_flag_and_toml_take_auto(tmp_path: Path, capsys):
     from trainer.config import ConfigError
 
-    assert config_from_args(["--micro-batch", "auto"]).micro_batch is None
-    assert config_from_args(["--micro-batch", "8"]).micro_batch == 8
+    assert train_config_from_argv(["--micro-batch", "auto"]).micro_batch is None
+    assert train_config_from_argv(["--micro-batch", "8"]).micro_batch == 8
     toml = tmp_path / "run.toml"
     toml.write_text('micro_batch = "auto"\n')
-    assert config_from_args(["--config", str(toml), "--micro-batch", "16"]).micro_batch == 16
-    assert config_from_args(["--config", str(toml)]).micro_batch is None
+    assert train_config_from_argv(["--config", str(toml), "--micro-batch", "16"]).micro_batch == 16
+    assert train_config_from_argv(["--config", str(toml)]).micro_batch is None
     with pytest.raises(SystemExit) as e:
-        config_from_args(["--micro-batch", "many"])
+        train_config_from_argv(["--micro-batch", "many"])
     assert e.value.code == 2 and "'many' is neither an integer nor auto" in capsys.readouterr().err
     with pytest.raises(
         ConfigError,
         match=r"--total-batch-tokens 100 is not divisible by --seq-len 64 .* no --micro-batch \(auto\)",
     ):
-        config_from_args(["--micro-batch", "auto", "--seq-len", "64", "--total-batch-tokens", "100"])
+        train_config_from_argv(["--micro-batch", "auto", "--seq-len", "64", "--total-batch-tokens", "100"])
 
 
 @pytest.mark.slow

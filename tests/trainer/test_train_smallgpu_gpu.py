@@ -13,7 +13,7 @@ import torch
 from model.config import GPTConfig
 from tests.trainer.conftest import fast
 from trainer import autobatch
-from trainer.config import config_from_args
+from trainer.config import train_config_from_argv
 from trainer.memplan import GiB, make_plan
 from trainer.train import train
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _run(data: Path, out: Path, *flags: str):
-    return train(config_from_args(fast(data, out, *(x for f in flags for x in f.split()))))
+    return train(train_config_from_argv(fast(data, out, *(x for f in flags for x in f.split()))))
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def capped():
 def test_plan_is_within_20_percent_of_the_measured_peak(compiled: bool):
     """A real 2-step run (the probe's: forward, backward, AdamW) of a 4-layer gpt2-width model at T=1024."""
     mc = GPTConfig.from_preset("gpt2", n_layer=4)
-    cfg = config_from_args(["--micro-batch", "8", "--seq-len", "1024"])
+    cfg = train_config_from_argv(["--micro-batch", "8", "--seq-len", "1024"])
     dev = torch.device("cuda", torch.cuda.current_device())
     probe, cleanup = autobatch.cuda_probe(cfg, mc, dev, torch.bfloat16, compiled)
     try:
@@ -59,7 +59,7 @@ def test_plan_is_within_20_percent_of_the_measured_peak(compiled: bool):
 
 def test_probe_leaves_no_memory_and_no_graphs():
     mc = GPTConfig.from_preset("tiny")
-    cfg = config_from_args(["--preset", "tiny", "--micro-batch", "4"])
+    cfg = train_config_from_argv(["--preset", "tiny", "--micro-batch", "4"])
     dev = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated(dev)

@@ -2,8 +2,9 @@
 
 * ``sample`` streams the continuation of ``[<|startoftext|>] + encode_ordinary(prompt)`` (the training
   format's document start) to stdout as it is produced, never splitting a UTF-8 character; timing on stderr.
-* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.evaluate`); ``import-hf`` / ``export-hf``
-  are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device (no memory).
+* ``eval`` scores as lm-evaluation-harness 0.4 does (:mod:`model.tools.evaluate`); ``import-hf`` /
+  ``export-hf`` are :mod:`model.hf`; ``info`` counts parameters and FLOPs/token on the meta device
+  (no memory).
 * Failures go through :func:`pipeline.errors.run_command` (one line; exit 1 data, 2 usage, 130 Ctrl-C).
 
 README.md ("Weights in and out", "Evaluating a model") has the rest.
@@ -29,13 +30,22 @@ from model.checkpoint import (
     save_model,
 )
 from model.config import PRESETS, GPTConfig
-from model.generate import _check_sampling_args, generate_stream, window_start
+from model.generate import generate_stream, window_start
 from model.gpt import GPT
+from model.tools.cli_config import (
+    DTYPE_NAMES,
+    EvalConfig,
+    ExportHFConfig,
+    ImportHFConfig,
+    InfoConfig,
+    SampleConfig,
+)
+from pipeline.cliconfig import add_dataclass_arguments, dataclass_from_args
 from pipeline.device import resolve_device
-from pipeline.errors import UsageError, UserError, run_command
+from pipeline.errors import UserError, run_command
 from pipeline.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype -> the autocast dtype
 
 
 def _console(stderr: bool = False) -> Console:
@@ -93,15 +103,10 @@ class TokenStreamDecoder:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipeline.tokenizer import get_tokenizer, tokenizer_fingerprint
 
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples {args.num_samples} must be >= 1")
-    try:
-        _check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    device = resolve_device(args.device)
+    opts = dataclass_from_args(SampleConfig, args)  # validated: a bad flag fails before any load
+    device = resolve_device(opts.device)
     # read on the CPU (weights only, no optimizer state), then the model alone moves to the device
-    model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
+    model, ckpt = load_model(opts.checkpoint, map_location=device, warn=_warn)
     if model.config.vocab_size != VOCAB_SIZE:
         raise UserError(
             f"{ckpt['checkpoint_path']} has vocab_size {model.config.vocab_size}, but the owtgpt "
@@ -115,7 +120,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{tokenizer_fingerprint()}; its ids would decode to the wrong text"
         )
     model.eval()
-    prompt_ids = [SOT_ID, *enc.encode_ordinary(args.prompt)]
+    prompt_ids = [SOT_ID, *enc.encode_ordinary(opts.prompt)]
     # not refused: generation conditions on the last tokens that fit, as it does once the output
     # outgrows the context; a one-line warning says how many were dropped
     dropped = window_start(len(prompt_ids), len(prompt_ids), model.config.block_size)
@@ -127,27 +132,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = None
-    if args.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(args.seed)
+    if opts.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(opts.seed)
     out = sys.stdout
     stats = []
-    for i in range(args.num_samples):
+    for i in range(opts.num_samples):
         if i:
             out.write("\n" + "-" * 40 + "\n")
-        out.write(args.prompt)
+        out.write(opts.prompt)
         out.flush()
         decoder = TokenStreamDecoder(enc)
         n, t0 = 0, time.perf_counter()
-        with _autocast(device, args.dtype):
+        with _autocast(device, opts.dtype):
             stream = generate_stream(
-                model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, stop_at_eot=not args.no_stop_at_eot, use_cache=not args.no_cache,
+                model, idx, opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k,
+                top_p=opts.top_p, stop_at_eot=not opts.no_stop_at_eot, use_cache=not opts.no_cache,
                 generator=generator,
             )  # fmt: skip
             for tok in stream:
                 n += 1
                 tid = int(tok[0])
-                if tid == EOT_ID and not args.no_stop_at_eot:
+                if tid == EOT_ID and not opts.no_stop_at_eot:
                     break
                 out.write(decoder.push(tid))
                 out.flush()
@@ -170,19 +175,20 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     from model.hf import import_hf
     from model.outdirs import import_target
 
-    out = Path(args.out)
-    target = import_target(out, Path(args.dir), args.overwrite)
+    opts = dataclass_from_args(ImportHFConfig, args)
+    out = Path(opts.out)
+    target = import_target(out, Path(opts.dir), opts.overwrite)
     t0 = time.perf_counter()
-    model = import_hf(args.dir)
-    source_vocab = json.loads((Path(args.dir) / "config.json").read_text())["vocab_size"]
-    extra = {"source": {"kind": "huggingface", "path": str(Path(args.dir).resolve())}}
+    model = import_hf(opts.dir)
+    source_vocab = json.loads((Path(opts.dir) / "config.json").read_text())["vocab_size"]
+    extra = {"source": {"kind": "huggingface", "path": str(Path(opts.dir).resolve())}}
     cfg = model.config
     if cfg.vocab_size == VOCAB_SIZE:
         with contextlib.suppress(Exception):  # the fingerprint needs the BPE files; optional here
             from pipeline.tokenizer import tokenizer_fingerprint
 
             extra["tokenizer_fingerprint"] = tokenizer_fingerprint()
-    import_target(out, Path(args.dir), args.overwrite)  # again: the folder may have changed meanwhile
+    import_target(out, Path(opts.dir), opts.overwrite)  # again: the folder may have changed meanwhile
     created = [p for p in (out, target.parent) if not p.exists() and p.suffix != ".pt"]
     try:
         save_model(target, model, extra)  # atomic: the old file or the new one, never a partial one
@@ -196,7 +202,7 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     )
     vocab = f"{source_vocab} -> {cfg.vocab_size}" if source_vocab != cfg.vocab_size else str(cfg.vocab_size)
     table.add_row(
-        str(args.dir), str(target), str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
+        str(opts.dir), str(target), str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
         vocab, f"{model.num_params(non_embedding=False):,}", f"{time.perf_counter() - t0:.1f}",
     )  # fmt: skip
     _err().print(table)
@@ -208,10 +214,11 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     from model.outdirs import check_export_out
     from pipeline.tokenizer import TokenizerUnavailableError, tokenizer_fingerprint
 
+    opts = dataclass_from_args(ExportHFConfig, args)
     t0 = time.perf_counter()
-    source = Path(args.checkpoint)
-    check_export_out(Path(args.out), overwrite=args.overwrite, source=source)  # before the long load
-    model, ckpt = load_model(args.checkpoint, warn=_warn)
+    source = Path(opts.checkpoint)
+    check_export_out(Path(opts.out), overwrite=opts.overwrite, source=source)  # before the long load
+    model, ckpt = load_model(opts.checkpoint, warn=_warn)
     with_tokenizer = model.config.vocab_size == VOCAB_SIZE
     try:
         fp = ckpt.get("tokenizer_fingerprint")
@@ -220,7 +227,7 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
                 f"{ckpt['checkpoint_path']} was trained with tokenizer {fp}, this tokenizer is "
                 f"{tokenizer_fingerprint()}; the exported tokenizer files would not match its ids"
             )
-        out = export_hf(model, args.out, overwrite=args.overwrite, source=source)
+        out = export_hf(model, opts.out, overwrite=opts.overwrite, source=source)
     except TokenizerUnavailableError as e:
         raise UserError(f"export-hf writes the tokenizer files: {e}") from None
     table = _table("export-hf", ("from", "to", "vocab_size", "tokenizer", "seconds"))
@@ -245,13 +252,14 @@ def _meta_model(cfg: GPTConfig) -> GPT:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    opts = dataclass_from_args(InfoConfig, args)
     table = _table(
-        "owtgpt model presets" if args.checkpoint is None else "checkpoint",
+        "owtgpt model presets" if opts.checkpoint is None else "checkpoint",
         ("name", "layers", "heads", "width", "ctx", "vocab", "padded", "params", "non-emb", "GFLOP/tok"),
         justify="right",
     )
-    if args.checkpoint is not None:
-        model, ckpt = load_model(args.checkpoint, warn=_warn)  # on the CPU: the weights are checked finite
+    if opts.checkpoint is not None:
+        model, ckpt = load_model(opts.checkpoint, warn=_warn)  # on the CPU: the weights are checked finite
         rows = [(ckpt["checkpoint_path"], model)]
     else:
         rows = [(name, _meta_model(GPTConfig.from_preset(name))) for name in PRESETS]
@@ -271,28 +279,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.eval_tasks import TASKS, parse_tasks
-    from model.evaluate import results_table, run_tasks
-    from pipeline.errors import UsageError
+    from model.tools.eval_tasks import TASKS
+    from model.tools.evaluate import results_table, run_tasks
     from pipeline.fsutil import atomic_write_text
     from pipeline.tokenizer import tokenizer_fingerprint
 
-    tasks = parse_tasks(args.task)
-    if args.data is not None and len(tasks) > 1:
-        raise UsageError(f"--data {args.data} is one task's file, but {len(tasks)} tasks were given; run one "
-                         "task per --data, or drop --data to read the hub datasets")  # fmt: skip
-    if "shards" in tasks and args.data is None:
-        raise UsageError(
-            "--task shards needs --data DIR, a shard folder written by `python -m pipeline build`"
-        )
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be >= 1")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
-    if args.json not in (None, "-"):
-        _check_json_out(Path(args.json))  # before the long evaluation, not after it
-    device = resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, map_location=device, warn=_warn)
+    opts = dataclass_from_args(EvalConfig, args)  # validated: a bad flag fails before any load
+    tasks = opts.tasks()
+    if opts.json not in (None, "-"):
+        _check_json_out(Path(opts.json))  # before the long evaluation, not after it
+    device = resolve_device(opts.device)
+    model, ckpt = load_model(opts.checkpoint, map_location=device, warn=_warn)
     fp = ckpt.get("tokenizer_fingerprint")
     if model.config.vocab_size != VOCAB_SIZE or (fp is not None and fp != tokenizer_fingerprint()):
         raise UserError(
@@ -300,21 +297,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{model.config.vocab_size}, tokenizer {fp}); the tasks' text would be misread"
         )
     model.eval()
-    to_stdout = args.json == "-"
+    to_stdout = opts.json == "-"
     console = _console(stderr=True)
-    results = run_tasks(model, tasks, data=args.data, limit=args.limit, batch_size=args.batch_size,
-                        autocast=lambda: _autocast(device, args.dtype), console=console)  # fmt: skip
+    results = run_tasks(model, tasks, data=opts.data, limit=opts.limit, batch_size=opts.batch_size,
+                        autocast=lambda: _autocast(device, opts.dtype), console=console)  # fmt: skip
     _console(stderr=to_stdout).print(results_table(results, title=f"eval: {ckpt['checkpoint_path']}"))
-    if args.json is not None:
-        doc = {"checkpoint": ckpt["checkpoint_path"], "device": str(device), "limit": args.limit,
+    if opts.json is not None:
+        doc = {"checkpoint": ckpt["checkpoint_path"], "device": str(device), "limit": opts.limit,
                "tasks": {r.task: r.to_json() for r in results},
-               "sources": {t: str(args.data) if args.data is not None else TASKS[t].hub_path
+               "sources": {t: str(opts.data) if opts.data is not None else TASKS[t].hub_path
                            for t in tasks}}  # fmt: skip
         text = json.dumps(doc, indent=2) + "\n"
         if to_stdout:
             sys.stdout.write(text)
         else:
-            atomic_write_text(Path(args.json), text)
+            atomic_write_text(Path(opts.json), text)
     return 0
 
 
@@ -342,23 +339,6 @@ def _check_json_out(path: Path) -> None:
 # --------------------------------------------------------------------------------------- parser
 
 
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES],
-        help="autocast dtype (auto: bfloat16 on CUDA if supported, else float32)",
-    )
-
-
 def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -379,36 +359,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="stream a continuation of --prompt from a checkpoint",
         description="Generate text from a checkpoint (KV-cached), printing it as it is produced.",
     )
-    p.add_argument(
-        "--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)"
-    )
-    p.add_argument(
-        "--prompt", default="", help="text to continue; encoded as [<|startoftext|>] + BPE(prompt)"
-    )
-    p.add_argument(
-        "--max-new-tokens", type=_nonneg_int, default=200, help="tokens to generate at most (default 200)"
-    )
-    p.add_argument(
-        "--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)"
-    )
-    p.add_argument(
-        "--top-k", type=int, default=200, help="sample only from the k likeliest ids (default 200; 0 = off)"
-    )
-    p.add_argument(
-        "--top-p",
-        type=float,
-        default=None,
-        help="nucleus sampling: smallest set with mass >= p (default off)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=None, help="RNG seed for reproducible samples (default: random)"
-    )
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw (default 1)")
-    _add_device_args(p)
-    p.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
-    p.add_argument(
-        "--no-cache", action="store_true", help="recompute the whole context every token (slow; a check)"
-    )
+    add_dataclass_arguments(p, SampleConfig)  # one flag per field, its default and help
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
@@ -419,15 +370,7 @@ def make_parser() -> argparse.ArgumentParser:
         "and write an owtgpt checkpoint. 50257-row models gain <|startoftext|> (:= EOT's row) and "
         "<|padding|>/<|unknown|> (:= mean row); see model/hf.py.",
     )
-    p.add_argument("dir", help="folder holding config.json and the weights")
-    p.add_argument(
-        "--out", required=True, help="a .pt file, or a run dir (written as checkpoints/step-00000000.pt)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier import at --out (nothing else is replaced)",
-    )
+    add_dataclass_arguments(p, ImportHFConfig, positional=("dir",))
     p.set_defaults(func=cmd_import_hf)
 
     p = sub.add_parser(
@@ -440,15 +383,7 @@ def make_parser() -> argparse.ArgumentParser:
         "derived from tiktoken's GPT-2 ranks: no download) so AutoTokenizer, pipeline() and lm-eval load "
         "the folder as it is.",
     )
-    p.add_argument("checkpoint", help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)")
-    p.add_argument(
-        "--out", required=True, help="a new or empty output folder (never a run, shard or source folder)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier export-hf folder at --out, whole and atomically (nothing else is replaced)",
-    )
+    add_dataclass_arguments(p, ExportHFConfig, positional=("checkpoint",))
     p.set_defaults(func=cmd_export_hf)
 
     p = sub.add_parser(
@@ -458,7 +393,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Show each preset's shape, parameter counts (tied embedding once) and "
         "training FLOPs per token at full context (6N + 6LCT).",
     )
-    p.add_argument("--checkpoint", default=None, help="describe this checkpoint instead of the presets")
+    add_dataclass_arguments(p, InfoConfig)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -470,21 +405,7 @@ def make_parser() -> argparse.ArgumentParser:
         "shards (loss, perplexity, bits per byte of --data DIR's val split). Hub datasets load through "
         "`datasets`; --data reads a local .jsonl/.parquet in the hub schema instead. See README.md.",
     )
-    p.add_argument(
-        "--checkpoint", required=True, help="a .pt checkpoint, or a run dir (its newest loadable checkpoint)"
-    )
-    p.add_argument(
-        "--task", action="append", required=True, metavar="TASK[,TASK...]",
-        help="hellaswag, lambada, wikitext2, wikitext103 or shards; repeat the flag or give a comma list",
-    )  # fmt: skip
-    p.add_argument("--data", default=None, help="local .jsonl/.parquet in the task's hub schema, or the "
-                   "shard folder of --task shards (one task only); default: the hub dataset")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help="score only the first N rows of each task")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
-    _add_device_args(p)
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                   help="also write the figures as JSON to PATH (stdout without PATH; the table then "
-                   "goes to stderr); an existing PATH is replaced only if eval wrote it")  # fmt: skip
+    add_dataclass_arguments(p, EvalConfig)  # one flag per field, its default and help
     p.set_defaults(func=cmd_eval)
     return parser
 
@@ -494,8 +415,6 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser().parse_args(argv)
-    if getattr(args, "top_k", None) == 0:
-        args.top_k = None
     return run_command(
         lambda: args.func(args),
         debug=args.debug or "--debug" in argv,

@@ -14,7 +14,7 @@
   ``.jsonl`` / ``.parquet`` in the same schema (``--data``). A missing field, a field of the wrong
   type (``null`` included), an empty file or an unknown suffix is a :class:`~pipeline.errors.UserError`
   naming the file, the line or row, the field and the fix.
-* Nothing here runs the model; :mod:`model.evaluate` scores what these functions build.
+* Nothing here runs the model; :mod:`model.tools.evaluate` scores what these functions build.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError, UserError
+from pipeline.errors import UsageError, UserError, json_type_name
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
                     ) from e
                 if not isinstance(row, dict):
                     raise UserError(
-                        f"--data {path}: line {lineno} is a JSON {_json_type(row)}, not an object; one "
+                        f"--data {path}: line {lineno} is a JSON {json_type_name(row)}, not an object; one "
                         "object per line"
                     )
                 rows.append((f"line {lineno}", row))
@@ -167,23 +167,12 @@ def _read_hub(spec: TaskSpec) -> list[tuple[str, dict[str, Any]]]:
     return [(f"row {i}", row) for i, row in enumerate(ds.to_list())]
 
 
-def _json_type(value: Any) -> str:
-    """JSON's name for the type of ``value`` (what a user sees in the file)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
-
-
 def _shown(value: Any) -> str:
     """``null``, or ``a number (5)``: what a field holds, short enough for one line."""
     if value is None:
         return "null"
     text = json.dumps(value, ensure_ascii=False, default=str)
-    kind = _json_type(value)
+    kind = json_type_name(value)
     article = "an" if kind[0] in "aeiou" else "a"
     return f"{article} {kind} ({text[:40] + '...' if len(text) > 40 else text})"
 

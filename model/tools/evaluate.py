@@ -13,7 +13,7 @@
   log-likelihoods, words, bytes, ...). Counts add across ranks, so the trainer splits the rows
   over ranks and all-reduces them; :func:`task_metrics` then gives the harness's figures and
   standard errors (``sqrt(p(1-p)/(n-1))`` for accuracies; ``None`` where the harness prints N/A or
-  a bootstrap estimate). Task definitions: :mod:`model.eval_tasks`; README "Evaluating a model".
+  a bootstrap estimate). Task definitions: :mod:`model.tools.eval_tasks`; README "Evaluating a model".
 * HellaSwag's ``acc_norm`` divides by the ending's length in *characters* (``len(str)``), which is
   what the harness 0.4 computes for ``acc_norm`` (its ``acc_bytes`` uses UTF-8 bytes); the two
   agree on ASCII endings.
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.eval_tasks import (
+from model.tools.eval_tasks import (
     TASKS,
     encode_pair,
     hellaswag_item,
