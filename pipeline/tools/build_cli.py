@@ -11,7 +11,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 from pathlib import Path
 
 from pipeline.cliconfig import add_dataclass_arguments, dataclass_from_args
