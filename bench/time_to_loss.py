@@ -326,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--muon-split-qkv", action=argparse.BooleanOptionalAction, default=False,
                     help="Muon recipes orthogonalise Q, K, V separately (--tune measures both)")  # fmt: skip
     ap.add_argument("--no-ablations", action="store_true", help="skip the WSD and permutation ablations")
-    ap.add_argument("--jobs", type=int, default=2,
-                    help="runs in parallel processes (wall ratios get noisier; timing stays serial)")  # fmt: skip
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs in parallel processes (wall ratios get noisier; timing is serial)",
+    )
     ap.add_argument("--timing-reps", type=int, default=10, help="interleaved reps of the optimizer timing")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]

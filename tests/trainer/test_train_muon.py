@@ -30,7 +30,9 @@ pytestmark = pytest.mark.skipif(
     not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9"
 )
 
-MUON = ("--optimizer", "muon", "--muon-lr", "2e-2", "--eval-every", "4", "--ckpt-every", "4")
+# WSD too, so that the resume also shows its lr to be a function of the step alone
+MUON = ("--optimizer", "muon", "--muon-lr", "2e-2", "--eval-every", "4", "--ckpt-every", "4",
+        "--schedule", "wsd", "--cooldown-frac", "0.5")  # fmt: skip
 
 
 def run(data: Path, out: Path, *extra: str):
@@ -82,6 +84,8 @@ def test_resume_with_muon_is_exact(gen_shards: Path, muon_run: Path, tmp_path: P
     assert res.start_step == 4
     straight, _ = read_metrics(muon_run / "metrics.jsonl")
     assert [res.losses[s] for s in range(5, 9)] == [straight[s]["loss"] for s in range(5, 9)]
+    resumed, _ = read_metrics(out / "metrics.jsonl")
+    assert [resumed[s]["lr"] for s in range(1, 9)] == [straight[s]["lr"] for s in range(1, 9)]
     _assert_same_state(_ckpt(muon_run, 8), _ckpt(out, 8))
 
 
@@ -129,6 +133,53 @@ def test_export_hf_of_a_muon_run_generates_the_same_tokens(muon_run: Path, tmp_p
             hf(ids).logits, ours(ids)[0][..., : hf.config.vocab_size], rtol=0, atol=1e-4
         )
     assert got.tolist() == want.tolist()
+
+
+def test_ddp_two_ranks_with_muon_match_one_process(gen_shards: Path, tmp_path: Path):
+    """2 gloo ranks x micro batch 2 against 1 process x micro batch 4: the same global windows, so the
+    same losses, Muon momentum (= the all-reduced gradients) and weights after two steps."""
+    import subprocess
+    import sys
+
+    from tests.cli import child_env
+    from tests.conftest import REPO
+
+    common = ("--max-steps", "2", *MUON, "--ckpt-every", "1", "--total-batch-tokens", "256")
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "trainer", *fast(gen_shards, ddp, *common)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = tmp_path / "single"
+    run(gen_shards, single, *common, "--micro-batch", "4")
+    d, _ = read_metrics(ddp / "metrics.jsonl")
+    s, _ = read_metrics(single / "metrics.jsonl")
+    assert [d[k]["loss"] for k in (1, 2)] == pytest.approx([s[k]["loss"] for k in (1, 2)], rel=1e-5)
+    assert _ckpt(ddp, 2)["world_size"] == 2
+    d1, s1 = _ckpt(ddp, 1), _ckpt(single, 1)
+    for i, st in d1["muon"]["state"].items():  # after step 1: (1 - momentum) x the all-reduced gradient
+        ref = s1["muon"]["state"][i]["momentum_buffer"]
+        torch.testing.assert_close(st["momentum_buffer"], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    # weights after step 1: Newton-Schulz runs in bf16, so a last-bit difference in the gradient can move
+    # an update element by a bf16 rounding (~1e-5 here, against updates of ~1e-2); rank 0's gradient
+    # alone would be off by the size of the update itself
+    for k in d1["model"]:
+        torch.testing.assert_close(d1["model"][k], s1["model"][k], rtol=1e-3, atol=2e-4)
+
+
+def test_recipe_flags_are_checked_and_listed():
+    cases = (({"optimizer": "sgd"}, "--optimizer"), ({"schedule": "step"}, "--schedule"),
+             ({"sampling": "shuffle"}, "--sampling"), ({"cooldown_frac": 0.0}, "--cooldown-frac"),
+             ({"muon_momentum": 1.0}, "--muon-momentum"), ({"muon_lr": 0.0}, "--muon-lr"))  # fmt: skip
+    for bad, name in cases:
+        with pytest.raises(ConfigError, match=name):
+            TrainConfig(**bad)
+    from trainer.config import build_parser
+
+    text = build_parser().format_help()
+    for f in ("--optimizer {adamw,muon}", "--muon-lr", "--muon-momentum", "--muon-split-qkv",
+              "--schedule {cosine,wsd}", "--cooldown-frac", "--sampling {random,permutation}"):  # fmt: skip
+        assert f in text, f
 
 
 # --------------------------------------------------------------------------- the optimizer
