@@ -38,7 +38,8 @@ SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # model.sdpa.CH
 RECIPE_CHOICES = {
     "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "sampling": ("random", "permutation"),
 }  # fmt: skip
-MUON_LR, MUON_MOMENTUM, MUON_SPLIT_QKV = 3e-3, 0.95, False
+# (momentum is torch's default, not tuned by the grid)
+MUON_LR, MUON_MOMENTUM, MUON_SPLIT_QKV = 6e-3, 0.95, False
 
 
 # float fields -> (lowest, highest or None, whether the lowest itself is allowed); see check_float
@@ -65,7 +66,8 @@ def _h(help: str) -> dict[str, str]:
 
 @dataclass
 class TrainConfig:
-    """All settings of one training run. Defaults are the ``gpt2`` preset."""
+    """All settings of one training run. Defaults are the ``gpt2`` preset's, except the recipe fields
+    (optimizer, schedule, sampling): their defaults are the classic AdamW recipe, which presets choose."""
 
     # --- run folder and data
     data: Path = field(
@@ -78,7 +80,10 @@ class TrainConfig:
     )
     preset: str = field(
         default="gpt2",
-        metadata=_h("training preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, demo, finetune"),
+        metadata=_h(
+            "training preset: gpt2 (Muon), gpt2-classic (AdamW, the GPT-2/nanoGPT recipe), gpt2-medium, "
+            "gpt2-large, gpt2-xl, tiny, demo, finetune"
+        ),
     )
     resume: bool = field(
         default=False,

@@ -258,3 +258,12 @@ def test_missing_muon_is_one_line_naming_both_versions(monkeypatch):
     monkeypatch.delattr(torch.optim, "Muon")
     with pytest.raises(ConfigError, match=rf"torch >= 2\.9.*this is torch {re.escape(torch.__version__)}"):
         TrainConfig(optimizer="muon")
+
+
+def test_gpt2_trains_with_muon_and_the_classic_recipe_is_one_preset_away():
+    cfg = config_from_args(["--data", "d", "--out", "o"])
+    assert (cfg.preset, cfg.optimizer, cfg.muon_lr, cfg.lr) == ("gpt2", "muon", 6e-3, 6e-4)
+    classic = config_from_args(["--data", "d", "--out", "o", "--preset", "gpt2-classic"])
+    assert (classic.optimizer, classic.schedule, classic.sampling) == ("adamw", "cosine", "random")
+    same = ("model", "lr", "total_batch_tokens", "max_steps", "warmup_steps", "seq_len", "micro_batch")
+    assert [getattr(classic, k) for k in same] == [getattr(cfg, k) for k in same]
