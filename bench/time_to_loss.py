@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--muon-lrs", type=float, nargs="+", default=None, help="Muon grid (--tune)")
     ap.add_argument("--adamw-lr", type=float, default=None, help="AdamW lr without --tune")
     ap.add_argument("--muon-lr", type=float, default=None, help="Muon lr without --tune")
-    ap.add_argument("--muon-split-qkv", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--muon-split-qkv", action=argparse.BooleanOptionalAction, default=True,
                     help="Muon recipes orthogonalise Q, K, V separately (--tune measures both)")  # fmt: skip
     ap.add_argument("--no-ablations", action="store_true", help="skip the WSD and permutation ablations")
     ap.add_argument(

@@ -39,7 +39,7 @@ RECIPE_CHOICES = {
     "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "sampling": ("random", "permutation"),
 }  # fmt: skip
 # (momentum is torch's default, not tuned by the grid)
-MUON_LR, MUON_MOMENTUM, MUON_SPLIT_QKV = 6e-3, 0.95, False
+MUON_LR, MUON_MOMENTUM, MUON_SPLIT_QKV = 6e-3, 0.95, True
 
 
 # float fields -> (lowest, highest or None, whether the lowest itself is allowed); see check_float

@@ -8,9 +8,10 @@ Why each value (judgement calls, so written down):
   HellaSwag). nanoGPT's 600,000-step / 300B-token schedule is a ``--max-steps 600000
   --warmup-steps 2000`` away. Micro batch 32 x 1024 (see the sizing note below);
   lower ``--micro-batch`` (gradient accumulation grows to keep the total) on smaller GPUs.
-  **The recipe is Muon** (``--optimizer muon --muon-lr 6e-3``, AdamW at 6e-4 for the embeddings,
-  LayerNorms and biases): on the CPU proxy of ``bench/time_to_loss.py`` it reached tuned AdamW's final
-  val loss in a fraction of the tokens and of the wall time (BENCHMARKS.md, "Time to loss"). 6e-3 is
+  **The recipe is Muon + WSD** (``--optimizer muon --muon-lr 6e-3 --schedule wsd``, Q/K/V orthogonalised
+  separately, AdamW at 6e-4 for the embeddings, LayerNorms and biases): on the CPU proxy of
+  ``bench/time_to_loss.py`` it reached tuned AdamW's final val loss in 0.40x the tokens and 0.46x the
+  wall time, and WSD ended lower than cosine (BENCHMARKS.md, "Time to loss"). 6e-3 is
   the proxy grid's best; with ``match_rms_adamw`` it gives updates of RMS 0.2 x 6e-3 = 1.2e-3, about
   what modded-nanogpt's Muon (lr 0.05, Keller's scaling) gives a 768-wide 124M model. Not yet
   measured at 124M: ``make gpu-check`` has the stage (``--stages "facts recipe"``).
@@ -46,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_GPT2_TOKENS,
         "optimizer": "muon",
         "muon_lr": 6e-3,
+        "schedule": "wsd",
     },
     "gpt2-classic": {
         "model": "gpt2",

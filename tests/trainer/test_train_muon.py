@@ -203,7 +203,9 @@ def _muon_params(m: GPT) -> list[torch.nn.Parameter]:
 
 def test_guarded_muon_equals_torch_muon_bit_for_bit(model: GPT):
     ref = copy.deepcopy(model)
-    ours = make_optimizers(model, TrainConfig(optimizer="muon", muon_lr=1e-2, muon_momentum=0.9), "cpu")
+    ours = make_optimizers(
+        model, TrainConfig(optimizer="muon", muon_lr=1e-2, muon_momentum=0.9, muon_split_qkv=False), "cpu"
+    )
     ours.guard(torch.zeros(()))
     theirs = torch.optim.Muon(
         _muon_params(ref), lr=1e-2, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw"
@@ -262,7 +264,14 @@ def test_missing_muon_is_one_line_naming_both_versions(monkeypatch):
 
 def test_gpt2_trains_with_muon_and_the_classic_recipe_is_one_preset_away():
     cfg = config_from_args(["--data", "d", "--out", "o"])
-    assert (cfg.preset, cfg.optimizer, cfg.muon_lr, cfg.lr) == ("gpt2", "muon", 6e-3, 6e-4)
+    assert (cfg.preset, cfg.optimizer, cfg.muon_lr, cfg.lr, cfg.schedule) == (
+        "gpt2",
+        "muon",
+        6e-3,
+        6e-4,
+        "wsd",
+    )
+    assert cfg.muon_split_qkv  # the grid's Q/K/V measurement
     classic = config_from_args(["--data", "d", "--out", "o", "--preset", "gpt2-classic"])
     assert (classic.optimizer, classic.schedule, classic.sampling) == ("adamw", "cosine", "random")
     same = ("model", "lr", "total_batch_tokens", "max_steps", "warmup_steps", "seq_len", "micro_batch")
