@@ -20,11 +20,12 @@ PROMPT  ?= The meaning of life is
 TRAIN_ARGS ?=
 TASKS   ?= hellaswag,lambada,wikitext2,wikitext103
 EVAL_ARGS ?=
+BENCH_ARGS ?=
 DEMO_SOURCE ?= .
 
 export TIKTOKEN_CACHE_DIR ?= $(abspath ../shared/tiktoken-cache)
 
-.PHONY: help setup shards stats verify test test-slow test-all lint typecheck bench bench-scale bench-eval bench-train train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
+.PHONY: help setup shards stats verify test test-slow test-all lint typecheck bench bench-scale bench-eval bench-train bench-recipe train finetune sample eval demo clean-demo gpu-check gpu-check-prepare
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +90,9 @@ bench-eval:  ## `model eval` vs lm-evaluation-harness on the same CPU, model and
 
 bench-train:  ## GPU trainer benchmark: tokens/s, MFU, peak memory for gpt2 124M
 	$(PY) bench/train_gpu.py
+
+bench-recipe:  ## time to loss, AdamW vs Muon (+ WSD, permutation): CPU proxy on imdb, <= 15 min; BENCH_ARGS="--tune"
+	$(PY) bench/time_to_loss.py --corpus $(SCALE_SOURCE) $(BENCH_ARGS)
 
 # The launches go through trainer.launch (torchrun's arguments; Ctrl-C/SIGTERM: every rank saves a
 # checkpoint and exits 0). RESUME=1 takes the run's recorded settings from RUN/config.json, passing

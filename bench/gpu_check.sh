@@ -7,7 +7,9 @@
 #   bench/gpu_check.sh --stages "train ddp"   # a subset (facts gputests train sampler generate ddp;
 #                                             # opt-in: sdpa, flash vs the auto kernel, after train;
 #                                             # smallgpu, gpt2 with --micro-batch auto on 8 and 4 GiB
-#                                             # caps vs uncapped, cap 300 s)
+#                                             # caps vs uncapped, cap 300 s;
+#                                             # issue 19: recipe, nanogpt, run first when selected)
+#   bench/gpu_check.sh --stages "facts recipe nanogpt"   # issue 19's check (about 9 minutes)
 #
 # Each stage runs under its own `timeout`, so one hang cannot eat the lease; the caps add up to
 # 475 s (under 8 minutes). Every stage appends a JSON line to $OUT/summary.jsonl, its output goes to
@@ -30,6 +32,22 @@ prepare() {
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$CARRY/whl" "zstandard==0.23.0"
+    # issue 19: nanoGPT's own bench.py (the pinned anchor) and imdb shards for the recipe stage: the
+    # first 40,000 reviews (~12M tokens, ~24 MB), so that everything carried stays under 64 MiB
+    rm -rf "$CARRY/nanoGPT" "$CARRY/imdb-shards"
+    mkdir -p "$CARRY/nanoGPT"
+    cp "$REPO/../shared/anchors/nanoGPT/"{bench.py,model.py,configurator.py,LICENSE} "$CARRY/nanoGPT/"
+    local sub
+    sub="$(mktemp -d)/imdb-40k.jsonl"
+    "$PY" - "$REPO/../shared/corpora/imdb-reviews.jsonl.zst" "$sub" <<'EOF'
+import io, itertools, sys
+import zstandard
+with open(sys.argv[1], "rb") as f, open(sys.argv[2], "w", encoding="utf-8") as out:
+    text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+    out.writelines(itertools.islice(text, 40_000))
+EOF
+    "$PY" -m pipeline build "$sub" --out "$CARRY/imdb-shards" --val-fraction 0.01 --seed 0
+    rm -f "$sub"
     du -sh "$CARRY"
     echo "prepared $CARRY; device call: see BENCHMARKS.md (carry [\".gpu-carry\"])"
 }
@@ -124,6 +142,80 @@ EOF
     rc=$?
     fig=$("$PY" -c "import json; f=json.load(open('$OUT/facts.json')); print(f['device'], 'torch', f['torch'], f.get('sm_count', ''), 'SMs', f.get('memory_gib', ''), 'GiB')" 2>/dev/null)
     record facts "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
+fi
+
+# ------------------------------------------------------------------ 1b. issue 19: time to loss at 124M
+# AdamW vs Muon (bench/time_to_loss.py's gpt2 preset) on the same carried imdb tokens, one seed each:
+# tokens-to-target, wall ratio, and the optimizer's share of the step.
+if want recipe; then
+    if [ "$DRY" = 1 ]; then
+        "$PY" -c "
+import sys; sys.path.insert(0, 'bench')
+from pathlib import Path
+from train_gpu import write_synthetic_shards
+write_synthetic_shards(Path('$WORK/recipe-shards'), 400_000, 40_000)" >>"$LOG" 2>&1
+        rargs=(--device cpu --preset proxy --steps 4 --data "$WORK/recipe-shards" --timing-reps 2)
+    else
+        rargs=(--device cuda --preset gpt2 --data "$CARRY/imdb-shards")
+    fi
+    stage recipe 330 "$PY" bench/time_to_loss.py "${rargs[@]}" --seeds 0 --no-ablations --jobs 1 \
+        --out "$OUT/recipe"
+    rc=$?
+    fig=$("$PY" - "$OUT/recipe/results.json" 2>/dev/null <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+m, t = r["summary"]["recipes"]["muon"], r["timing"]
+f = lambda x: "not reached" if x is None else f"{x:.2f}x"
+print(f"muon/adamw tokens-to-target {f(m['tokens_ratio'])}, wall {f(m['wall_ratio'])}, wall/token "
+      f"{m['wall_per_token_ratio']:.2f}x; optimizer share adamw {100 * t['adamw_share']:.1f}% "
+      f"muon {100 * t['muon_share']:.1f}% (guard {100 * t['guard_cost']:+.1f}%)")
+EOF
+)
+    record recipe "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
+fi
+
+# ------------------------------------------------------------------ 1c. issue 19: nanoGPT's bench.py beside owtgpt
+# Same card, model (GPT-2 124M; nanoGPT's bench uses bias=False, owtgpt keeps GPT-2's biases) and batch
+# (12 x 1024, one micro-step, AdamW): nanoGPT's own bench.py from the carried anchor, then bench/train_gpu.py.
+if want nanogpt; then
+    nano() {
+        set -e
+        rm -rf "$WORK/nanoGPT"
+        if [ -d "$CARRY/nanoGPT" ]; then src="$CARRY/nanoGPT"; else src="$REPO/../shared/anchors/nanoGPT"; fi
+        cp -r "$src" "$WORK/nanoGPT"
+        if [ "$DRY" = 1 ]; then
+            nargs=(--device=cpu --compile=False --dtype=float32 --batch_size=2 --block_size=32 --real_data=False)
+            oargs=(--device cpu --preset tiny --steps 3 --micro-batch 2 --seq-len 32 --precision fp32
+                   --train-tokens 50000 --total-batch-tokens 64 --no-baseline)
+        else
+            nargs=(--batch_size=12 --compile=True --real_data=False)
+            oargs=(--steps 23 --micro-batch 12 --total-batch-tokens 12288 --no-baseline)
+        fi
+        # its bench.py calls torch.cuda.synchronize(), which a CPU-only torch refuses: a no-op in the dry run
+        (cd "$WORK/nanoGPT" && "$PY" -c "
+import runpy, sys, torch
+if not torch.cuda.is_available():
+    torch.cuda.synchronize = lambda *a, **k: None
+sys.argv = ['bench.py', *sys.argv[1:]]
+sys.path.insert(0, '.')
+runpy.run_path('bench.py', run_name='__main__')" "${nargs[@]}") | tee "$OUT/nanogpt_bench.txt"
+        "$PY" bench/train_gpu.py "${oargs[@]}" --json "$OUT/nanogpt_owtgpt.json"
+    }
+    export -f nano
+    export PY WORK DRY CARRY REPO OUT
+    stage nanogpt 150 bash -c nano
+    rc=$?
+    fig=$("$PY" - "$OUT" "$DRY" 2>/dev/null <<'EOF'
+import json, re, sys
+out, dry = sys.argv[1], sys.argv[2] == "1"
+ms = float(re.findall(r"time per iteration: ([0-9.]+)ms", open(f"{out}/nanogpt_bench.txt").read())[-1])
+nano = (2 * 32 if dry else 12 * 1024) / (ms / 1000)
+ours = json.load(open(f"{out}/nanogpt_owtgpt.json"))["compile"]["tokens_per_s"]
+print(f"nanoGPT bench.py {nano:,.0f} tok/s, owtgpt {ours:,.0f} tok/s: owtgpt/nanoGPT {ours / nano:.2f}x"
+      + (" (dry run: different models)" if dry else ""))
+EOF
+)
+    record nanogpt "$(verdict $rc)" "${fig:-?}" "$STAGE_S"
 fi
 
 # ------------------------------------------------------------------ 2. the gpu-marked tests

@@ -281,7 +281,7 @@ def _load_file(path: Path, map_location: Any) -> tuple[GPT, dict[str, Any]]:
     check_finite(model.state_dict(), f"{path}: not usable")
     # keep only the weights (now in ``model``) and the metadata: the optimizer state of a training
     # checkpoint is twice the model's size and no use to sampling or export
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "muon", "scaler", "rng")}
     del ckpt
     if str(map_location) not in ("cpu", "meta"):
         model = model.to(map_location)

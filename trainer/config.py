@@ -35,6 +35,12 @@ else:  # pragma: no cover - exercised on 3.10 only
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # model.sdpa.CHOICES
+# the recipe's choices, and Muon's defaults from bench/time_to_loss.py's grid (BENCHMARKS.md)
+RECIPE_CHOICES = {
+    "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "sampling": ("random", "permutation"),
+}  # fmt: skip
+# (momentum is torch's default, not tuned by the grid)
+MUON_LR, MUON_MOMENTUM, MUON_SPLIT_QKV = 6e-3, 0.95, True
 
 
 # float fields -> (lowest, highest or None, whether the lowest itself is allowed); see check_float
@@ -60,7 +66,8 @@ _h = cli_field  # short: every field below has one
 
 @dataclass
 class TrainConfig:
-    """All settings of one training run. Defaults are the ``gpt2`` preset."""
+    """All settings of one training run. Defaults are the ``gpt2`` preset's, except the recipe fields
+    (optimizer, schedule, sampling): their defaults are the classic AdamW recipe, which presets choose."""
 
     # --- run folder and data
     data: Path = field(
@@ -73,7 +80,10 @@ class TrainConfig:
     )
     preset: str = field(
         default="gpt2",
-        metadata=_h("training preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, demo, finetune"),
+        metadata=_h(
+            "training preset: gpt2 (Muon), gpt2-classic (AdamW, the GPT-2/nanoGPT recipe), gpt2-medium, "
+            "gpt2-large, gpt2-xl, tiny, demo, finetune"
+        ),
     )
     resume: bool = field(
         default=False,
@@ -166,6 +176,39 @@ class TrainConfig:
     grad_clip: float = field(
         default=1.0,
         metadata=_h("clip the global gradient norm to this (0 disables); the pre-clip norm is logged"),
+    )
+    # --- the recipe (issue 19): optimizer, schedule, data order; README.md "Training recipes"
+    optimizer: str = field(
+        default="adamw",
+        metadata=_h(
+            "adamw (every parameter) or muon (torch.optim.Muon on the blocks' 2-D weights at --muon-lr, "
+            "AdamW at --lr for the embeddings, LayerNorms and biases)"
+        ),
+    )
+    muon_lr: float = field(
+        default=MUON_LR,
+        metadata=_h("Muon's peak lr (RMS matched to AdamW's, so on --lr's scale); --optimizer muon only"),
+    )
+    muon_momentum: float = field(default=MUON_MOMENTUM, metadata=_h("Muon's Nesterov momentum"))
+    muon_split_qkv: bool = field(
+        default=MUON_SPLIT_QKV,
+        metadata=_h("orthogonalise c_attn's Q, K and V blocks separately instead of the whole matrix"),
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata=_h(
+            "cosine (warmup, cosine to --min-lr-ratio x lr) or wsd (warmup, constant, linear to the same "
+            "floor over the last --cooldown-frac of --max-steps: a run can be extended from a checkpoint "
+            "before the cooldown)"
+        ),
+    )
+    cooldown_frac: float = field(default=0.2, metadata=_h("fraction of --max-steps WSD spends decaying"))
+    sampling: str = field(
+        default="random",
+        metadata=_h(
+            "random (independent random windows) or permutation (every window start of the epoch once, "
+            "in a seeded order)"
+        ),
     )
     # --- device and speed
     device: str = field(default="auto", metadata=_h("auto (CUDA when available), cpu or cuda"))
@@ -292,6 +335,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--sdpa-backend {self.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}"
             )
+        self._check_recipe()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
         if self.init_from is not None and not self.init_from.strip():
@@ -314,6 +358,18 @@ class TrainConfig:
     def preset_micro_batch(self) -> int:
         """The ``--preset``'s micro batch: what ``--micro-batch auto`` takes where it cannot probe (CPU)."""
         return int(PRESETS.get(self.preset, {}).get("micro_batch", 32))
+
+    def _check_recipe(self) -> None:
+        for name, choices in RECIPE_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{flag(name)} {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        check_float("muon_lr", self.muon_lr, 0.0, None, False)
+        check_float("muon_momentum", self.muon_momentum, 0.0, 1.0, True)
+        check_float("cooldown_frac", self.cooldown_frac, 0.0, 1.0, False)
+        if self.optimizer == "muon":
+            from trainer.optim import require_muon  # imports torch: only when Muon is asked for
+
+            require_muon()
 
     def eval_task_names(self) -> list[str]:
         """The tasks of ``--eval-tasks`` in order (empty when none)."""
@@ -401,14 +457,15 @@ class TrainConfig:
 def check_float(name: str, value: float | None, lo: float, hi: float | None, lo_ok: bool) -> None:
     """Raise naming the flag unless ``value`` is finite and in ``[lo, hi)`` / ``(lo, hi)`` (None: unset).
 
-    ``hi`` is exclusive except for the fractions ``--min-lr-ratio`` (1 = no decay) whose upper end
-    is meaningful. NaN fails every comparison, so it is caught by ``isfinite`` before any range test.
+    ``hi`` is exclusive except for the fractions ``--min-lr-ratio`` (1 = no decay) and ``--cooldown-frac``
+    (1 = decay all the way) whose upper end is meaningful. NaN fails every comparison, so it is caught by
+    ``isfinite`` before any range test.
     """
     if value is None:
         return
     if not math.isfinite(value):
         raise ConfigError(f"{flag(name)} {value} must be a finite number")
-    hi_ok = name == "min_lr_ratio"
+    hi_ok = name in ("min_lr_ratio", "cooldown_frac")
     if (value < lo or (value == lo and not lo_ok)) or (
         hi is not None and (value > hi or (value == hi and not hi_ok))
     ):
@@ -527,6 +584,7 @@ FLAG_EXTRAS: dict[str, dict[str, Any]] = {
     "device": {"choices": DEVICES},
     "sdpa_backend": {"choices": SDPA_BACKENDS},
     "micro_batch": {"type": _micro_batch_arg, "metavar": "N|auto"},
+    **{name: {"choices": list(choices)} for name, choices in RECIPE_CHOICES.items()},
 }
 
 

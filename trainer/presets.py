@@ -8,7 +8,17 @@ Why each value (judgement calls, so written down):
   HellaSwag). nanoGPT's 600,000-step / 300B-token schedule is a ``--max-steps 600000
   --warmup-steps 2000`` away. Micro batch 32 x 1024 (see the sizing note below);
   lower ``--micro-batch`` (gradient accumulation grows to keep the total) on smaller GPUs.
-* ``gpt2-medium`` / ``-large`` / ``-xl``: lr 3e-4 / 2.5e-4 / 2e-4 as the GPT-3 table for the
+  **The recipe is Muon + WSD** (``--optimizer muon --muon-lr 6e-3 --schedule wsd``, Q/K/V orthogonalised
+  separately, AdamW at 6e-4 for the embeddings, LayerNorms and biases): on the CPU proxy of
+  ``bench/time_to_loss.py`` it reached tuned AdamW's final val loss in 0.40x the tokens and 0.46x the
+  wall time, and WSD ended lower than cosine (BENCHMARKS.md, "Time to loss"). 6e-3 is
+  the proxy grid's best; with ``match_rms_adamw`` it gives updates of RMS 0.2 x 6e-3 = 1.2e-3, about
+  what modded-nanogpt's Muon (lr 0.05, Keller's scaling) gives a 768-wide 124M model. Not yet
+  measured at 124M: ``make gpu-check`` has the stage (``--stages "facts recipe"``).
+* ``gpt2-classic``: the GPT-2 paper / nanoGPT recipe, unchanged: ``gpt2`` with AdamW on everything,
+  warmup + cosine and random windows (``make train PRESET=gpt2-classic``).
+* ``gpt2-medium`` / ``-large`` / ``-xl``: still the classic AdamW recipe (Muon is measured on the small
+  model only); lr 3e-4 / 2.5e-4 / 2e-4 as the GPT-3 table for the
   nearest sizes (350M, 760M, 1.3B), smaller micro batches, same token budget and schedule.
 * ``tiny``: a seconds-long CPU run for tests (tiny model, T=64, 4 x 64 tokens per step).
 * ``demo``: a 2-core CPU demo (``make demo``) that trains for about two minutes on ~100K tokens
@@ -30,7 +40,24 @@ _GPT2_TOKENS = {"total_batch_tokens": 524_288, "max_steps": 19_073, "warmup_step
 # (~33 GB at B=64, T=1024), so the 124M and 350M models use half of what their activations allow.
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": {"model": "gpt2", "lr": 6e-4, "micro_batch": 32, **_GPT2_TOKENS},
+    "gpt2": {
+        "model": "gpt2",
+        "lr": 6e-4,
+        "micro_batch": 32,
+        **_GPT2_TOKENS,
+        "optimizer": "muon",
+        "muon_lr": 6e-3,
+        "schedule": "wsd",
+    },
+    "gpt2-classic": {
+        "model": "gpt2",
+        "lr": 6e-4,
+        "micro_batch": 32,
+        **_GPT2_TOKENS,
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "sampling": "random",
+    },
     "gpt2-medium": {"model": "gpt2-medium", "lr": 3e-4, "micro_batch": 16, **_GPT2_TOKENS},
     "gpt2-large": {"model": "gpt2-large", "lr": 2.5e-4, "micro_batch": 16, **_GPT2_TOKENS},
     "gpt2-xl": {"model": "gpt2-xl", "lr": 2e-4, "micro_batch": 8, **_GPT2_TOKENS},

@@ -22,11 +22,13 @@ from trainer import checkpoint as ckpt
 from trainer import init_from
 from trainer.config import TrainConfig
 from trainer.dist import DistEnv
+from trainer.optim import Optimizers
 
 # settings that decide the data stream: changing one on resume makes the continuation differ
 DATA_STREAM_KEYS = (
     "seed", "seq_len", "total_batch_tokens", "micro_batch", "doc_aligned",
     "lr", "warmup_steps", "max_steps", "min_lr_ratio",
+    "muon_lr", "muon_momentum", "muon_split_qkv", "schedule", "cooldown_frac", "sampling",
 )  # fmt: skip
 
 
@@ -49,7 +51,7 @@ class RunState:
     dataset: ShardDataset
     sampler: TokenSampler
     model: GPT
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizers  # AdamW, or AdamW + Muon (--optimizer)
     scaler: torch.amp.GradScaler
     init_record: dict[str, Any] | None = None  # --init-from's source, recorded in every checkpoint
     step: int = 0
@@ -62,7 +64,7 @@ class RunState:
             "format": ckpt.FORMAT,
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **self.optimizer.state_dict(),  # "optimizer" (AdamW) and, under --optimizer muon, "muon"
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "step": self.step,
             "rng": ckpt.capture_rng(),
@@ -82,8 +84,8 @@ class RunState:
             payload, path, model_config=self.model.config.to_dict(), vocab_size=ds.vocab_size,
             dataset_fingerprint=ds.dataset_fingerprint, force=self.cfg.force, warn=warn,
         )  # fmt: skip
+        self.optimizer.load_state_dict(payload, path)  # first: refuses another --optimizer's checkpoint
         self.model.load_state_dict(clean_state_dict(payload["model"]))
-        self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         ckpt.restore_rng(payload["rng"])

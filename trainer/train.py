@@ -39,7 +39,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
 from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evaluator
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
-from trainer.optim import lr_at, make_optimizer, set_lr
+from trainer.optim import lr_at, make_optimizers
 from trainer.rundir import check_run_dir, prepare_run_dir, run_folder_lock, write_run_info
 from trainer.state import RunState, build_train_model
 
@@ -181,6 +181,7 @@ def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
         seed=cfg.seed,
         doc_aligned=cfg.doc_aligned,
         prefetch=cfg.prefetch,
+        sampling=cfg.sampling,
         **sampler_kw,
     )
     val = None
@@ -272,7 +273,7 @@ def _run(
     model = build_train_model(cfg, model_config, device, init.source)
     model.activation_checkpointing = bool(cfg.activation_checkpointing)  # before compile traces it
     init.source = None  # the source's own copy of the weights is no longer needed
-    optimizer = make_optimizer(model, cfg, device.type)
+    optimizer = make_optimizers(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = RunState(cfg, env, dataset, sampler, model, optimizer, scaler, init_record=init.record)
 
@@ -421,8 +422,9 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
     * the signal flag goes to the device by a fill kernel into a preallocated scalar, summed over
       ranks in the same all-reduce as the loss;
     * a non-finite loss or gradient norm refuses the update *on the device*: the flag is the fused
-      AdamW's ``found_inf``, so weights, moments and the step count stay as they were (under fp16 the
-      GradScaler does the same for an overflowing gradient);
+      AdamW's ``found_inf`` and :class:`~trainer.optim.GuardedMuon`'s, so weights, moments and the step
+      count stay as they were (under fp16 an overflowing gradient is refused the same way, and the
+      GradScaler backs off its scale);
     * step s's loss, norm and flags are read back while step s+1's forward/backward runs, and before
       step s+1's update is launched, so a run that must stop (a bad streak, a signal) stops with the
       weights those flags describe. Steps that evaluate, sample or checkpoint read their own flags
@@ -435,9 +437,8 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
     params = [p for p in state.model.parameters() if p.requires_grad]
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     stop_flag = torch.zeros((), device=device)  # 1 once this rank was signalled
-    found_inf = torch.zeros((), device=device)  # 1 = the fused AdamW refuses this step's update
-    if not scaler.is_enabled():
-        optimizer.found_inf = found_inf  # the GradScaler passes its own under fp16
+    found_inf = torch.zeros((), device=device)  # 1 = every optimizer refuses this step's update
+    optimizer.guard(found_inf)
     readback = _Readback(device, 5)  # [mean loss, grad norm, bad, stop, weights non-finite]
     consecutive_bad = 0
     timings: list[float] = []  # seconds per step, as this process sees the steps complete
@@ -505,7 +506,7 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
         while step < cfg.max_steps:
             run.doing.what = f"training step {step + 1}"
             lr = lr_at(step, cfg)
-            set_lr(optimizer, lr)
+            optimizer.set_lr(lr)  # Muon's follows the same multiplier
             if cfg.dropout > 0:  # dropout masks as a function of (seed, rank, step): a resume repeats them
                 torch.manual_seed(_step_seed(cfg.seed, env.rank, step))
             inject_nan = cfg.debug_nan_at_step == step + 1
@@ -526,7 +527,8 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
                 stop_now = handle(*pending) or stop_now
                 pending = None
             if scaler.is_enabled():
-                scaler.unscale_(optimizer)
+                for opt in optimizer.all:
+                    scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(params, clip)  # pre-clip norm, a device scalar
             if stop.requested:
                 stop_flag.fill_(1.0)
@@ -535,13 +537,13 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
             all_reduce_(shared, env)
             loss_mean = shared[0] / env.world_size
             bad = ~torch.isfinite(loss_mean)
+            refuse = bad | ~torch.isfinite(norm)  # any non-finite gradient, in any optimizer's parameters
+            if not scaler.is_enabled():
+                bad = refuse  # under fp16 an overflow is the GradScaler's routine: refused, not counted
+            found_inf.copy_(refuse)
+            optimizer.step()
             if scaler.is_enabled():
-                scaler.step(optimizer)  # refuses an overflowing gradient's update on the device
-                scaler.update()
-            else:
-                bad = bad | ~torch.isfinite(norm)
-                found_inf.copy_(bad)
-                optimizer.step()
+                scaler.update()  # backs the scale off after an overflow (unscale_ recorded it)
             # one fused pass: a weight the update made non-finite makes its tensor's norm non-finite
             weights_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(params)).sum())
             optimizer.zero_grad(set_to_none=not env.distributed)

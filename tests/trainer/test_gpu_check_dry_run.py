@@ -74,3 +74,29 @@ def test_gpu_check_refuses_unknown_arguments() -> None:
         ["bash", str(REPO / "bench" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "anchors" / "nanoGPT" / "bench.py").is_file(),
+    reason="needs ../shared anchors",
+)
+def test_gpu_check_dry_run_issue19_stages(tmp_path: Path) -> None:
+    """The opt-in stages of issue 19: time to loss (AdamW vs Muon) and nanoGPT's bench.py beside owtgpt."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", "--stages", "recipe nanogpt"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + (out / "gpu_check.log").read_text()[-4000:]
+    rows = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["recipe", "nanogpt"]
+    assert all(r["result"] == "ok" and r["figure"] != "?" for r in rows), rows
+    recipe = json.loads((out / "recipe" / "results.json").read_text())
+    assert set(recipe["summary"]["recipes"]) == {"adamw", "muon"} and recipe["timing"]["muon_s"] > 0
+    assert "time per iteration" in (out / "nanogpt_bench.txt").read_text()

@@ -38,6 +38,8 @@ DOCUMENTED_FLAGS = {
     "--prefetch", "--seed",
     "--lr", "--min-lr-ratio", "--warmup-steps", "--weight-decay", "--beta1", "--beta2", "--eps",
     "--grad-clip",
+    "--optimizer", "--muon-lr", "--muon-momentum", "--muon-split-qkv", "--no-muon-split-qkv",
+    "--schedule", "--cooldown-frac", "--sampling",
     "--device", "--precision", "--compile", "--no-compile", "--sdpa-backend",
     "--eval-every", "--eval-windows", "--log-every", "--sample-every", "--sample-prompt", "--sample-tokens",
     "--eval-tasks", "--eval-tasks-every", "--eval-tasks-limit", "--eval-tasks-data", "--peak-tflops",

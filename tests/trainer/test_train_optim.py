@@ -11,7 +11,7 @@ import torch
 from model.config import GPTConfig
 from model.gpt import GPT
 from trainer.config import TrainConfig
-from trainer.optim import lr_at, make_optimizer, param_groups, param_names
+from trainer.optim import cooldown_start, lr_at, make_optimizer, param_groups, param_names
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,27 @@ def test_schedule_warmup_cosine_floor():
 def test_no_warmup():
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=100)
     assert lr_at(0, cfg) == pytest.approx(1e-3)
+
+
+def test_wsd_lr_is_a_pure_function_of_the_step():
+    """Warmup, constant, then linear to the floor over the last --cooldown-frac; extending --max-steps
+    leaves every step before the old cooldown unchanged (what a run extended from such a checkpoint needs)."""
+    import dataclasses
+
+    cfg = TrainConfig(
+        lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, max_steps=110, schedule="wsd", cooldown_frac=0.2
+    )
+    assert cooldown_start(cfg) == 88
+    assert [lr_at(s, cfg) for s in range(3)] == pytest.approx([1e-4, 2e-4, 3e-4])
+    assert all(lr_at(s, cfg) == 1e-3 for s in range(9, 89))  # the peak, held until the cooldown
+    assert lr_at(99, cfg) == pytest.approx(1e-3 - 11 / 22 * 9e-4)  # half way down the line
+    assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(10_000, cfg) == pytest.approx(1e-4)
+    steps = list(range(88, 111))
+    drops = [lr_at(a, cfg) - lr_at(b, cfg) for a, b in itertools.pairwise(steps)]
+    assert drops == pytest.approx([9e-4 / 22] * 22)  # linear
+    forward = [lr_at(s, cfg) for s in range(120)]
+    assert [lr_at(s, cfg) for s in reversed(range(120))][::-1] == forward  # no hidden state
+    longer = dataclasses.replace(cfg, max_steps=220)
+    assert [lr_at(s, longer) for s in range(88)] == forward[:88]
+    assert cooldown_start(longer) == 176 and lr_at(150, longer) == 1e-3
+    assert lr_at(50, dataclasses.replace(cfg, schedule="cosine")) < 1e-3  # cosine decays from the warmup on
