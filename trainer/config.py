@@ -321,10 +321,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
-        for name, lo in INT_MINIMA.items():
+        for name, least in INT_MINIMA.items():
             v = getattr(self, name)
-            if v is not None and v < lo:  # None: a model-shape override that was not given
-                raise ConfigError(f"{flag(name)} {v} must be >= {lo}")
+            if v is not None and v < least:  # None: a model-shape override that was not given
+                raise ConfigError(f"{flag(name)} {v} must be >= {least}")
         for name, (lo, hi, lo_ok) in FLOAT_RANGES.items():
             check_float(name, getattr(self, name), lo, hi, lo_ok)
         if self.precision not in PRECISIONS:

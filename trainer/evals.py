@@ -6,10 +6,12 @@ Each runs on every rank at the same steps (the loop decides), except sampling (r
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from model.config import GPTConfig
 from model.generate import generate
 from model.gpt import GPT
 from model.loss import IGNORE_INDEX
@@ -19,7 +21,9 @@ from pipeline.sampler import ValWindows
 from pipeline.tokenizer import SOT_ID, decode, get_tokenizer
 from trainer.config import TrainConfig
 from trainer.dist import DistEnv, all_reduce_
-from trainer.observe import Observer
+
+if TYPE_CHECKING:
+    from model.tools.evaluate import TaskEvaluator
 
 _DATA_FLAG = re.compile(r"(?<![\w-])--data(?![\w-])")
 
@@ -49,7 +53,7 @@ def evaluate_loss(model: nn.Module, val: ValWindows, autocast, env: DistEnv) -> 
     return float(total[0] / total[1])
 
 
-def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
+def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config: GPTConfig) -> TaskEvaluator | None:
     """``--eval-tasks``: rows loaded (and checked) now, this rank's share of them; None without tasks."""
     names = cfg.eval_task_names()
     if not names:
@@ -86,12 +90,16 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config):
     return evaluator
 
 
-def evaluate_tasks(tasks, model: nn.Module, autocast, env: DistEnv, obs: Observer, result, step: int) -> None:
-    """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks."""
-    out = tasks(model, autocast, all_reduce=lambda t: all_reduce_(t, env))
-    figures = {task: r.to_json() for task, r in out.items()}
-    result.task_metrics[step] = figures
-    obs.eval_tasks(step, figures)
+def evaluate_tasks(
+    tasks: TaskEvaluator, model: nn.Module, autocast, env: DistEnv
+) -> dict[str, dict[str, Any]]:
+    """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks. Task -> figures."""
+
+    def all_reduce(t: torch.Tensor) -> None:
+        all_reduce_(t, env)
+
+    out = tasks(model, autocast, all_reduce=all_reduce)
+    return {task: r.to_json() for task, r in out.items()}
 
 
 def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, autocast) -> str:

@@ -42,7 +42,8 @@ MUON_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight
 
 
 def _split(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    decay, no_decay = [], []
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
     for name, p in model.named_parameters():  # named_parameters de-duplicates tied weights
         if not p.requires_grad:
             continue
@@ -130,7 +131,7 @@ class GuardedMuon(_MuonBase):
     """
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
         loss = None
@@ -198,7 +199,9 @@ class Optimizers:
     def guard(self, found_inf: torch.Tensor) -> None:
         """Every optimizer refuses its update on the device while ``found_inf`` is 1."""
         for opt in self.all:
-            opt.found_inf = found_inf
+            # an attribute torch's Optimizer does not declare: the fused AdamW's step reads it (as
+            # torch's own GradScaler sets it), GuardedMuon.step reads it too
+            opt.found_inf = found_inf  # type: ignore[attr-defined]
 
     def step(self) -> None:
         for opt in self.all:

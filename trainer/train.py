@@ -5,8 +5,9 @@ or a single process) and returns a :class:`TrainResult`.
   policy, shard vocab and tokenizer, empty splits) fails on the CPU before the run folder is touched.
 * Data is a function of the step: micro-step ``m`` of step ``s`` reads sampler step ``s * grad_accum + m``;
   so :class:`trainer.state.RunState` is all a checkpoint needs for a bit-identical resume.
-* Nothing waits for the device before an optimizer step (see :func:`_loop`). SIGTERM/SIGINT finish the
-  step, checkpoint and return (exit 0); a second SIGINT aborts.
+* :func:`_loop` is the loop: one :func:`trainer.step.train_step` per step, then logging, evaluation,
+  samples and checkpoints on their cadence. Nothing waits for the device before an optimizer step.
+  SIGTERM/SIGINT finish the step, checkpoint and return (exit 0); a second SIGINT aborts.
 
 README.md ("Design", Trainer) has the rest. Steps count *completed* updates (``step-00000010.pt``).
 """
@@ -22,14 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from model.checkpoint import list_checkpoints
+from model.config import GPTConfig
 from model.sdpa import choose_sdpa_backend, sdpa_context
+from pipeline.format import ShardDataset
 from pipeline.sampler import TokenSampler, ValWindows
 from pipeline.sampler_index import open_dataset
 from pipeline.tokenizer import tokenizer_fingerprint
@@ -42,6 +45,12 @@ from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflo
 from trainer.optim import lr_at, make_optimizers
 from trainer.rundir import check_run_dir, prepare_run_dir, run_folder_lock, write_run_info
 from trainer.state import RunState, build_train_model
+from trainer.step import Readback, StepContext, StepFigures, train_step
+
+if TYPE_CHECKING:
+    from torch.profiler import profile
+
+    from model.tools.evaluate import TaskEvaluator
 
 
 class NonFiniteError(RuntimeError):
@@ -137,6 +146,33 @@ def _train(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     raise autobatch.OutOfMemory(msg)  # outside the handler: the OOM's frames (and tensors) are gone
 
 
+class _SamplerChecks(TypedDict):
+    """What the train sampler and the val windows both check the shards against, and their rank."""
+
+    expected_vocab_size: int
+    expected_tokenizer_fingerprint: str
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+@dataclass
+class _Inputs:
+    """What :func:`_train_body` checked, resolved and opened before anything is built on the device."""
+
+    cfg: TrainConfig  # --micro-batch auto resolved
+    env: DistEnv
+    precision: str
+    grad_accum: int
+    init: init_from.InitPlan
+    dataset: ShardDataset
+    sampler: TokenSampler
+    val: ValWindows | None
+    tasks: TaskEvaluator | None
+    auto: autobatch.AutoChoice | None
+    doing: _Doing
+
+
 def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
     device = env.device
     # ---- cheap checks first, nothing written yet
@@ -164,40 +200,27 @@ def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
             cfg, micro_batch=auto.micro_batch, activation_checkpointing=auto.checkpointing
         )
     doing.what, doing.cfg = "setting up", cfg
+    assert cfg.micro_batch is not None  # given, or resolved by --micro-batch auto just above
     grad_accum = cfg.grad_accum_steps(env.world_size)
-    tok_fp = tokenizer_fingerprint()
-    sampler_kw = dict(
+    checks = _SamplerChecks(
         expected_vocab_size=model_config.vocab_size,
-        expected_tokenizer_fingerprint=tok_fp,
+        expected_tokenizer_fingerprint=tokenizer_fingerprint(),
         rank=env.rank,
         world_size=env.world_size,
         device=device,
     )
     sampler = TokenSampler(
-        dataset,
-        split="train",
-        batch_size=cfg.micro_batch,
-        seq_len=cfg.seq_len,
-        seed=cfg.seed,
-        doc_aligned=cfg.doc_aligned,
-        prefetch=cfg.prefetch,
-        sampling=cfg.sampling,
-        **sampler_kw,
-    )
+        dataset, split="train", batch_size=cfg.micro_batch, seq_len=cfg.seq_len, seed=cfg.seed,
+        doc_aligned=cfg.doc_aligned, prefetch=cfg.prefetch, sampling=cfg.sampling, **checks,
+    )  # fmt: skip
     val = None
     if cfg.eval_every > 0:
         val = ValWindows(
-            dataset,
-            seq_len=cfg.seq_len,
-            num_windows=cfg.eval_windows,
-            batch_size=cfg.micro_batch,
-            **sampler_kw,
+            dataset, seq_len=cfg.seq_len, num_windows=cfg.eval_windows, batch_size=cfg.micro_batch, **checks
         )
     tasks = task_evaluator(cfg, env, model_config)
     try:
-        return _run(
-            cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks, auto, doing
-        )  # fmt: skip
+        return _run(_Inputs(cfg, env, precision, grad_accum, init, dataset, sampler, val, tasks, auto, doing))
     finally:
         sampler.close()
 
@@ -207,7 +230,7 @@ def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
 CPU_AUTO_MAX_FLOPS = 1e15
 
 
-def _refuse_long_cpu_run(cfg: TrainConfig, device: torch.device, model_config) -> None:
+def _refuse_long_cpu_run(cfg: TrainConfig, device: torch.device, model_config: GPTConfig) -> None:
     """No GPU and no explicit ``--device cpu``: refuse a run far too big for a CPU, pointing at the demo."""
     if device.type != "cpu" or cfg.device == "cpu":
         return
@@ -223,24 +246,6 @@ def _refuse_long_cpu_run(cfg: TrainConfig, device: torch.device, model_config) -
         )
 
 
-@dataclass
-class _Run:
-    """What the loop works with, wired once by :func:`_run`."""
-
-    state: RunState
-    fwd_model: nn.Module  # compiled, and DDP-wrapped when distributed: the training forward/backward
-    eval_model: nn.Module  # compiled too (its own fixed-shape graph), never through DDP
-    val: ValWindows | None
-    tasks: Any  # model.tools.evaluate.TaskEvaluator, or None without --eval-tasks
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    grad_accum: int
-    obs: Observer
-    result: TrainResult
-    flops_per_token: int
-    peak: float | None  # the device's peak TFLOP/s for MFU; None when unknown
-    doing: _Doing
-
-
 def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
     """Every rank takes the smallest micro batch any rank chose, with checkpointing if any rank needs it."""
     if not env.distributed:
@@ -254,28 +259,73 @@ def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
     return auto
 
 
-def _run(
-    cfg, env, precision, grad_accum, model_config, dataset, sampler, val, init, tasks=None, auto=None,
-    doing: _Doing | None = None,
-) -> TrainResult:  # fmt: skip
-    device = env.device
+@dataclass
+class _Run:
+    """What the loop works with, wired once by :func:`_build`."""
+
+    state: RunState
+    fwd_model: nn.Module  # compiled, and DDP-wrapped when distributed: the training forward/backward
+    eval_model: nn.Module  # compiled too (its own fixed-shape graph), never through DDP
+    val: ValWindows | None
+    tasks: TaskEvaluator | None  # --eval-tasks
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    grad_accum: int
+    obs: Observer
+    result: TrainResult
+    flops_per_token: int
+    peak: float | None  # the device's peak TFLOP/s for MFU; None when unknown
+    doing: _Doing
+    sdpa: str  # the attention kernel (model.sdpa)
+
+
+def _run(inp: _Inputs) -> TrainResult:
+    run = _build(inp)
+    cfg, env = run.state.cfg, run.state.env
+    try:
+        with (
+            sdpa_context(run.sdpa),
+            _StopFlag(run.obs) as stop,
+            make_profiler(cfg.profile, cfg.out, env.device, cfg.profile_wait, cfg.profile_active) as prof,
+        ):
+            first = run.state.step == 0
+            _evaluate_at(run, 0, val=run.val if first else None, tasks=run.tasks if first else None)
+            try:
+                _loop(run, stop, prof)
+            except RuntimeError:  # torch.distributed's errors (gloo, NCCL) are RuntimeErrors
+                if env.distributed and stop.requested:
+                    # a second Ctrl-C reaches every rank; the peer that aborted first closed this rank's
+                    # collective under it: the same interruption, not another failure
+                    raise KeyboardInterrupt from None
+                raise
+    finally:
+        run.obs.close()
+    return run.result
+
+
+def _build(inp: _Inputs) -> _Run:
+    """The model, optimizers and state (resumed under ``--resume``), compiled and DDP-wrapped; the run
+    folder prepared, ``config.json`` written and the observer opened with the run's first line."""
+    cfg, env, device = inp.cfg, inp.env, inp.env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(inp.precision)
 
-    def autocast():
+    def autocast() -> contextlib.AbstractContextManager:
         if amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    model = build_train_model(cfg, model_config, device, init.source)
+    model_config = inp.init.model_config
+    model = build_train_model(cfg, model_config, device, inp.init.source)
     model.activation_checkpointing = bool(cfg.activation_checkpointing)  # before compile traces it
-    init.source = None  # the source's own copy of the weights is no longer needed
+    inp.init.source = None  # the source's own copy of the weights is no longer needed
     optimizer = make_optimizers(model, cfg, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state = RunState(cfg, env, dataset, sampler, model, optimizer, scaler, init_record=init.record)
+    scaler = torch.amp.GradScaler(device.type, enabled=inp.precision == "fp16")
+    state = RunState(
+        cfg, env, inp.dataset, inp.sampler, model, optimizer, scaler, init_record=inp.init.record
+    )
 
     # ---- the run folder (rank 0 changes it; the others wait so they read a settled folder)
     if env.is_main:
@@ -285,12 +335,11 @@ def _run(
         torch.distributed.barrier()
     warn_msgs: list[str] = []
     resumed_from = state.resume(warn_msgs.append) if cfg.resume else None  # before compile and DDP wrap
-    start_step = state.step
-
-    compiled: nn.Module = torch.compile(model) if use_compile else model
+    # torch.compile of a Module returns an OptimizedModule (a Module); its stubs only say "a callable"
+    compiled = cast(nn.Module, torch.compile(model)) if use_compile else model
     fwd_model = compiled
     if env.distributed:
-        # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory); the loop
+        # gradient_as_bucket_view: grads live in the all-reduce buckets (no copy, less memory); the step
         # zeroes them in place (set_to_none=False) so the views survive from step to step
         fwd_model = nn.parallel.DistributedDataParallel(
             compiled,
@@ -301,278 +350,161 @@ def _run(
         cfg.sdpa_backend, device, amp_dtype or torch.float32, model_config.n_head, model_config.head_dim,
         cfg.seq_len, model_config.dropout,
     )  # fmt: skip
+    run = _Run(
+        state, fwd_model, compiled, inp.val, inp.tasks, autocast, inp.grad_accum,
+        obs=_start_observer(inp, state, resumed_from, warn_msgs, compiled=use_compile, sdpa=sdpa),
+        result=TrainResult(cfg.out, state.step, state.step, bad_steps=state.bad_steps, sdpa_backend=sdpa),
+        flops_per_token=model.flops_per_token(cfg.seq_len), peak=peak_tflops_for(device, cfg.peak_tflops),
+        doing=inp.doing, sdpa=sdpa,
+    )  # fmt: skip
+    return run
 
-    flops_per_token = model.flops_per_token(cfg.seq_len)
-    peak = peak_tflops_for(device, cfg.peak_tflops)
+
+def _start_observer(
+    inp: _Inputs, state: RunState, resumed_from: Path | None, warn_msgs: list[str], *, compiled: bool,
+    sdpa: str,
+) -> Observer:  # fmt: skip
+    """Write ``config.json`` (rank 0), open the observer and log the setup warnings and the first line."""
+    cfg, env, device, model = inp.cfg, inp.env, inp.env.device, state.model
+    start_step, num_params = state.step, model.num_params(non_embedding=False)
     if env.is_main:
         write_run_info(
             cfg,
             {
-                "model_config": model_config.to_dict(),
-                "num_params": model.num_params(non_embedding=False),
+                "model_config": model.config.to_dict(),
+                "num_params": num_params,
                 "device": device_name(device),
                 "world_size": env.world_size,
-                "precision": precision,
-                "compile": use_compile,
+                "precision": inp.precision,
+                "compile": compiled,
                 "sdpa_backend": sdpa,
-                "grad_accum_steps": grad_accum,
-                "micro_batch_auto": auto.to_dict() if auto is not None else None,
-                "flops_per_token": flops_per_token,
-                "peak_tflops": peak,
-                "dataset_fingerprint": dataset.dataset_fingerprint,
-                "tokenizer_fingerprint": dataset.tokenizer_fingerprint,
+                "grad_accum_steps": inp.grad_accum,
+                "micro_batch_auto": inp.auto.to_dict() if inp.auto is not None else None,
+                "flops_per_token": model.flops_per_token(cfg.seq_len),
+                "peak_tflops": peak_tflops_for(device, cfg.peak_tflops),
+                "dataset_fingerprint": inp.dataset.dataset_fingerprint,
+                "tokenizer_fingerprint": inp.dataset.tokenizer_fingerprint,
                 "resumed_from": str(resumed_from) if resumed_from else None,
                 "start_step": start_step,
-                "init_from": init.record,
+                "init_from": inp.init.record,
             },
         )
     obs = Observer(
-        cfg.out,
-        enabled=env.is_main,
-        total_steps=cfg.max_steps,
-        start_step=start_step,
-        progress=cfg.progress,
-        tensorboard=cfg.tensorboard,
-        log_every=cfg.log_every,
-    )
+        cfg.out, enabled=env.is_main, total_steps=cfg.max_steps, start_step=start_step,
+        progress=cfg.progress, tensorboard=cfg.tensorboard, log_every=cfg.log_every,
+    )  # fmt: skip
     for msg in warn_msgs:
         obs.warn(msg)
-    if auto is not None:
-        obs.info(f"--micro-batch auto: {auto.reason}")
-    fresh = f"fresh run from the weights of {init.record['source']}" if init.record else "fresh run"
+    if inp.auto is not None:
+        obs.info(f"--micro-batch auto: {inp.auto.reason}")
+    rec = inp.init.record
+    fresh = f"fresh run from the weights of {rec['source']}" if rec else "fresh run"
     obs.info(
         f"{'resuming at step ' + str(start_step) + ' from ' + str(resumed_from) if resumed_from else fresh}"
-        f" | {model.num_params(non_embedding=False) / 1e6:.1f}M params | {device_name(device)} x "
-        f"{env.world_size} | {precision}{' + compile' if use_compile else ''} | attention kernel {sdpa} | "
-        f"micro batch {cfg.micro_batch} x grad accum {grad_accum}"
+        f" | {num_params / 1e6:.1f}M params | {device_name(device)} x "
+        f"{env.world_size} | {inp.precision}{' + compile' if compiled else ''} | attention kernel {sdpa} | "
+        f"micro batch {cfg.micro_batch} x grad accum {inp.grad_accum}"
         f"{' + activation checkpointing' if cfg.activation_checkpointing else ''} | "
-        f"{cfg.total_batch_tokens:,} tokens/step | data {dataset.num_tokens('train'):,} train tokens"
+        f"{cfg.total_batch_tokens:,} tokens/step | data {inp.dataset.num_tokens('train'):,} train tokens"
     )
-    result = TrainResult(
-        run_dir=cfg.out,
-        start_step=start_step,
-        final_step=start_step,
-        bad_steps=state.bad_steps,
-        sdpa_backend=sdpa,
-    )
-    run = _Run(
-        state, fwd_model, compiled, val, tasks, autocast, grad_accum, obs, result, flops_per_token, peak,
-        doing or _Doing("setting up", cfg),
-    )  # fmt: skip
-    try:
-        with (
-            sdpa_context(sdpa),
-            _StopFlag(obs) as stop,
-            make_profiler(cfg.profile, cfg.out, device, cfg.profile_wait, cfg.profile_active) as prof,
-        ):
-            first = start_step == 0
-            _evaluate_at(run, 0, val=first and val is not None, tasks=first and tasks is not None)
-            try:
-                _loop(run, stop, prof)
-            except RuntimeError:  # torch.distributed's errors (gloo, NCCL) are RuntimeErrors
-                if env.distributed and stop.requested:
-                    # a second Ctrl-C reaches every rank; the peer that aborted first closed this rank's
-                    # collective under it: the same interruption, not another failure
-                    raise KeyboardInterrupt from None
-                raise
-    finally:
-        obs.close()
-    return result
+    return obs
 
 
-def _evaluate_at(run: _Run, step: int, val: bool, tasks: bool) -> None:
-    """Val loss and ``--eval-tasks`` (on the raw model) after ``step``, recorded and logged."""
+def _evaluate_at(run: _Run, step: int, *, val: ValWindows | None, tasks: TaskEvaluator | None) -> None:
+    """Val loss on ``val`` and ``--eval-tasks`` (on the raw model) after ``step``, recorded and logged."""
     env = run.state.env
     run.doing.what = f"evaluation after step {step}"
-    if val:
-        v = evaluate_loss(run.eval_model, run.val, run.autocast, env)
+    if val is not None:
+        v = evaluate_loss(run.eval_model, val, run.autocast, env)
         run.result.val_losses[step] = v
         run.obs.eval(step, v)
-    if tasks:
-        evaluate_tasks(run.tasks, run.state.model, run.autocast, env, run.obs, run.result, step)
+    if tasks is not None:
+        figures = evaluate_tasks(tasks, run.state.model, run.autocast, env)
+        run.result.task_metrics[step] = figures
+        run.obs.eval_tasks(step, figures)
 
 
-class _Readback:
-    """One step's scalars, device -> host, without stalling the device.
+@dataclass
+class _LoopState:
+    """What the loop carries from step to step (the step and bad-step counters are RunState's)."""
 
-    ``put`` queues a copy into pinned host memory (non-blocking on CUDA) and records an event; ``get``
-    waits for that event only, not for the work queued after it, so reading step s's loss while step
-    s+1's forward/backward runs costs the device nothing. On CPU the copy is synchronous.
-    """
-
-    def __init__(self, device: torch.device, n: int):
-        self.cuda = device.type == "cuda"
-        self.host = torch.zeros(n, dtype=torch.float32, pin_memory=self.cuda)
-        self.event = torch.cuda.Event() if self.cuda else None
-
-    def put(self, t: torch.Tensor) -> None:
-        self.host.copy_(t, non_blocking=self.cuda)
-        if self.event is not None:
-            self.event.record()
-
-    def get(self) -> list[float]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.host.tolist()
+    readback: Readback  # the newest step's figures on their way to the host
+    consecutive_bad: int = 0
+    stop: bool = False  # some rank was signalled: checkpoint after this step and return
+    timings: list[float] = field(default_factory=list)  # seconds per step, as this process sees them
+    t_prev: float = field(default_factory=time.perf_counter)  # when the previous step's figures arrived
 
 
-def _loop(run: _Run, stop: _StopFlag, prof) -> None:
-    """The steps. Nothing on the way to ``optimizer.step()`` waits for the device:
+@dataclass(frozen=True)
+class _Due:
+    """What runs after a step. Rank-independent, so every rank reads its flags at the same steps."""
 
-    * the signal flag goes to the device by a fill kernel into a preallocated scalar, summed over
-      ranks in the same all-reduce as the loss;
-    * a non-finite loss or gradient norm refuses the update *on the device*: the flag is the fused
-      AdamW's ``found_inf`` and :class:`~trainer.optim.GuardedMuon`'s, so weights, moments and the step
-      count stay as they were (under fp16 an overflowing gradient is refused the same way, and the
-      GradScaler backs off its scale);
-    * step s's loss, norm and flags are read back while step s+1's forward/backward runs, and before
-      step s+1's update is launched, so a run that must stop (a bad streak, a signal) stops with the
-      weights those flags describe. Steps that evaluate, sample or checkpoint read their own flags
-      first (and identically on every rank), so nothing unread is ever saved.
+    eval: bool
+    tasks: bool
+    sample: bool
+    ckpt: bool
+
+    @classmethod
+    def after(cls, run: _Run, step: int, stop: bool) -> _Due:
+        cfg = run.state.cfg
+        finished = step == cfg.max_steps
+        tasks_every = cfg.eval_tasks_every or cfg.eval_every
+        return cls(
+            eval=run.val is not None and (step % cfg.eval_every == 0 or finished),
+            tasks=run.tasks is not None and (bool(tasks_every and step % tasks_every == 0) or finished),
+            sample=bool(cfg.sample_every) and step % cfg.sample_every == 0,
+            ckpt=bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop,
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.eval or self.tasks or self.sample or self.ckpt
+
+
+def _loop(run: _Run, stop: _StopFlag, prof: profile | None) -> None:
+    """The steps: fetch, step, then log / evaluate / sample / checkpoint on cadence; stop when done,
+    signalled (after a checkpoint) or on a non-finite streak (:class:`NonFiniteError`).
+
+    Step s's figures are read back while step s+1 runs, before its update is launched
+    (:func:`_report`, :mod:`trainer.step`). Steps that evaluate, sample or checkpoint read their own
+    figures first, identically on every rank, so nothing unread is ever saved.
     """
     state, result, obs = run.state, run.result, run.obs
-    cfg, env, optimizer, scaler = state.cfg, state.env, state.optimizer, state.scaler
-    device, grad_accum, autocast = env.device, run.grad_accum, run.autocast
-    batches = state.sampler.batches(state.step * grad_accum)
-    params = [p for p in state.model.parameters() if p.requires_grad]
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-    stop_flag = torch.zeros((), device=device)  # 1 once this rank was signalled
-    found_inf = torch.zeros((), device=device)  # 1 = every optimizer refuses this step's update
-    optimizer.guard(found_inf)
-    readback = _Readback(device, 5)  # [mean loss, grad norm, bad, stop, weights non-finite]
-    consecutive_bad = 0
-    timings: list[float] = []  # seconds per step, as this process sees the steps complete
-    t_prev = time.perf_counter()
-    nan = float("nan")
-    step = state.step
-    pending: tuple[int, float] | None = None  # (step, lr) whose scalars wait in `readback`
-
-    def handle(done: int, lr: float) -> bool:
-        """Read back and log step ``done``; raise on a bad streak; True when some rank asked to stop."""
-        nonlocal consecutive_bad, t_prev
-        loss_f, norm_f, bad, stop_v, weights_bad = readback.get()
-        now = time.perf_counter()
-        dt, t_prev = now - t_prev, now
-        timings.append(dt)
-        tps = cfg.total_batch_tokens / dt
-        m = mfu(run.flops_per_token, tps / env.world_size, run.peak)
-        ok = bad == 0
-        if ok:
-            consecutive_bad = 0
-        else:
-            state.bad_steps += 1
-            consecutive_bad += 1
-        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        result.losses[done] = loss_f
-        result.final_step = done
-        obs.step(
-            done,
-            cfg.max_steps,
-            {
-                "loss": loss_f,
-                "lr": lr,
-                "grad_norm": norm_f,
-                "tokens_per_s": tps,
-                "mfu": m,
-                "step_time_ms": 1000 * dt,
-                "gpu_peak_mem_gib": peak_mem,
-                "bad_steps": state.bad_steps,
-                "skipped": not ok,
-            },
-        )
-        if weights_bad:  # finite loss and grads, yet the update overflowed: nothing of it may be saved
-            raise NonFiniteError(
-                f"step {done}: the update made weights non-finite (loss {loss_f}, grad norm {norm_f}); "
-                f"they are not saved, the newest checkpoint is {result.checkpoint or 'none'}. Resume from "
-                "it with --resume --force and a lower --lr or a larger --eps."
-            )
-        if not ok:
-            obs.warn(
-                f"step {done}: non-finite {'loss' if not math.isfinite(loss_f) else 'gradient norm'} "
-                f"(loss {loss_f}, grad norm {norm_f}); update skipped "
-                f"({consecutive_bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})"
-            )
-            if consecutive_bad >= cfg.max_bad_steps:
-                raise NonFiniteError(
-                    f"step {done}: {consecutive_bad} consecutive steps with a non-finite loss or gradient "
-                    f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
-                    f"{done - consecutive_bad}. Resume from the last checkpoint with --resume --force --lr "
-                    "LOWER, or check the data (`python -m pipeline verify`)."
-                )
-        return stop_v > 0
-
-    stop_now = False
+    cfg, env = state.cfg, state.env
+    batches = state.sampler.batches(state.step * run.grad_accum)
+    ctx = StepContext.build(
+        run.fwd_model, state.model, state.optimizer, state.scaler, grad_accum=run.grad_accum,
+        grad_clip=cfg.grad_clip, autocast=run.autocast, env=env, stop=stop,
+    )  # fmt: skip
+    loop = _LoopState(Readback(env.device))
     try:
-        while step < cfg.max_steps:
-            run.doing.what = f"training step {step + 1}"
-            lr = lr_at(step, cfg)
-            optimizer.set_lr(lr)  # Muon's follows the same multiplier
-            if cfg.dropout > 0:  # dropout masks as a function of (seed, rank, step): a resume repeats them
-                torch.manual_seed(_step_seed(cfg.seed, env.rank, step))
-            inject_nan = cfg.debug_nan_at_step == step + 1
-            loss_acc = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                _, x, y = next(batches)
-                last = micro == grad_accum - 1
-                sync = run.fwd_model.no_sync() if env.distributed and not last else contextlib.nullcontext()
-                with sync:
-                    with autocast():
-                        _, loss = run.fwd_model(x, y)
-                    loss = loss / grad_accum
-                    if inject_nan:
-                        loss = loss * nan
-                    scaler.scale(loss).backward()
-                loss_acc += loss.detach()
-            if pending is not None:  # the previous step's scalars, read while this step's work runs
-                stop_now = handle(*pending) or stop_now
-                pending = None
-            if scaler.is_enabled():
-                for opt in optimizer.all:
-                    scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)  # pre-clip norm, a device scalar
-            if stop.requested:
-                stop_flag.fill_(1.0)
-            # one collective per step: the summed loss and whether any rank was signalled
-            shared = torch.stack([loss_acc.float(), stop_flag])
-            all_reduce_(shared, env)
-            loss_mean = shared[0] / env.world_size
-            bad = ~torch.isfinite(loss_mean)
-            refuse = bad | ~torch.isfinite(norm)  # any non-finite gradient, in any optimizer's parameters
-            if not scaler.is_enabled():
-                bad = refuse  # under fp16 an overflow is the GradScaler's routine: refused, not counted
-            found_inf.copy_(refuse)
-            optimizer.step()
-            if scaler.is_enabled():
-                scaler.update()  # backs the scale off after an overflow (unscale_ recorded it)
-            # one fused pass: a weight the update made non-finite makes its tensor's norm non-finite
-            weights_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(params)).sum())
-            optimizer.zero_grad(set_to_none=not env.distributed)
+        while state.step < cfg.max_steps:
+            run.doing.what = f"training step {state.step + 1}"
+            lr = lr_at(state.step, cfg)
+            out = train_step(
+                ctx, batches, lr=lr,
+                seed=_step_seed(cfg.seed, env.rank, state.step) if cfg.dropout > 0 else None,
+                inject_nan=cfg.debug_nan_at_step == state.step + 1,
+                before_update=lambda: _report(run, loop),  # the previous step's figures, read meanwhile
+            )  # fmt: skip
             state.step += 1
             step = state.step
-            readback.put(torch.stack([loss_mean, norm.float(), bad.float(), shared[1], weights_bad.float()]))
-            pending = (step, lr)
-            finished = step == cfg.max_steps
-            # rank-independent conditions: every rank reads its flags at the same steps
-            do_eval = run.val is not None and (step % cfg.eval_every == 0 or finished)
-            do_sample = bool(cfg.sample_every) and step % cfg.sample_every == 0
-            do_ckpt = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or finished or stop_now
-            tasks_every = cfg.eval_tasks_every or cfg.eval_every
-            do_tasks = run.tasks is not None and ((tasks_every and step % tasks_every == 0) or finished)
-            if do_eval or do_tasks or do_sample or do_ckpt:
-                stop_now = handle(*pending) or stop_now
-                pending = None
+            loop.readback.put(out, step, lr)
+            due = _Due.after(run, step, loop.stop)
+            if due.any:
+                _report(run, loop)  # this step's own figures, before anything of it is saved
             if prof is not None:
                 prof.step()
-            _evaluate_at(run, step, do_eval, do_tasks)
-            if do_sample and env.is_main:
+            _evaluate_at(run, step, val=run.val if due.eval else None, tasks=run.tasks if due.tasks else None)
+            if due.sample and env.is_main:
                 run.doing.what = f"text sampling after step {step}"
-                obs.sample(step, sample_text(state.model, cfg, device, autocast))
-            if do_ckpt or stop_now:
+                obs.sample(step, sample_text(state.model, cfg, env.device, run.autocast))
+            if due.ckpt or loop.stop:
                 run.doing.what = f"saving the checkpoint of step {step}"
                 result.checkpoint = state.save()
-            if do_eval or do_tasks or do_sample or do_ckpt or stop_now:
-                t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving
-            if stop_now:
+            if due.any or loop.stop:
+                loop.t_prev = time.perf_counter()  # the next step's time leaves out eval, sampling and saving
+            if loop.stop:
                 result.stopped_by_signal = True
                 obs.info(f"stopped by signal after step {step}; checkpoint {result.checkpoint}")
                 break
@@ -580,17 +512,80 @@ def _loop(run: _Run, stop: _StopFlag, prof) -> None:
         with contextlib.suppress(Exception):
             batches.close()
     result.bad_steps = state.bad_steps
-    _summarize(cfg, env, result, timings, run.flops_per_token, run.peak, obs)
+    _summarize(run, loop.timings)
 
 
-def _summarize(
-    cfg, env, result: TrainResult, timings: list[float], flops_per_token, peak, obs: Observer
-) -> None:
+def _report(run: _Run, loop: _LoopState) -> None:
+    """Read back and log the pending step (if any); raise on a non-finite streak or non-finite weights;
+    note in ``loop.stop`` whether some rank asked to stop."""
+    s = loop.readback.take()
+    if s is None:
+        return
+    state, cfg, env, result = run.state, run.state.cfg, run.state.env, run.result
+    now = time.perf_counter()
+    dt, loop.t_prev = now - loop.t_prev, now
+    loop.timings.append(dt)
+    tps = cfg.total_batch_tokens / dt
+    if s.bad:
+        state.bad_steps += 1
+        loop.consecutive_bad += 1
+    else:
+        loop.consecutive_bad = 0
+    peak_mem = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
+    result.losses[s.step] = s.loss
+    result.final_step = s.step
+    run.obs.step(
+        s.step,
+        cfg.max_steps,
+        {
+            "loss": s.loss,
+            "lr": s.lr,
+            "grad_norm": s.grad_norm,
+            "tokens_per_s": tps,
+            "mfu": mfu(run.flops_per_token, tps / env.world_size, run.peak),
+            "step_time_ms": 1000 * dt,
+            "gpu_peak_mem_gib": peak_mem,
+            "bad_steps": state.bad_steps,
+            "skipped": s.bad,
+        },
+    )
+    _refuse_non_finite(run, loop, s)
+    loop.stop = s.stop or loop.stop
+
+
+def _refuse_non_finite(run: _Run, loop: _LoopState, s: StepFigures) -> None:
+    """Raise :class:`NonFiniteError` for weights an update made non-finite, or a streak of bad steps."""
+    cfg = run.state.cfg
+    if s.weights_bad:  # finite loss and grads, yet the update overflowed: nothing of it may be saved
+        raise NonFiniteError(
+            f"step {s.step}: the update made weights non-finite (loss {s.loss}, grad norm {s.grad_norm}); "
+            f"they are not saved, the newest checkpoint is {run.result.checkpoint or 'none'}. Resume from "
+            "it with --resume --force and a lower --lr or a larger --eps."
+        )
+    if not s.bad:
+        return
+    bad = loop.consecutive_bad
+    run.obs.warn(
+        f"step {s.step}: non-finite {'loss' if not math.isfinite(s.loss) else 'gradient norm'} "
+        f"(loss {s.loss}, grad norm {s.grad_norm}); update skipped "
+        f"({bad} in a row, limit --max-bad-steps {cfg.max_bad_steps})"
+    )
+    if bad >= cfg.max_bad_steps:
+        raise NonFiniteError(
+            f"step {s.step}: {bad} consecutive steps with a non-finite loss or gradient "
+            f"norm (--max-bad-steps {cfg.max_bad_steps}); the weights are those of step "
+            f"{s.step - bad}. Resume from the last checkpoint with --resume --force --lr "
+            "LOWER, or check the data (`python -m pipeline verify`)."
+        )
+
+
+def _summarize(run: _Run, timings: list[float]) -> None:
+    cfg, env, result = run.state.cfg, run.state.env, run.result
     warm = min(3, len(timings) // 2)  # the first steps pay for compile and allocator warm-up
     steady = timings[warm:] or timings
     if steady:  # total tokens over total time (not a mean of per-step rates, which over-weighs fast steps)
         result.tokens_per_s = len(steady) * cfg.total_batch_tokens / sum(steady)
-        result.mfu = mfu(flops_per_token, result.tokens_per_s / env.world_size, peak)
+        result.mfu = mfu(run.flops_per_token, result.tokens_per_s / env.world_size, run.peak)
     if env.device.type == "cuda":
         result.peak_mem_gib = torch.cuda.max_memory_allocated(env.device) / 2**30
     last_loss = result.losses.get(result.final_step)
@@ -613,4 +608,4 @@ def _summarize(
         ("stopped by signal", "yes" if result.stopped_by_signal else "no"),
         ("checkpoint", str(result.checkpoint) if result.checkpoint else "-"),
     ]
-    obs.summary(rows)
+    run.obs.summary(rows)
