@@ -102,6 +102,44 @@ def cpu_choice(cfg: TrainConfig, cands: list[int]) -> AutoChoice:
     return AutoChoice(b, bool(cfg.activation_checkpointing), why)
 
 
+class _Probes:
+    """The probed steps of one search, each measured once per (micro batch, checkpointing) and recorded
+    for config.json; the plan corrected by what they measured."""
+
+    def __init__(self, plan: MemoryPlan, budget: int, probe: Probe):
+        self.plan, self.budget, self.probe = plan, budget, probe
+        self.records: list[dict[str, Any]] = []
+        self.verdict: dict[tuple[int, bool], bool] = {}
+        self.measured: dict[tuple[int, bool], int] = {}
+
+    def fits(self, b: int, ckpt: bool) -> bool:
+        if (b, ckpt) not in self.verdict:
+            try:
+                peak = self.measured[b, ckpt] = self.probe(b, ckpt)
+                ok = peak <= self.budget
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                peak, ok = None, False
+            self.verdict[b, ckpt] = ok
+            self.records.append(
+                {
+                    "micro_batch": b,
+                    "activation_checkpointing": ckpt,
+                    "peak_gib": None if peak is None else round(peak / GiB, 3),
+                    "planned_gib": round(self.plan.peak(b, ckpt) / GiB, 3),
+                    "fits": ok,
+                }
+            )
+        return self.verdict[b, ckpt]
+
+    def planned_need(self, fitted: int, nxt: int, ckpt: bool) -> float:
+        """Bytes the plan gives ``nxt``, scaled by what the probe of ``fitted`` measured against its plan."""
+        got = self.measured.get((fitted, ckpt))
+        scale = got / self.plan.peak(fitted, ckpt) if got else 1.0
+        return self.plan.peak(nxt, ckpt) * scale
+
+
 def search(
     cands: list[int],
     plan: MemoryPlan,
@@ -109,6 +147,7 @@ def search(
     probe: Probe,
     checkpointing: bool | None,
     card: str,
+    *,
     max_probes: int = MAX_PROBES,
 ) -> AutoChoice:
     """The largest candidate whose probed step fits ``budget`` bytes (see the module docstring).
@@ -116,77 +155,54 @@ def search(
     ``checkpointing``: True or False fixes it; None tries without, then with when micro batch 1 fails.
     """
     t0 = time.perf_counter()
-    probes: list[dict[str, Any]] = []
-    verdict: dict[tuple[int, bool], bool] = {}
-    measured: dict[tuple[int, bool], int] = {}
-
-    def fits(b: int, ckpt: bool) -> bool:
-        if (b, ckpt) not in verdict:
-            try:
-                peak = measured[b, ckpt] = probe(b, ckpt)
-                ok = peak <= budget
-            except Exception as e:
-                if not is_oom(e):
-                    raise
-                peak, ok = None, False
-            verdict[b, ckpt] = ok
-            probes.append(
-                {
-                    "micro_batch": b,
-                    "activation_checkpointing": ckpt,
-                    "peak_gib": None if peak is None else round(peak / GiB, 3),
-                    "planned_gib": round(plan.peak(b, ckpt) / GiB, 3),
-                    "fits": ok,
-                }
-            )
-        return verdict[b, ckpt]
-
+    probes = _Probes(plan, budget, probe)
     modes = [False, True] if checkpointing is None else [bool(checkpointing)]
     for ckpt in modes:
         start = plan.largest_fitting(cands, budget, ckpt) or cands[0]
         i = cands.index(start)
-        while i >= 0 and not fits(cands[i], ckpt):
+        while i >= 0 and not probes.fits(cands[i], ckpt):
             i -= 1
         if i < 0:
             continue  # not even micro batch 1 fits this way: with checkpointing next, if allowed
         planned_out = None  # (size, bytes) of the next size up when the corrected plan rules it out
-        while i + 1 < len(cands) and len(probes) < max_probes:
+        while i + 1 < len(cands) and len(probes.records) < max_probes:
             nxt = cands[i + 1]
-            if (nxt, ckpt) not in verdict:  # the plan, corrected by what the last fit measured
-                got = measured.get((cands[i], ckpt))
-                scale = got / plan.peak(cands[i], ckpt) if got else 1.0
-                need = plan.peak(nxt, ckpt) * scale
+            if (nxt, ckpt) not in probes.verdict:  # the plan, corrected by what the last fit measured
+                need = probes.planned_need(cands[i], nxt, ckpt)
                 if need > budget:
                     planned_out = (nxt, need)
                     break  # not worth a compile: it would not fit
-            if not fits(nxt, ckpt):
+            if not probes.fits(nxt, ckpt):
                 break
             i += 1  # the plan was pessimistic: one size up fits too
-        b = cands[i]
-        seconds = time.perf_counter() - t0
-        if i + 1 < len(cands):
-            nxt = cands[i + 1]
-            if planned_out is not None:
-                why = (
-                    f"micro batch {b}: {nxt} would need about {planned_out[1] / GiB:.1f} GiB (the plan, "
-                    f"scaled by what {b} measured) of the {budget / GiB:.1f} GiB budget on this {card}"
-                )
-            else:
-                why = f"micro batch {b}: {nxt} does not fit on this {card}"
-        else:
-            why = f"micro batch {b}: the whole per-rank batch fits on this {card}, no accumulation"
+        why = _why(cands, i, planned_out, budget, card)
         if ckpt and checkpointing is None:
             why += "; activation checkpointing turned on: micro batch 1 does not fit without it"
-        why += f" (probed {len(probes)} step{'s' if len(probes) != 1 else ''} in {seconds:.1f} s)"
-        return AutoChoice(b, ckpt, why, seconds, probes)
+        n, seconds = len(probes.records), time.perf_counter() - t0
+        why += f" (probed {n} step{'s' if n != 1 else ''} in {seconds:.1f} s)"
+        return AutoChoice(cands[i], ckpt, why, seconds, probes.records)
     tried = ", ".join(
-        f"{p['micro_batch']}{' +ckpt' if p['activation_checkpointing'] else ''}" for p in probes
+        f"{p['micro_batch']}{' +ckpt' if p['activation_checkpointing'] else ''}" for p in probes.records
     )
     raise OutOfMemory(
         f"--micro-batch auto: no micro batch fits on this {card} (tried {tried}; planned peak at micro "
         f"batch 1 {plan.peak(1, True) / GiB:.2f} GiB with checkpointing); "
         + fixes(after_micro_batch=True, checkpointing=modes[-1])
     )
+
+
+def _why(cands: list[int], i: int, planned_out: tuple[int, float] | None, budget: int, card: str) -> str:
+    """Why the search chose ``cands[i]``: the size up does not fit (measured, or by the corrected plan)."""
+    b = cands[i]
+    if i + 1 == len(cands):
+        return f"micro batch {b}: the whole per-rank batch fits on this {card}, no accumulation"
+    nxt = cands[i + 1]
+    if planned_out is not None:
+        return (
+            f"micro batch {b}: {nxt} would need about {planned_out[1] / GiB:.1f} GiB (the plan, "
+            f"scaled by what {b} measured) of the {budget / GiB:.1f} GiB budget on this {card}"
+        )
+    return f"micro batch {b}: {nxt} does not fit on this {card}"
 
 
 def is_oom(e: BaseException) -> bool:
