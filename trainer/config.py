@@ -367,6 +367,8 @@ class TrainConfig:
         check_float("muon_momentum", self.muon_momentum, 0.0, 1.0, True)
         check_float("cooldown_frac", self.cooldown_frac, 0.0, 1.0, False)
         if self.optimizer == "muon":
+            from trainer.optim import require_muon  # imports torch: only when Muon is asked for
+
             require_muon()
 
     def eval_task_names(self) -> list[str]:
@@ -450,20 +452,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-able values (paths as strings); what checkpoints and config.json store."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-MUON_SINCE = "2.9"  # torch.optim.Muon first shipped in torch 2.9
-
-
-def require_muon() -> None:
-    """One line naming the installed torch and the one needed when ``torch.optim.Muon`` is missing."""
-    import torch  # only when Muon is asked for: reading a config does not load torch
-
-    if not hasattr(torch.optim, "Muon"):
-        raise ConfigError(
-            f"--optimizer muon needs torch.optim.Muon (torch >= {MUON_SINCE}); this is torch "
-            f"{torch.__version__}: upgrade torch, or pass --optimizer adamw"
-        )
 
 
 def check_float(name: str, value: float | None, lo: float, hi: float | None, lo_ok: bool) -> None:

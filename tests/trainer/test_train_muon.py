@@ -21,7 +21,7 @@ from model.gpt import GPT
 from tests.cli import one_error
 from tests.trainer.conftest import fast, run_trainer
 from trainer.checkpoint import ResumeError
-from trainer.config import ConfigError, TrainConfig, train_config_from_argv
+from trainer.config import ConfigError, TrainConfig, config_from_args
 from trainer.observe import read_metrics
 from trainer.optim import MUON_SUFFIXES, make_optimizers
 from trainer.train import train
@@ -36,7 +36,7 @@ MUON = ("--optimizer", "muon", "--muon-lr", "2e-2", "--eval-every", "4", "--ckpt
 
 
 def run(data: Path, out: Path, *extra: str):
-    return train(train_config_from_argv(fast(data, out, *extra)))
+    return train(config_from_args(fast(data, out, *extra)))
 
 
 def _ckpt(run_dir: Path, step: int) -> dict:
@@ -263,7 +263,7 @@ def test_missing_muon_is_one_line_naming_both_versions(monkeypatch):
 
 
 def test_gpt2_trains_with_muon_and_the_classic_recipe_is_one_preset_away():
-    cfg = train_config_from_argv(["--data", "d", "--out", "o"])
+    cfg = config_from_args(["--data", "d", "--out", "o"])
     assert (cfg.preset, cfg.optimizer, cfg.muon_lr, cfg.lr, cfg.schedule) == (
         "gpt2",
         "muon",
@@ -272,7 +272,7 @@ def test_gpt2_trains_with_muon_and_the_classic_recipe_is_one_preset_away():
         "wsd",
     )
     assert cfg.muon_split_qkv  # the grid's Q/K/V measurement
-    classic = train_config_from_argv(["--data", "d", "--out", "o", "--preset", "gpt2-classic"])
+    classic = config_from_args(["--data", "d", "--out", "o", "--preset", "gpt2-classic"])
     assert (classic.optimizer, classic.schedule, classic.sampling) == ("adamw", "cosine", "random")
     same = ("model", "lr", "total_batch_tokens", "max_steps", "warmup_steps", "seq_len", "micro_batch")
     assert [getattr(classic, k) for k in same] == [getattr(cfg, k) for k in same]
