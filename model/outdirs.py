@@ -119,15 +119,15 @@ def import_target(out: Path, source: Path, overwrite: bool) -> Path:
         )
 
     if out.suffix == ".pt":
-        kind = path_type(out)
+        ptype = path_type(out)
         parent = folder_kind(out.parent)
         if parent is not None and parent.kind in (SHARD_FOLDER, TRAINING_RUN, RUN_CHECKPOINTS, MODEL_EXPORT,
                                                    HF_MODEL):  # fmt: skip
             raise refuse(f"inside {out.parent}, {parent}")
-        if kind == "missing":
+        if ptype == "missing":
             return out
-        if kind != "file":
-            raise refuse(f"a {kind}, not a checkpoint file")
+        if ptype != "file":
+            raise refuse(f"a {ptype}, not a checkpoint file")
         if not is_import(out):
             raise refuse("a file import-hf did not write (no huggingface 'source' record in it)")
         if not overwrite:

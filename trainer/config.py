@@ -367,8 +367,6 @@ class TrainConfig:
         check_float("muon_momentum", self.muon_momentum, 0.0, 1.0, True)
         check_float("cooldown_frac", self.cooldown_frac, 0.0, 1.0, False)
         if self.optimizer == "muon":
-            from trainer.optim import require_muon  # imports torch: only when Muon is asked for
-
             require_muon()
 
     def eval_task_names(self) -> list[str]:
@@ -565,6 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_arguments(p, TrainConfig, given_only=True, hidden=HIDDEN, extra=FLAG_EXTRAS)
     return p
+
+
+MUON_SINCE = "2.9"  # torch.optim.Muon first shipped in torch 2.9
+
+
+def require_muon() -> None:
+    """One line naming the installed torch and the one needed when ``torch.optim.Muon`` is missing."""
+    import torch  # only when Muon is asked for: reading a config stays light
+
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(
+            f"--optimizer muon needs torch.optim.Muon (torch >= {MUON_SINCE}); this is torch "
+            f"{torch.__version__}: upgrade torch, or pass --optimizer adamw"
+        )
 
 
 def _micro_batch_arg(text: str) -> int | str:

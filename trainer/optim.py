@@ -34,9 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import TrainConfig, require_muon
 
-MUON_SINCE = "2.9"  # torch.optim.Muon first shipped in torch 2.9
 # the 2-D weights inside each block that Muon takes (names end so; everything else stays with AdamW)
 MUON_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
@@ -105,15 +104,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 # --------------------------------------------------------------------------- Muon
-
-
-def require_muon() -> None:
-    """One line naming the installed torch and the one needed when ``torch.optim.Muon`` is missing."""
-    if not hasattr(torch.optim, "Muon"):
-        raise ConfigError(
-            f"--optimizer muon needs torch.optim.Muon (torch >= {MUON_SINCE}); this is torch "
-            f"{torch.__version__}: upgrade torch, or pass --optimizer adamw"
-        )
 
 
 # torch < 2.9: the class below is never instantiated (make_optimizers calls require_muon first)

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -181,7 +182,7 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = import_hf(opts.dir)
     source_vocab = json.loads((Path(opts.dir) / "config.json").read_text())["vocab_size"]
-    extra = {"source": {"kind": "huggingface", "path": str(Path(opts.dir).resolve())}}
+    extra: dict[str, Any] = {"source": {"kind": "huggingface", "path": str(Path(opts.dir).resolve())}}
     cfg = model.config
     if cfg.vocab_size == VOCAB_SIZE:
         with contextlib.suppress(Exception):  # the fingerprint needs the BPE files; optional here

@@ -24,9 +24,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UsageError, UserError, json_type_name
+
+if TYPE_CHECKING:  # numpy only for the annotation: importing this module stays light
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,7 @@ def load_shard_docs(data: str | Path | None, limit: int | None = None):
         shards = dataset.shards("val")
     except (ShardFormatError, FileNotFoundError, ValueError) as e:
         raise UserError(f"--data {data}: not a readable shard folder ({e})") from e
-    docs = []
+    docs: list[np.ndarray] = []
     for shard in shards:
         for i in range(shard.num_docs):
             if limit is not None and len(docs) >= limit:

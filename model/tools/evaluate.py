@@ -27,12 +27,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.gpt import GPT
 from model.tools.eval_tasks import (
     TASKS,
     encode_pair,
@@ -56,7 +57,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: GPT,
         *,
         batch_size: int = 32,
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -105,7 +106,9 @@ class Scorer:
     def _score_batch(self, inputs: list[list[int]], conts: list[list[int]]) -> list[tuple[float, bool]]:
         B, T = len(inputs), max(len(x) for x in inputs)
         x = torch.zeros(B, T, dtype=torch.long)  # right padding: later positions never reach earlier ones
-        rows, cols, targets = [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
         for b, (inp, cont) in enumerate(zip(inputs, conts, strict=True)):
             x[b, : len(inp)] = torch.tensor(inp, dtype=torch.long)
             n = len(cont)  # logits at positions len-n .. len-1 predict the continuation
@@ -312,7 +315,7 @@ class TaskEvaluator:
         self.batch_size = batch_size
 
     def __call__(
-        self, model: torch.nn.Module, autocast=None, all_reduce: Callable[[torch.Tensor], None] | None = None
+        self, model: GPT, autocast=None, all_reduce: Callable[[torch.Tensor], None] | None = None
     ) -> dict[str, TaskResult]:
         scorer = Scorer(model, batch_size=self.batch_size, autocast=autocast)
         out = {}
@@ -327,7 +330,7 @@ class TaskEvaluator:
 
 
 def run_tasks(
-    model: torch.nn.Module,
+    model: GPT,
     tasks: Sequence[str],
     *,
     data=None,
@@ -386,6 +389,7 @@ def results_table(results: Sequence[TaskResult], title: str = "eval"):
     from rich.table import Table
 
     table = Table(title=title)
+    justify: Literal["left", "right"]
     for col, justify in (
         ("task", "left"),
         ("metric", "left"),
