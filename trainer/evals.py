@@ -90,9 +90,7 @@ def task_evaluator(cfg: TrainConfig, env: DistEnv, model_config: GPTConfig) -> T
     return evaluator
 
 
-def evaluate_tasks(
-    tasks: TaskEvaluator, model: nn.Module, autocast, env: DistEnv
-) -> dict[str, dict[str, Any]]:
+def evaluate_tasks(tasks: TaskEvaluator, model: GPT, autocast, env: DistEnv) -> dict[str, dict[str, Any]]:
     """Score the raw (uncompiled) model on ``--eval-tasks``; counts are summed over ranks. Task -> figures."""
 
     def all_reduce(t: torch.Tensor) -> None:
