@@ -350,19 +350,21 @@ def _build(inp: _Inputs) -> _Run:
         cfg.sdpa_backend, device, amp_dtype or torch.float32, model_config.n_head, model_config.head_dim,
         cfg.seq_len, model_config.dropout,
     )  # fmt: skip
-    run = _Run(
-        state, fwd_model, compiled, inp.val, inp.tasks, autocast, inp.grad_accum,
-        obs=_start_observer(inp, state, resumed_from, warn_msgs, compiled=use_compile, sdpa=sdpa),
-        result=TrainResult(cfg.out, state.step, state.step, bad_steps=state.bad_steps, sdpa_backend=sdpa),
-        flops_per_token=model.flops_per_token(cfg.seq_len), peak=peak_tflops_for(device, cfg.peak_tflops),
-        doing=inp.doing, sdpa=sdpa,
+    flops_per_token, peak = model.flops_per_token(cfg.seq_len), peak_tflops_for(device, cfg.peak_tflops)
+    obs = _start_observer(
+        inp, state, resumed_from, warn_msgs, compiled=use_compile, sdpa=sdpa, flops_per_token=flops_per_token,
+        peak=peak,
     )  # fmt: skip
-    return run
+    result = TrainResult(cfg.out, state.step, state.step, bad_steps=state.bad_steps, sdpa_backend=sdpa)
+    return _Run(
+        state, fwd_model, compiled, inp.val, inp.tasks, autocast, inp.grad_accum, obs, result,
+        flops_per_token, peak, inp.doing, sdpa,
+    )  # fmt: skip
 
 
 def _start_observer(
     inp: _Inputs, state: RunState, resumed_from: Path | None, warn_msgs: list[str], *, compiled: bool,
-    sdpa: str,
+    sdpa: str, flops_per_token: int, peak: float | None,
 ) -> Observer:  # fmt: skip
     """Write ``config.json`` (rank 0), open the observer and log the setup warnings and the first line."""
     cfg, env, device, model = inp.cfg, inp.env, inp.env.device, state.model
@@ -371,7 +373,7 @@ def _start_observer(
         write_run_info(
             cfg,
             {
-                "model_config": model.config.to_dict(),
+                "model_config": inp.init.model_config.to_dict(),
                 "num_params": num_params,
                 "device": device_name(device),
                 "world_size": env.world_size,
@@ -380,8 +382,8 @@ def _start_observer(
                 "sdpa_backend": sdpa,
                 "grad_accum_steps": inp.grad_accum,
                 "micro_batch_auto": inp.auto.to_dict() if inp.auto is not None else None,
-                "flops_per_token": model.flops_per_token(cfg.seq_len),
-                "peak_tflops": peak_tflops_for(device, cfg.peak_tflops),
+                "flops_per_token": flops_per_token,
+                "peak_tflops": peak,
                 "dataset_fingerprint": inp.dataset.dataset_fingerprint,
                 "tokenizer_fingerprint": inp.dataset.tokenizer_fingerprint,
                 "resumed_from": str(resumed_from) if resumed_from else None,
