@@ -29,6 +29,7 @@ import torch
 from model.checkpoint import list_checkpoints
 from pipeline.errors import UserError
 from trainer.config import ConfigError, TrainConfig
+from trainer.dist import DistEnv, all_reduce_
 from trainer.memplan import GiB, MemoryPlan
 
 MARGIN = 0.10  # of the card's memory, kept free: fragmentation, the eval graph, other processes' drift
@@ -277,6 +278,19 @@ def choose(
         )  # fmt: skip
     finally:
         cleanup()
+
+
+def agree(auto: AutoChoice, env: DistEnv) -> AutoChoice:
+    """Every rank takes the smallest micro batch any rank chose, with checkpointing if any rank needs it."""
+    if not env.distributed:
+        return auto
+    t = torch.tensor([auto.micro_batch, -int(auto.checkpointing)], device=env.device)
+    all_reduce_(t, env, op=torch.distributed.ReduceOp.MIN)
+    b, ckpt = int(t[0]), bool(-int(t[1]))
+    if (b, ckpt) != (auto.micro_batch, auto.checkpointing):
+        auto.reason += f"; micro batch {b}{' with checkpointing' if ckpt else ''} agreed with the other ranks"
+        auto.micro_batch, auto.checkpointing = b, ckpt
+    return auto
 
 
 def cuda_probe(

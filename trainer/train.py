@@ -39,7 +39,7 @@ from pipeline.tokenizer import tokenizer_fingerprint
 from trainer import autobatch, init_from
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, TrainConfig
-from trainer.dist import DistEnv, all_reduce_, resolve_precision, setup, teardown
+from trainer.dist import DistEnv, resolve_precision, setup, teardown
 from trainer.evals import evaluate_loss, evaluate_tasks, sample_text, task_evaluator
 from trainer.observe import Observer, device_name, make_profiler, mfu, peak_tflops_for, perplexity
 from trainer.optim import lr_at, make_optimizers
@@ -195,7 +195,7 @@ def _train_body(cfg: TrainConfig, env: DistEnv, doing: _Doing) -> TrainResult:
     doing.what = "--micro-batch auto's probing"
     auto = autobatch.choose(cfg, device, env.world_size, model_config, precision, use_compile)
     if auto is not None:
-        auto = _agree(auto, env)
+        auto = autobatch.agree(auto, env)
         cfg = dataclasses.replace(
             cfg, micro_batch=auto.micro_batch, activation_checkpointing=auto.checkpointing
         )
@@ -244,19 +244,6 @@ def _refuse_long_cpu_run(cfg: TrainConfig, device: torch.device, model_config: G
             "weeks on a CPU; "
             "`make demo` or --preset tiny trains on a CPU in minutes, or pass --device cpu to run this anyway"
         )
-
-
-def _agree(auto: autobatch.AutoChoice, env: DistEnv) -> autobatch.AutoChoice:
-    """Every rank takes the smallest micro batch any rank chose, with checkpointing if any rank needs it."""
-    if not env.distributed:
-        return auto
-    t = torch.tensor([auto.micro_batch, -int(auto.checkpointing)], device=env.device)
-    all_reduce_(t, env, op=torch.distributed.ReduceOp.MIN)
-    b, ckpt = int(t[0]), bool(-int(t[1]))
-    if (b, ckpt) != (auto.micro_batch, auto.checkpointing):
-        auto.reason += f"; micro batch {b}{' with checkpointing' if ckpt else ''} agreed with the other ranks"
-        auto.micro_batch, auto.checkpointing = b, ckpt
-    return auto
 
 
 @dataclass
