@@ -33,6 +33,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -51,21 +52,23 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.observe import read_metrics  # noqa: E402
 from trainer.train import train  # noqa: E402
 
-# model and batch of each preset; lrs are the grid's winners (BENCHMARKS.md), steps the default budget
+# model and batch of each preset; lrs are the grid's winners (BENCHMARKS.md), steps the default budget;
+# muon_adamw_lr is the lr of Muon's AdamW groups (wte, wpe, LayerNorms, biases) as the Muon grid ran it
 PRESETS: dict[str, dict[str, Any]] = {
     # the issue's proxy scaled to fit 15 min on 2 shared cores: 4 layers but width 128 and T=64 (the
     # 50,304-row LM head is most of the cost), 120 steps of 1,024 tokens, two runs at a time
     "proxy": dict(
         model=dict(model="tiny", n_layer=4, n_head=4, n_embd=128, block_size=64),
         seq_len=64, micro_batch=16, total_batch_tokens=1024, steps=120, warmup=12, eval_every=12,
-        eval_windows=128, adamw_lr=3e-3, muon_lr=6e-3, adamw_lrs=(1.5e-3, 3e-3, 6e-3),
+        eval_windows=128, adamw_lr=1.5e-3, muon_lr=6e-3, muon_adamw_lr=3e-3, adamw_lrs=(1.5e-3, 3e-3, 6e-3),
         muon_lrs=(3e-3, 6e-3, 1.2e-2),
     ),
     # the issue's proxy as it was measured: 4 layers, width 256, T=128, B=16, 400 steps (hours on 2 cores)
     "proxy256": dict(
         model=dict(model="tiny", n_layer=4, n_head=4, n_embd=256, block_size=128),
         seq_len=128, micro_batch=16, total_batch_tokens=2048, steps=400, warmup=20, eval_every=25,
-        eval_windows=512, adamw_lr=1.5e-3, muon_lr=3e-3, adamw_lrs=(7.5e-4, 1.5e-3, 3e-3),
+        eval_windows=512, adamw_lr=1.5e-3, muon_lr=3e-3, muon_adamw_lr=1.5e-3,
+        adamw_lrs=(7.5e-4, 1.5e-3, 3e-3),
         muon_lrs=(1.5e-3, 3e-3, 6e-3),
     ),
     # GPT-2 124M on a GPU: about 2 min per recipe on an H100 (2^16 tokens per step); AdamW at 3x the
@@ -73,7 +76,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(
         model=dict(model="gpt2"),
         seq_len=1024, micro_batch=16, total_batch_tokens=65_536, steps=300, warmup=30, eval_every=25,
-        eval_windows=128, adamw_lr=1.8e-3, muon_lr=6e-3, adamw_lrs=(6e-4, 1.8e-3, 3.6e-3),
+        eval_windows=128, adamw_lr=1.8e-3, muon_lr=6e-3, muon_adamw_lr=1.8e-3,
+        adamw_lrs=(6e-4, 1.8e-3, 3.6e-3),
         muon_lrs=(3e-3, 6e-3, 1.2e-2),
     ),
 }  # fmt: skip
@@ -109,6 +113,8 @@ def ensure_shards(data: Path, corpus: Path) -> None:
 
 def run_recipe(args, p: dict[str, Any], name: str, recipe: dict[str, Any], seed: int) -> Run:
     out = args.out / "runs" / f"{name}-s{seed}"
+    if args.device == "cpu" and args.jobs > 1:  # parallel runs split the cores instead of fighting over them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     cfg = TrainConfig(
         data=args.data, out=out, overwrite=True, device=args.device, seed=seed,
         seq_len=p["seq_len"], micro_batch=p["micro_batch"], total_batch_tokens=p["total_batch_tokens"],
@@ -324,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--muon-lrs", type=float, nargs="+", default=None, help="Muon grid (--tune)")
     ap.add_argument("--adamw-lr", type=float, default=None, help="AdamW lr without --tune")
     ap.add_argument("--muon-lr", type=float, default=None, help="Muon lr without --tune")
+    ap.add_argument("--muon-adamw-lr", type=float, default=None,
+                    help="lr of Muon's AdamW groups (default: the preset's, as in the grid)")  # fmt: skip
     ap.add_argument("--muon-split-qkv", action=argparse.BooleanOptionalAction, default=True,
                     help="Muon recipes orthogonalise Q, K, V separately (--tune measures both)")  # fmt: skip
     ap.add_argument("--no-ablations", action="store_true", help="skip the WSD and permutation ablations")
@@ -334,11 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         help="runs in parallel processes (wall ratios get noisier; timing is serial)",
     )
     ap.add_argument("--timing-reps", type=int, default=10, help="interleaved reps of the optimizer timing")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only redo the optimizer timing of OUT/results.json (idle machine)")  # fmt: skip
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     args.steps = args.steps or p["steps"]
     args.out.mkdir(parents=True, exist_ok=True)
     ensure_shards(args.data, args.corpus)
+    if args.timing_only:
+        return retime(args, p)
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     runs: list[Run] = []
@@ -347,16 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     adamw_lr = args.adamw_lr or p["adamw_lr"]
     muon_lr = args.muon_lr or p["muon_lr"]
     split = args.muon_split_qkv
-    muon_adamw_lr = adamw_lr  # the lr of Muon's AdamW groups (the grid tunes AdamW's own separately)
+    # the lr of Muon's AdamW groups: fixed at the preset's while the grids tune AdamW's own lr and Muon's
+    muon_adamw_lr = args.muon_adamw_lr or p["muon_adamw_lr"]
     first = args.seeds[0]
     pool = _Pool(args, p)
-    if args.tune:  # both grids at once; Muon's AdamW groups keep the preset's AdamW lr
+    if args.tune:  # both grids at once; Muon's AdamW groups keep muon_adamw_lr
         jobs = [
             (f"adamw lr {lr:g}", {"optimizer": "adamw", "lr": lr}, first)
             for lr in args.adamw_lrs or p["adamw_lrs"]
         ]
         jobs += [
-            (f"muon lr {lr:g}", _muon(adamw_lr, lr, split), first) for lr in args.muon_lrs or p["muon_lrs"]
+            (f"muon lr {lr:g}", _muon(muon_adamw_lr, lr, split), first)
+            for lr in args.muon_lrs or p["muon_lrs"]
         ]
         runs += pool.map(jobs)
         adamw_lr = min((r for r in runs if r.recipe["optimizer"] == "adamw"), key=lambda r: r.final).recipe[
@@ -406,6 +420,23 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv), "torch": torch.__version__, "grid": grid, "summary": summary,
         "timing": timing, "notes": notes, "runs": [_dump(r) for r in compared],
     }  # fmt: skip
+    for name, body in (("results.json", json.dumps(payload, indent=1, default=str)), ("table.md", text)):
+        tmp = args.out / f".{name}.tmp"
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(args.out / name)
+    print(text)
+    return 0
+
+
+def retime(args, p: dict[str, Any]) -> int:
+    """Rerun :func:`time_optimizers` alone and rewrite OUT/results.json and OUT/table.md with it."""
+    path = args.out / "results.json"
+    if not path.exists():
+        sys.exit(f"error: --timing-only needs {path} from an earlier run; run without --timing-only first")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    payload["timing"] = timing = time_optimizers(args, p, args.timing_reps)
+    payload["timing_command"] = " ".join(sys.argv)
+    text = table(payload["summary"], timing) + "".join(f"\nnote: {n}" for n in payload["notes"])
     for name, body in (("results.json", json.dumps(payload, indent=1, default=str)), ("table.md", text)):
         tmp = args.out / f".{name}.tmp"
         tmp.write_text(body, encoding="utf-8")
