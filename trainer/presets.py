@@ -6,13 +6,14 @@ Why each value (judgement calls, so written down):
   "Small"), min lr 0.1 x max, **700 warmup steps and 19,073 steps = 10B tokens** (llm.c's GPT-2
   reproduction schedule: about one epoch of OpenWebText's ~9B tokens, and it matches GPT-2 124M's
   HellaSwag). nanoGPT's 600,000-step / 300B-token schedule is a ``--max-steps 600000
-  --warmup-steps 2000`` away. Micro batch 32 x 1024 (see the sizing note below);
-  lower ``--micro-batch`` (gradient accumulation grows to keep the total) on smaller GPUs.
+  --warmup-steps 2000`` away. Micro batch 32 x 1024 is the value
+  ``--micro-batch auto`` takes on CPU; on a GPU auto probes what fits (gradient accumulation keeps the total).
   **The recipe is Muon + WSD** (``--optimizer muon --muon-lr 6e-3 --schedule wsd``, Q/K/V orthogonalised
   separately, AdamW at 6e-4 for the embeddings, LayerNorms and biases): on the CPU proxy of
-  ``bench/time_to_loss.py`` it reached tuned AdamW's final val loss in 0.40x the tokens and 0.46x the
-  wall time, and WSD ended lower than cosine (BENCHMARKS.md, "Time to loss"). 6e-3 is
-  the proxy grid's best; with ``match_rms_adamw`` it gives updates of RMS 0.2 x 6e-3 = 1.2e-3, about
+  ``bench/time_to_loss.py`` it reached tuned AdamW's final val loss in 0.37x the tokens at 1.05x the
+  wall time per token (2 seeds; 0.47x on held-back Reuters), and WSD ended lower than cosine
+  (BENCHMARKS.md, "Time to loss"). 6e-3 is the proxy grid's best; with ``match_rms_adamw`` it gives
+  updates of RMS 0.2 x 6e-3 = 1.2e-3, about
   what modded-nanogpt's Muon (lr 0.05, Keller's scaling) gives a 768-wide 124M model. Not yet
   measured at 124M: ``make gpu-check`` has the stage (``--stages "facts recipe"``).
 * ``gpt2-classic``: the GPT-2 paper / nanoGPT recipe, unchanged: ``gpt2`` with AdamW on everything,
