@@ -56,7 +56,7 @@ verify:  ## full checksum and content validation of the shards in OUT
 # child `python -m ...` process, so two workers keep both cores busy where one would leave one idle.
 TEST_WORKERS ?= $(shell nproc)
 
-test:  ## the default test suite (no slow or GPU tests; about 4 min on 2 CPU cores)
+test:  ## the default test suite (no slow or GPU tests; under 4 min on 2 CPU cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not gpu"
 
 test-slow:  ## only the slow-marked tests
