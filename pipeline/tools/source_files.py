@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
+from pipeline.fsutil import path_type
 from pipeline.tools.source_decode import UTF8_BOM, SourceError
 
 # leading bytes -> what the file is (checked in order)
@@ -165,24 +166,11 @@ ACCEPTED_SOURCES = (
 
 def special_file_kind(path: Path) -> str | None:
     """What a path that exists but is neither a regular file nor a folder is ("a named pipe (FIFO)",
-    "a character device", ...), following symlinks; None for a file or a folder."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except OSError:
+    "a character device", ...), following symlinks; None for a file, a folder or nothing at all."""
+    kind = path_type(path)  # the one classifier of what a path is (pipeline/fsutil.py)
+    if kind in ("file", "folder", "missing", "broken symlink"):
         return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    for test, kind in (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
+    return "a named pipe (FIFO)" if kind == "FIFO" else f"a {kind}"
 
 
 def refuse_special_file(path: Path, inside: Path | None = None) -> None:
