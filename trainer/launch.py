@@ -19,6 +19,7 @@ A rank that fails ends the job with that rank's exit status; its own one-line er
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     # torchrun's agent keeps SIGHUP/SIGQUIT; SIGINT/SIGTERM are the Forwarder's
     kept = [s.strip() for s in args.signals_to_handle.split(",") if s.strip() not in ("SIGINT", "SIGTERM")]
     args.signals_to_handle = ",".join(kept) or "SIGQUIT"
+    # torchrun's agent logs "failed (exitcode: N) local_rank: …" for a rank that exits non-zero; that rank
+    # already printed its one-line error (and a rank killed by a signal gets ours below), so it is noise
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     fwd = Forwarder()
     fwd.install()
     try:

@@ -64,6 +64,7 @@ def test_make_train_on_a_cpu_machine_refuses_the_124m_run(gen_shards: Path, tmp_
         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     one_error(proc, 2, "no CUDA GPU", "--preset gpt2", "make demo", "--preset tiny", "--device cpu")
+    assert "failed (exitcode" not in proc.stderr  # the rank's line is the message, no torchrun report
     assert not run.exists()
 
 
