@@ -16,7 +16,6 @@ folder holds a finished run of the same command is read back rather than rerun (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from time_to_loss import PRESETS, REPO, Run, _dump, _muon, summarize, table
+from time_to_loss import PRESETS, REPO, Run, _dump, _muon, summarize, table, write_results
 
 from trainer.observe import read_metrics
 
@@ -124,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"preset": args.preset, "data": str(args.data), "steps": args.steps,
                "command": " ".join(sys.argv), "summary": summary, "runs": [_dump(r) for r in runs],
                "trainer_commands": [c for _, c in done]}  # fmt: skip
-    for name, body in (("results.json", json.dumps(payload, indent=1, default=str)), ("table.md", text)):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(body, encoding="utf-8")
-        tmp.replace(args.out / name)
-    print(text)
+    write_results(args.out, payload, text)
     return 0
 
 

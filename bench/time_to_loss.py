@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from pipeline.fsutil import atomic_write_text  # noqa: E402
 from pipeline.sampler import TokenSampler  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.observe import read_metrics  # noqa: E402
@@ -420,12 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv), "torch": torch.__version__, "grid": grid, "summary": summary,
         "timing": timing, "notes": notes, "runs": [_dump(r) for r in compared],
     }  # fmt: skip
-    for name, body in (("results.json", json.dumps(payload, indent=1, default=str)), ("table.md", text)):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(body, encoding="utf-8")
-        tmp.replace(args.out / name)
-    print(text)
+    write_results(args.out, payload, text)
     return 0
+
+
+def write_results(out: Path, payload: dict[str, Any], text: str) -> None:
+    """OUT/results.json and OUT/table.md, each written atomically, then the table on stdout."""
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=1, default=str))
+    atomic_write_text(out / "table.md", text)
+    print(text)
 
 
 def retime(args, p: dict[str, Any]) -> int:
@@ -437,11 +441,7 @@ def retime(args, p: dict[str, Any]) -> int:
     payload["timing"] = timing = time_optimizers(args, p, args.timing_reps)
     payload["timing_command"] = " ".join(sys.argv)
     text = table(payload["summary"], timing) + "".join(f"\nnote: {n}" for n in payload["notes"])
-    for name, body in (("results.json", json.dumps(payload, indent=1, default=str)), ("table.md", text)):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(body, encoding="utf-8")
-        tmp.replace(args.out / name)
-    print(text)
+    write_results(args.out, payload, text)
     return 0
 
 

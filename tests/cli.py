@@ -36,11 +36,20 @@ def run_module(module: str, *args: str, timeout: float = 300, **env: str) -> sub
     )
 
 
-@contextlib.contextmanager
-def running(module: str, *args: str) -> Iterator[subprocess.Popen]:
+def running(module: str, *args: str) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """``python -m MODULE ARGS`` running in the background; killed on the way out if still alive."""
+    return _background([sys.executable, "-m", module, *args])
+
+
+def running_script(script: Path, *args: str) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """``python SCRIPT ARGS`` (a test wrapper around a real main) in the background, as :func:`running`."""
+    return _background([sys.executable, str(script), *args])
+
+
+@contextlib.contextmanager
+def _background(cmd: list[str]) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        cmd,
         cwd=REPO,
         env=child_env(),
         stdout=subprocess.PIPE,

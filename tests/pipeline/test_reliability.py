@@ -7,7 +7,6 @@ no traceback and (where it matters) what is on disk afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,8 +15,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +23,7 @@ import pytest
 from pipeline.format import HEADER_SIZE, open_shard, read_header
 from pipeline.fsutil import LOCK_NAME, folder_locked_by
 from pipeline.tools.build_state import STATE_NAME
-from tests.cli import child_env, wait_for_line
-from tests.conftest import REPO
+from tests.cli import running_script, wait_for_line
 from tests.pipeline.cli_util import one_error_line, run_cli, snapshot, write_jsonl
 from tests.textgen import make_docs
 
@@ -42,25 +38,6 @@ def folder_bytes(out: Path) -> dict[str, bytes]:
 
 
 # ----------------------------------------------------------------------------- 1. a second Ctrl-C
-
-
-@contextlib.contextmanager
-def running_script(script: Path, *args: str) -> Iterator[subprocess.Popen]:
-    """``python SCRIPT ARGS`` in the background (a test wrapper around the real main); killed if alive."""
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        cwd=REPO,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 BLOCKING_WRAPPER = '''
